@@ -1,0 +1,111 @@
+"""The ``selfee`` command: one subcommand per stage that exists.
+
+Each subcommand takes ``--config FILE`` plus one option per config key (same names as in
+the YAML). ``python -m jobs.<stage>`` runs the same code for ``ray job submit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from selfee import __version__
+from selfee.config import (
+    ConfigError,
+    QuickstartConfig,
+    StageConfig,
+    TeacherConfig,
+    add_config_arguments,
+    config_from_args,
+)
+
+
+def _run_teacher(cfg: TeacherConfig) -> None:
+    from selfee.teacher.server import serve_forever
+
+    serve_forever(cfg)
+
+
+def _run_quickstart(cfg: QuickstartConfig) -> None:
+    from selfee.quickstart import run_quickstart
+
+    summary = run_quickstart(cfg)
+    if summary["errors"]:
+        raise SystemExit(1)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    config: type[StageConfig]
+    run: Callable[[Any], None]
+
+
+COMMANDS = [
+    Command(
+        "teacher",
+        "run the offline teacher: an OpenAI-compatible server with deterministic SelFee-shaped "
+        "replies, optional rate limit, latency and faults",
+        TeacherConfig,
+        _run_teacher,
+    ),
+    Command(
+        "quickstart",
+        "run the end-to-end slice on embedded Ray (or --ray.address): offline teacher on "
+        "Ray Serve, SelFee chains, format checks",
+        QuickstartConfig,
+        _run_quickstart,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfee",
+        description="SelFee on Ray: self-revising LLMs, from a laptop to a GPU cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"selfee {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        add_config_arguments(p, command.config)
+        p.set_defaults(_command=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command = args._command
+    try:
+        cfg = config_from_args(command.config, args)
+    except ConfigError as e:
+        parser.exit(2, f"selfee {command.name}: error: {e}\n")
+    try:
+        command.run(cfg)
+    except KeyboardInterrupt:
+        print(f"selfee {command.name}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, OSError, ValueError) as e:
+        if os.environ.get("SELFEE_DEBUG"):
+            raise
+        print(
+            f"selfee {command.name}: error: {e} (SELFEE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def run_stage(name: str, argv: Sequence[str] | None = None) -> int:
+    """Entry for ``python -m jobs.<name>``: the same parser as ``selfee <name>``."""
+    return main([name, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

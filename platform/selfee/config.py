@@ -1,0 +1,247 @@
+"""Stage configurations: YAML files validated by pydantic, overridable from the CLI.
+
+Every key of a stage's YAML is also a command-line option of the same name
+(``rpm: 60`` in YAML is ``--rpm 60``; nested keys use dots: ``--teacher.rpm 60``).
+Unknown or invalid keys fail with a message that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or option; the message is meant for the user."""
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --- stage configs ---------------------------------------------------------------------
+
+FaultKind = Literal["429", "500", "timeout", "malformed"]
+
+
+class TeacherConfig(StageConfig):
+    """The offline teacher: an OpenAI-compatible server that answers deterministically."""
+
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8100, ge=0, le=65535, description="TCP port (0: any free port)")
+    model: str = Field("offline-teacher", description="model name the server reports")
+    rpm: int | None = Field(
+        None, gt=0, description="server-side requests-per-minute limit (429 over it)"
+    )
+    latency_ms: float = Field(0.0, ge=0, description="added latency per request")
+    fault_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that fail")
+    fault_kinds: list[FaultKind] = Field(
+        default_factory=lambda: ["429", "500", "timeout", "malformed"],
+        min_length=1,
+        description="faults to inject, chosen evenly",
+    )
+    timeout_fault_s: float = Field(
+        30.0, ge=0, description="how long a 'timeout' fault holds the request"
+    )
+    seed: int = Field(0, description="seed for replies, verdicts and faults")
+    needed_fraction: float = Field(
+        0.5, ge=0, le=1, description="fraction of first critiques that ask for a revision"
+    )
+    later_needed_fraction: float = Field(
+        0.0, ge=0, le=1, description="the same for critiques of revised answers"
+    )
+
+
+class RayConfig(StageConfig):
+    address: str | None = Field(
+        None, description="Ray cluster address; empty starts an embedded Ray"
+    )
+    num_cpus: int | None = Field(None, gt=0, description="CPUs for an embedded Ray")
+
+
+class QuickstartConfig(StageConfig):
+    """The end-to-end slice that exists today: the offline teacher on Ray Serve writes
+    SelFee chains for a small instruction set, rendered and checked in the SelFee format."""
+
+    output_dir: Path = Field(Path("outputs/quickstart"), description="where results go")
+    instructions: Path | None = Field(
+        None, description="Instruction JSONL; empty uses the samples shipped with selfee"
+    )
+    max_iterations: int = Field(3, ge=1, le=20, description="answer + revisions per chain")
+    concurrency: int = Field(4, ge=1, le=256, description="records in flight at once")
+    serve_port: int = Field(
+        8000, ge=1, le=65535, description="Ray Serve HTTP port; the teacher is at /teacher/v1"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig,
+        description="offline teacher settings (host and port are unused under Serve)",
+    )
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> C:
+    """Read ``path`` (YAML), apply dotted ``overrides`` and validate as ``cls``."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of keys to values")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e, cls, source, set(overrides or {}))) from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def describe_validation_error(
+    err: ValidationError, cls: type[BaseModel], source: str, cli_keys: set[str]
+) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        cli_key = next((k for k in cli_keys if key == k or key.startswith(k + ".")), None)
+        if cli_key is not None:
+            origin = f"option --{cli_key.replace('_', '-')}"
+        else:
+            origin = f"key '{key}' in {source}"
+        if item["type"] == "extra_forbidden":
+            hint = _suggest(cls, [str(p) for p in item["loc"]])
+            lines.append(f"unknown {origin}{hint}")
+        else:
+            lines.append(f"invalid {origin}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _suggest(cls: type[BaseModel], loc: list[str]) -> str:
+    model: Any = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None or not _is_model(field.annotation):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return (
+        f" (did you mean '{close[0]}'?)"
+        if close
+        else f" (known keys: {', '.join(model.model_fields)})"
+    )
+
+
+# --- command line ----------------------------------------------------------------------
+
+_DEST_PREFIX = "config:"
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _leaf_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, annotation, pydantic FieldInfo) for every non-model field."""
+    leaves = []
+    for name, info in cls.model_fields.items():
+        if _is_model(info.annotation):
+            leaves += _leaf_fields(info.annotation, f"{prefix}{name}.")
+        else:
+            leaves.append((prefix + name, info.annotation, info))
+    return leaves
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return bool in typing.get_args(annotation)
+    return False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
+    """``--config FILE`` plus one option for every key of ``cls``, named as in the YAML."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config; options below override it")
+    group = parser.add_argument_group("config keys (same names as in the YAML file)")
+    for dotted, annotation, info in _leaf_fields(cls):
+        dashed = f"--{dotted.replace('_', '-')}"
+        names = [dashed] if dashed == f"--{dotted}" else [dashed, f"--{dotted}"]
+        default = info.get_default(call_default_factory=True)
+        kwargs: dict[str, Any] = {
+            "dest": _DEST_PREFIX + dotted,
+            "default": argparse.SUPPRESS,
+            "metavar": dotted.rsplit(".", 1)[-1].upper(),
+            "help": f"{info.description or ''} (default: {default})",
+        }
+        if _is_bool(annotation):
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs.pop("metavar")
+        elif _is_list(annotation):
+            kwargs["nargs"] = "+"
+        group.add_argument(*names, **kwargs)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    overrides = {
+        dest[len(_DEST_PREFIX) :]: _parse_cli_value(value)
+        for dest, value in vars(args).items()
+        if dest.startswith(_DEST_PREFIX)
+    }
+    return load_config(cls, getattr(args, "config", None), overrides)
+
+
+def _parse_cli_value(value: Any) -> Any:
+    """Leave scalars to pydantic's coercion; let ``null``/``none`` clear an optional key."""
+    if isinstance(value, str) and value.lower() in ("null", "none"):
+        return None
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def dump_config(config: StageConfig) -> dict[str, Any]:
+    """The config as plain data for manifests and logs."""
+    return config.model_dump(mode="json")

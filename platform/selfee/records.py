@@ -1,0 +1,59 @@
+"""Data contracts shared by the stages (ARCHITECTURE.md): ids and JSON Lines files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+INSTRUCTION_FIELDS = ("id", "dataset", "instruction", "input", "output", "meta")
+
+
+def instruction_id(dataset: str, instruction: str, input: str = "") -> str:
+    """Stable across runs and machines: the same source row always gets the same id."""
+    key = json.dumps([dataset, instruction, input], ensure_ascii=False)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def make_instruction(
+    dataset: str,
+    instruction: str,
+    input: str = "",
+    output: str = "",
+    **meta: Any,
+) -> dict[str, Any]:
+    return {
+        "id": instruction_id(dataset, instruction, input),
+        "dataset": dataset,
+        "instruction": instruction,
+        "input": input,
+        "output": output,
+        "meta": meta,
+    }
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not valid JSON: {e.msg}") from None
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count

@@ -1,0 +1,1 @@
+"""The offline teacher: an OpenAI-compatible stand-in for a teacher or judge LLM."""

@@ -1,0 +1,289 @@
+"""The offline teacher's HTTP server: an OpenAI-compatible chat endpoint with limits and faults.
+
+One FastAPI app serves both ways: as a plain process (``selfee teacher``) and as a Ray Serve
+app (``serve_apps/teacher_app.py``). Counters live in the app, so a Serve deployment of the
+teacher should keep one replica when its ``/stats`` are to be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from selfee.config import TeacherConfig
+from selfee.teacher.replies import ReplySettings, count_tokens, reply, truncate_tokens
+
+WINDOW_S = 60.0
+BANNER = (
+    "OFFLINE TEACHER: deterministic synthetic replies for tests and demos, not a real LLM. "
+    "Configure a real endpoint and API key for real data."
+)
+
+
+@dataclass
+class TeacherState:
+    """Counters, the server-side rate limit and the fault dice; touched only from the event loop."""
+
+    config: TeacherConfig
+    rng: random.Random = field(init=False)
+    received: int = 0
+    served: int = 0
+    rate_limited: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_requests_in_any_60s: int = 0
+    first_request_at: float | None = None
+    last_request_at: float | None = None
+    _arrivals: deque[float] = field(default_factory=deque)
+    _admitted: deque[float] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+
+    def arrive(self, now: float) -> None:
+        self.received += 1
+        self.first_request_at = self.first_request_at or now
+        self.last_request_at = now
+        _trim(self._arrivals, now)
+        self._arrivals.append(now)
+        self.max_requests_in_any_60s = max(self.max_requests_in_any_60s, len(self._arrivals))
+
+    def admit(self, now: float) -> int | None:
+        """None if the request may proceed, else the seconds to put in ``Retry-After``."""
+        if self.config.rpm is None:
+            return None
+        _trim(self._admitted, now)
+        if len(self._admitted) >= self.config.rpm:
+            self.rate_limited += 1
+            return max(1, math.ceil(self._admitted[0] + WINDOW_S - now))
+        self._admitted.append(now)
+        return None
+
+    def draw_fault(self) -> str | None:
+        if self.config.fault_rate <= 0 or self.rng.random() >= self.config.fault_rate:
+            return None
+        kind = self.config.fault_kinds[self.rng.randrange(len(self.config.fault_kinds))]
+        self.faults[kind] += 1
+        if kind == "429":
+            self.rate_limited += 1
+        return kind
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "offline": True,
+            "requests": self.served,
+            "received": self.received,
+            "rate_limited": self.rate_limited,
+            "faults": dict(self.faults),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "max_requests_in_any_60s": self.max_requests_in_any_60s,
+            "first_request_at": self.first_request_at,
+            "last_request_at": self.last_request_at,
+            "rpm_limit": self.config.rpm,
+        }
+
+
+def _trim(window: deque[float], now: float) -> None:
+    while window and window[0] <= now - WINDOW_S:
+        window.popleft()
+
+
+def openai_error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    code = {429: "rate_limit_exceeded", 500: "server_error", 400: "invalid_request"}.get(status)
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validate_chat_body(body: Any) -> str | None:
+    """A message for the first thing wrong with a chat request, or None."""
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"messages[{i}] must be an object with a string 'role'"
+        if not isinstance(message.get("content"), str):
+            return f"messages[{i}].content must be a string"
+    if body.get("stream"):
+        return "the offline teacher does not stream; send 'stream': false"
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        return "'max_tokens' must be a positive integer"
+    return None
+
+
+def create_app(config: TeacherConfig | None = None) -> FastAPI:
+    config = config or TeacherConfig()
+    state = TeacherState(config)
+    settings = ReplySettings(config.seed, config.needed_fraction, config.later_needed_fraction)
+    app = FastAPI(title="SelFee offline teacher", description=BANNER)
+    app.state.teacher = state
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        now = time.time()
+        state.arrive(now)
+        retry_after = state.admit(now)
+        if retry_after is not None:
+            return openai_error(
+                429,
+                f"rate limit of {config.rpm} requests per minute reached",
+                "rate_limit_error",
+                headers={"Retry-After": str(retry_after)},
+            )
+        fault = state.draw_fault()
+        try:
+            body = await request.json()
+        except ValueError:
+            return openai_error(400, "the request body is not valid JSON", "invalid_request_error")
+        problem = _validate_chat_body(body)
+        if problem:
+            return openai_error(400, problem, "invalid_request_error")
+        if config.latency_ms:
+            await asyncio.sleep(config.latency_ms / 1000)
+        if fault == "429":
+            return openai_error(
+                429, "injected rate limit", "rate_limit_error", {"Retry-After": "1"}
+            )
+        if fault == "500":
+            return openai_error(500, "injected server error", "server_error")
+        if fault == "timeout":
+            await asyncio.sleep(config.timeout_fault_s)
+            return openai_error(500, "injected timeout", "server_error")
+        if fault == "malformed":
+            return Response('{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
+
+        messages = body["messages"]
+        content, finish_reason = truncate_tokens(
+            reply(messages, settings), body.get("max_tokens", body.get("max_completion_tokens"))
+        )
+        prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
+        completion_tokens = count_tokens(content)
+        state.served += 1
+        state.prompt_tokens += prompt_tokens
+        state.completion_tokens += completion_tokens
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-offline-{state.received}",
+                "object": "chat.completion",
+                "created": int(now),
+                "model": config.model,
+                "system_fingerprint": "offline-teacher",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+            headers={"X-Offline-Teacher": "1"},
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": config.model, "object": "model", "created": 0, "owned_by": "selfee-offline"}
+            ],
+        }
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return state.snapshot()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving so that port 0 resolves to a real port we can print."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # clients that come before the server loop runs wait in the backlog
+    return sock
+
+
+def _uvicorn_server(config: TeacherConfig) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="off"))
+
+
+def serve_forever(config: TeacherConfig) -> None:
+    """Run the teacher in this process until interrupted (``selfee teacher``)."""
+    try:
+        sock = bind_socket(config.host, config.port)
+    except OSError as e:
+        raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from None
+    port = sock.getsockname()[1]
+    print(f"*** {BANNER}", file=sys.stderr)
+    print(f"offline teacher listening on http://{config.host}:{port}/v1", flush=True)
+    _uvicorn_server(config).run(sockets=[sock])
+
+
+class TeacherThread:
+    """The teacher on a background thread of this process: for tests, benchmarks, notebooks.
+
+    >>> with TeacherThread(TeacherConfig(port=0)) as teacher:
+    ...     client = openai.AsyncOpenAI(base_url=teacher.base_url, api_key="unused")
+    """
+
+    def __init__(self, config: TeacherConfig) -> None:
+        self.config = config
+        self._sock = bind_socket(config.host, config.port)
+        self.port: int = self._sock.getsockname()[1]
+        self._server = _uvicorn_server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def __enter__(self) -> TeacherThread:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the offline teacher did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()

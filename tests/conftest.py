@@ -1,0 +1,61 @@
+"""Shared fixtures: the published SelFee reference data, one local Ray, offline teachers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from selfee.config import TeacherConfig
+from selfee.teacher.server import TeacherThread
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference" / "selfee"
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.fail(f"the SelFee reference data is missing: expected {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def serve_cleanup(ray_session: None) -> Iterator[None]:
+    from ray import serve
+
+    yield
+    serve.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def start_teacher() -> Iterator:
+    """Start offline teachers on free ports of 127.0.0.1: ``start_teacher(rpm=2)``."""
+    running: list[TeacherThread] = []
+
+    def start(**settings: object) -> TeacherThread:
+        teacher = TeacherThread(TeacherConfig(port=0, **settings)).__enter__()
+        running.append(teacher)
+        return teacher
+
+    yield start
+    for teacher in running:
+        teacher.__exit__(None, None, None)

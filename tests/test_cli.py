@@ -1,0 +1,71 @@
+"""The ``selfee`` command and the ``jobs`` entrypoints: subcommands, help, user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfee.cli import COMMANDS, build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_only_built_stages_are_subcommands() -> None:
+    assert [c.name for c in COMMANDS] == ["teacher", "quickstart"]
+    help_text = build_parser().format_help()
+    assert "teacher" in help_text and "quickstart" in help_text
+    for not_yet in ["collect", "augment", "train", "infer", "serve", "judge"]:
+        assert f"    {not_yet} " not in help_text
+
+
+def test_every_job_module_runs_the_same_parser() -> None:
+    jobs = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__")
+    assert jobs == ["quickstart"]
+    done = run("-m", "jobs.quickstart", "--help")
+    assert done.returncode == 0
+    assert "--teacher.needed-fraction" in done.stdout
+
+
+def test_bad_option_value_exits_2_with_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["teacher", "--rpm", "-1"])
+    assert caught.value.code == 2
+    assert "invalid option --rpm" in capsys.readouterr().err
+
+
+def test_unknown_key_in_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "q.yaml"
+    bad.write_text("max_iteration: 3\n")
+    done = run("-m", "selfee.cli", "quickstart", "--config", str(bad))
+    assert done.returncode == 2
+    assert "unknown key 'max_iteration'" in done.stderr
+    assert "did you mean 'max_iterations'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_instructions_file_is_a_clear_error(tmp_path: Path) -> None:
+    done = run(
+        "-m",
+        "selfee.cli",
+        "quickstart",
+        "--instructions",
+        str(tmp_path / "nope.jsonl"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--serve-port",
+        "8799",
+        "--ray.num-cpus",
+        "1",
+    )
+    assert done.returncode == 1
+    assert "nope.jsonl" in done.stderr
+    assert "Traceback" not in done.stderr

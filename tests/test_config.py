@@ -1,0 +1,108 @@
+"""Stage configs: YAML + CLI overrides of the same names, errors that name the bad key."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from selfee.config import (
+    ConfigError,
+    QuickstartConfig,
+    TeacherConfig,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(cls, argv: list[str]):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    return config_from_args(cls, parser.parse_args(argv))
+
+
+def test_every_shipped_stage_config_validates() -> None:
+    assert load_config(QuickstartConfig, REPO / "configs" / "quickstart.yaml").max_iterations == 3
+    assert load_config(TeacherConfig, REPO / "configs" / "teacher.yaml").port == 8100
+
+
+def test_yaml_then_cli_overrides_with_same_names(tmp_path: Path) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text("max_iterations: 4\nteacher:\n  seed: 5\n  rpm: 100\nray:\n  num_cpus: 2\n")
+    cfg = parse(
+        QuickstartConfig,
+        [
+            "--config",
+            str(path),
+            "--max-iterations",
+            "6",
+            "--teacher.rpm",
+            "none",
+            "--teacher.fault_kinds",
+            "429",
+            "500",
+        ],
+    )
+    assert cfg.max_iterations == 6  # CLI wins
+    assert cfg.teacher.seed == 5  # YAML kept
+    assert cfg.teacher.rpm is None  # "none" clears an optional key
+    assert cfg.teacher.fault_kinds == ["429", "500"]
+    assert cfg.ray.num_cpus == 2
+
+
+def test_defaults_without_any_file() -> None:
+    cfg = parse(TeacherConfig, [])
+    assert cfg == TeacherConfig()
+
+
+def test_unknown_yaml_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("teacher:\n  needed_fractoin: 0.3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(QuickstartConfig, path)
+    message = str(caught.value)
+    assert "teacher.needed_fractoin" in message and str(path) in message
+    assert "did you mean 'needed_fraction'" in message
+
+
+def test_invalid_value_names_key_and_origin(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"invalid option --fault-rate: .*less than or equal to 1"
+    ):
+        parse(TeacherConfig, ["--fault-rate", "1.5"])
+    path = tmp_path / "t.yaml"
+    path.write_text("port: high\n")
+    with pytest.raises(ConfigError, match=r"invalid key 'port' in .*t.yaml"):
+        load_config(TeacherConfig, path)
+
+
+def test_file_problems_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(TeacherConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(TeacherConfig, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(TeacherConfig, listy)
+
+
+def test_every_config_key_is_a_cli_option() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, QuickstartConfig)
+    options = {s for a in parser._actions for s in a.option_strings}
+    for key in [
+        "--output-dir",
+        "--max-iterations",
+        "--ray.address",
+        "--teacher.needed-fraction",
+        "--teacher.later_needed_fraction",
+        "--serve-port",
+    ]:
+        assert key in options
