@@ -204,3 +204,20 @@ def test_published_feedbacks_have_verdicts(reference: Path) -> None:
         for step in row["outputs"][:-1]:
             assert detect_verdict(step["feedback"]) is Verdict.NEEDED
     assert verdicts.count(Verdict.NOT_NEEDED) >= 20
+
+
+def test_header_cut_off_at_the_end_still_closes_the_revision() -> None:
+    text = (
+        render_prompt("q")
+        + render_target(_chain(3))
+        + "\n\n### Revision 3:\nfull revision\n\n### Feedback"
+    )
+    chain = parse(text)
+    assert chain.final_answer == "full revision"
+    assert chain.segments[-1].kind == "feedback" and chain.segments[-1].number == 4
+    assert final_answer(text + " 4") == "full revision"
+
+
+def test_text_after_a_numberless_header_is_not_a_header() -> None:
+    outputs = [{"output": "see ### Feedback below\n### Feedback is a word here", "feedback": "ok"}]
+    assert parse(render_target(outputs)).steps == outputs

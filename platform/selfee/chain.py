@@ -122,8 +122,9 @@ def detect_verdict(feedback: str) -> Verdict:
 # --- parsing --------------------------------------------------------------------------
 
 # A header starts a line; the blank line before it and one newline after its colon belong
-# to the header, so segments come back exactly as they were rendered.
-_HEADER_RE = re.compile(r"(?:\n\n|\n|^)### (Feedback|Revision) (\d+):\n?")
+# to the header, so segments come back exactly as they were rendered. A header cut off at
+# the very end of a generation ("...\n\n### Feedback") still counts as one.
+_HEADER_RE = re.compile(r"(?:\n\n|\n|^)### (Feedback|Revision)(?: (\d+))?(?::\n?|[ \t]*$)")
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,11 @@ def parse(text: str) -> ParsedChain:
         if header_kind != expected or m.start() < start:
             continue
         chain.segments.append(Segment(kind, number, body[start : m.start()], closed=True))
-        kind, number, start = header_kind, int(m.group(2)), m.end()
+        if m.group(2):
+            number = int(m.group(2))
+        elif header_kind == "feedback":
+            number += 1
+        kind, start = header_kind, m.end()
     chain.segments.append(Segment(kind, number, body[start:], closed=False))
     return chain
 
