@@ -108,10 +108,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         chains = asyncio.run(_augment_all(endpoint, records, cfg))
         teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
     finally:
-        serve.delete(TEACHER_APP)
         if started_ray:
-            serve.shutdown()
-            ray.shutdown()
+            ray.shutdown()  # takes Serve down with it
+        else:
+            serve.delete(TEACHER_APP)
 
     out = Path(cfg.output_dir)
     write_jsonl(out / "chains.jsonl", chains)
