@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from conftest import free_port
-
 from selfee.chain import Verdict, detect_verdict, parse, render_prompt, render_target
 from selfee.config import QuickstartConfig, TeacherConfig
 from selfee.quickstart import run_quickstart, sample_instructions_path

@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import free_port
 from ray import serve
+
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from selfee import __version__
 from selfee.config import (
+    CollectConfig,
     ConfigError,
     QuickstartConfig,
     StageConfig,
@@ -28,6 +29,12 @@ def _run_teacher(cfg: TeacherConfig) -> None:
     from selfee.teacher.server import serve_forever
 
     serve_forever(cfg)
+
+
+def _run_collect(cfg: CollectConfig) -> None:
+    from selfee.collect.job import run_collect
+
+    run_collect(cfg)
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:
@@ -53,6 +60,13 @@ COMMANDS = [
         "replies, optional rate limit, latency and faults",
         TeacherConfig,
         _run_teacher,
+    ),
+    Command(
+        "collect",
+        "collect instruction data from local files of the SelFee sources (alpaca, aqua, gsm8k, "
+        "math, conala, mbpp, code_contests, drrepair, flan, sharegpt) with Ray Data",
+        CollectConfig,
+        _run_collect,
     ),
     Command(
         "quickstart",

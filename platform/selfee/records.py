@@ -18,6 +18,12 @@ def instruction_id(dataset: str, instruction: str, input: str = "") -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def stable_fraction(*parts: object) -> float:
+    """A number in [0, 1) fixed by ``parts``: the same on every machine and run."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def make_instruction(
     dataset: str,
     instruction: str,
@@ -43,6 +49,19 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n} is not valid JSON: {e.msg}") from None
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON Lines or Parquet file (Parquet keeps ``meta`` as a JSON string)."""
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            if isinstance(row.get("meta"), str):
+                row["meta"] = json.loads(row["meta"])
+        return rows
+    return list(read_jsonl(path))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -7,13 +7,13 @@ can never pass for real teacher output.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from selfee import prompts
 from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED
+from selfee.records import stable_fraction
 
 TAG = "[offline-teacher]"
 
@@ -33,12 +33,6 @@ def truncate_tokens(text: str, max_tokens: int | None) -> tuple[str, str]:
     if len(ends) <= max_tokens:
         return text, "stop"
     return text[: ends[max_tokens - 1]], "length"
-
-
-def stable_fraction(*parts: object) -> float:
-    """A number in [0, 1) fixed by ``parts``: the same on every machine and run."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _pick(options: Sequence[str], *parts: object) -> str:

@@ -1,0 +1,1 @@
+"""Collection: the SelFee sources' public formats → Instruction rows (ARCHITECTURE.md)."""

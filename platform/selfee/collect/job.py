@@ -1,0 +1,232 @@
+"""The collection job: source files → Instruction rows, fanned out with Ray Data.
+
+Ray Data reads the files and shapes rows in parallel (HTML cleanup and language identification
+are the costly parts); the driver then applies what needs the whole picture, deterministically:
+FLAN's per-task cap, per-source sampling and caps, global de-duplication.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from selfee.collect import filters
+from selfee.collect.sources import SOURCES, BadRow, Skip, data_files, read_records
+from selfee.config import CollectConfig, dump_config
+from selfee.records import INSTRUCTION_FIELDS, instruction_id, stable_fraction, write_jsonl
+
+BATCH_SIZE = 512
+
+
+def log(message: str) -> None:
+    print(f"[collect] {message}", flush=True)
+
+
+def read_file(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raw rows of one file, JSON-encoded so that every block has the same Arrow schema."""
+    rows = []
+    for location, raw in read_records(Path(task["file"])):
+        bad = isinstance(raw, BadRow)
+        rows.append({
+            "source": task["source"],
+            "order": task["order"],
+            "location": location,
+            "raw": str(raw) if bad else json.dumps(raw, ensure_ascii=False, default=str),
+            "bad": bad,
+        })  # fmt: skip
+    return rows
+
+
+def shape_row(source: str, raw: Any) -> dict[str, Any]:
+    """One raw row → an Instruction row (the functional core, no Ray)."""
+    shaped = SOURCES[source].shape(raw)
+    instruction = shaped["instruction"].strip()
+    if not instruction:
+        raise Skip("empty instruction")
+    return {
+        "id": instruction_id(source, instruction, shaped["input"]),
+        "dataset": source,
+        "instruction": instruction,
+        "input": shaped["input"],
+        "output": shaped["output"],
+        "meta": shaped["meta"],
+    }
+
+
+def shape_batch(batch: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for source, order, location, raw, bad in batch[
+        ["source", "order", "location", "raw", "bad"]
+    ].itertuples(index=False):
+        status, reason, record = "ok", "", ""
+        if bad:
+            status, reason = "bad", raw
+        else:
+            try:
+                record = json.dumps(shape_row(source, json.loads(raw)), ensure_ascii=False)
+            except Skip as skip:
+                status, reason = "skip", skip.reason
+            except BadRow as e:
+                status, reason = "bad", f"{location}: {e}"
+        out.append((source, order, location, status, reason, record))
+    return pd.DataFrame(out, columns=["source", "order", "location", "status", "reason", "record"])
+
+
+def select(rows: list[dict[str, Any]], keep: int, seed: int, salt: str) -> list[dict[str, Any]]:
+    """A deterministic sample of ``keep`` rows: the same rows for the same seed, any order in."""
+    ranked = sorted(rows, key=lambda r: stable_fraction(seed, salt, r["id"]))
+    chosen = {r["id"] for r in ranked[:keep]}
+    return [r for r in rows if r["id"] in chosen]
+
+
+class CollectError(ValueError):
+    pass
+
+
+def run_collect(cfg: CollectConfig) -> dict[str, Any]:
+    if not cfg.sources:
+        raise CollectError("no sources: give --source NAME=PATH (or 'sources' in the config)")
+    tasks = []
+    for order, spec in enumerate(cfg.sources):
+        try:
+            files = data_files(spec.path)
+        except BadRow as e:
+            raise CollectError(f"source {spec.name}: {e}") from None
+        tasks += [{"source": spec.name, "order": order, "file": str(f.resolve())} for f in files]
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
+    t0 = time.monotonic()
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # first of duplicates = first in config
+        shaped = (
+            ray.data.from_items(tasks)
+            .flat_map(read_file)
+            .map_batches(shape_batch, batch_size=BATCH_SIZE, batch_format="pandas")
+        )
+        results = list(shaped.iter_rows())
+    finally:
+        if started_ray:
+            ray.shutdown()
+    log(f"read and shaped {len(results)} rows from {len(tasks)} files "
+        f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
+    instructions, summary = finish(results, cfg)
+    write_outputs(instructions, summary, cfg)
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    (cfg.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary)
+    return summary
+
+
+def finish(
+    results: list[dict[str, Any]], cfg: CollectConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Counts, bad-row policy, caps, sampling and de-duplication over all shaped rows."""
+    per_source: dict[str, dict[str, Any]] = {
+        spec.name: {"rows_in": 0, "rows_out": 0, "dropped": collections.Counter()}
+        for spec in cfg.sources
+    }
+    bad_rows: list[str] = []
+    by_order: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in results:
+        stats = per_source[row["source"]]
+        stats["rows_in"] += 1
+        if row["status"] == "bad":
+            if not cfg.skip_bad_rows:
+                raise CollectError(
+                    f"malformed input: {row['reason']} (set skip_bad_rows to count and skip such rows)"
+                )
+            bad_rows.append(row["reason"])
+            stats["dropped"]["malformed"] += 1
+        elif row["status"] == "skip":
+            stats["dropped"][row["reason"]] += 1
+        else:
+            by_order[row["order"]].append(json.loads(row["record"]))
+
+    kept: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for order, spec in enumerate(cfg.sources):
+        rows = by_order.get(order, [])
+        stats = per_source[spec.name]
+        if spec.name == "flan":
+            rows = _cap_per_task(rows, cfg.flan_per_task, cfg.seed, stats["dropped"])
+        if spec.fraction < 1:
+            n = len(rows)
+            rows = select(rows, round(n * spec.fraction), cfg.seed, f"fraction:{order}")
+            _count(stats["dropped"], "sampled out", n - len(rows))
+        if spec.cap is not None and len(rows) > spec.cap:
+            stats["dropped"]["over cap"] += len(rows) - spec.cap
+            rows = select(rows, spec.cap, cfg.seed, f"cap:{order}")
+        for row in rows:
+            key = filters.normalize_for_dedup(row["instruction"] + "\n" + row["input"])
+            if cfg.dedup and key in seen:
+                stats["dropped"]["duplicate"] += 1
+                continue
+            seen.add(key)
+            kept.append(row)
+            stats["rows_out"] += 1
+
+    summary = {
+        "rows_in": sum(s["rows_in"] for s in per_source.values()),
+        "rows_out": len(kept),
+        "sources": {name: {**s, "dropped": dict(s["dropped"])} for name, s in per_source.items()},
+        "malformed_rows": bad_rows[:100],
+        "config": dump_config(cfg),
+    }
+    return kept, summary
+
+
+def _cap_per_task(
+    rows: list[dict[str, Any]], per_task: int, seed: int, dropped: collections.Counter
+) -> list[dict[str, Any]]:
+    tasks: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in rows:
+        tasks[row["meta"]["task"]].append(row)
+    keep: set[str] = set()
+    for task, task_rows in tasks.items():
+        keep |= {r["id"] for r in select(task_rows, per_task, seed, f"flan:{task}")}
+    _count(dropped, "per-task cap", len(rows) - len(keep))
+    return [r for r in rows if r["id"] in keep]
+
+
+def _count(dropped: collections.Counter, reason: str, n: int) -> None:
+    if n:
+        dropped[reason] += n
+
+
+def write_outputs(rows: list[dict[str, Any]], summary: dict[str, Any], cfg: CollectConfig) -> None:
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(
+        [{**{k: r[k] for k in INSTRUCTION_FIELDS if k != "meta"}, "meta": json.dumps(r["meta"])}
+         for r in rows],
+        schema=pa.schema([(k, pa.string()) for k in INSTRUCTION_FIELDS]),
+    )  # fmt: skip
+    path = cfg.output / "instructions.parquet"
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    artifacts = {"instructions": str(path), "summary": str(cfg.output / "summary.json")}
+    if cfg.jsonl:
+        write_jsonl(cfg.output / "instructions.jsonl", rows)
+        artifacts["instructions_jsonl"] = str(cfg.output / "instructions.jsonl")
+    summary["artifacts"] = artifacts
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    log(f"{'source':14s} {'rows in':>8s} {'rows out':>9s}  dropped")
+    for name, s in summary["sources"].items():
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(s["dropped"].items())) or "-"
+        log(f"{name:14s} {s['rows_in']:8d} {s['rows_out']:9d}  {dropped}")
+    log(f"{'total':14s} {summary['rows_in']:8d} {summary['rows_out']:9d}")
+    for name, path in summary["artifacts"].items():
+        log(f"{name:18s} {path}")
