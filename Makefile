@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test lint format clean
+.PHONY: install quickstart test bench lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,14 @@ quickstart: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: install
+	$(PY) bench/collect_sharegpt.py --rows 200000
+
 lint: install
-	$(VENV)/bin/ruff check platform jobs serve_apps tests
+	$(VENV)/bin/ruff check platform jobs serve_apps tests bench
 
 format: install
-	$(VENV)/bin/ruff format platform jobs serve_apps tests
+	$(VENV)/bin/ruff format platform jobs serve_apps tests bench
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from selfee.config import (
+    CollectConfig,
     ConfigError,
     QuickstartConfig,
     TeacherConfig,
@@ -28,6 +29,11 @@ def parse(cls, argv: list[str]):
 def test_every_shipped_stage_config_validates() -> None:
     assert load_config(QuickstartConfig, REPO / "configs" / "quickstart.yaml").max_iterations == 3
     assert load_config(TeacherConfig, REPO / "configs" / "teacher.yaml").port == 8100
+    collect = load_config(CollectConfig, REPO / "configs" / "collect.yaml")
+    assert {s.name for s in collect.sources} == {
+        "alpaca", "aqua", "gsm8k", "math", "conala", "mbpp", "code_contests", "drrepair", "flan",
+        "sharegpt",
+    }  # fmt: skip
 
 
 def test_yaml_then_cli_overrides_with_same_names(tmp_path: Path) -> None:

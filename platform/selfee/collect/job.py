@@ -112,6 +112,8 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
         shaped = (
             ray.data.from_items(tasks)
             .flat_map(read_file)
+            # One big file reads into one block: split it so shaping runs on every CPU.
+            .repartition(target_num_rows_per_block=BATCH_SIZE * 4)
             .map_batches(shape_batch, batch_size=BATCH_SIZE, batch_format="pandas")
         )
         results = list(shaped.iter_rows())
