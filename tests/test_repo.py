@@ -57,3 +57,10 @@ def test_ci_script_outcome(tmp_path: Path, test_body: str, select: str, passes: 
     test_file.write_text(test_body)
     done = ci(tmp_path, f"-p no:cacheprovider {select} {test_file}")
     assert (done.returncode == 0) is passes, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_code_is_ruff_clean() -> None:
+    ruff = Path(sys.executable).with_name("ruff")
+    folders = ["platform", "jobs", "serve_apps", "tests", "bench"]
+    done = subprocess.run([str(ruff), "check", *folders], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
