@@ -18,6 +18,11 @@ REVISED_CRITIQUE_MARKER = "Revised proposed answer:"
 GOLD_MARKER = "Reference answer (never reveal it):"
 REVISION_MARKER = "Revise the answer based on the critique"
 JUDGE_MARKER = "[The Start of Assistant 1's Answer]"
+INSTRUCTION_LABEL = "Instruction:"
+INPUT_LABEL = "Input:"
+PREVIOUS_ANSWER_LABEL = "Your previous answer:"
+CRITIQUE_LABEL = "Critique of that answer:"
+CRITIQUE_REQUEST_START = "Write a critique"
 
 CRITIC_SYSTEM = (
     "You are a teaching assistant who critiques answers to instructions. Be specific and "
@@ -26,7 +31,7 @@ CRITIC_SYSTEM = (
 )
 
 CRITIQUE_REQUEST = (
-    "Write a critique of the {which} answer in under 100 words. Score its quality from 1 to "
+    f"{CRITIQUE_REQUEST_START} of the {{which}} answer in under 100 words. Score its quality from 1 to "
     f'10 as "Score: N". Then end with exactly one sentence: "{VERDICT_NEEDED}" or '
     f'"{VERDICT_NOT_NEEDED}" A score below 9 normally needs a revision.'
 )
@@ -38,9 +43,9 @@ REVISION_REQUEST = (
 
 
 def _instruction_block(instruction: str, input: str) -> str:
-    text = f"Instruction:\n{instruction}"
+    text = f"{INSTRUCTION_LABEL}\n{instruction}"
     if input:
-        text += f"\n\nInput:\n{input}"
+        text += f"\n\n{INPUT_LABEL}\n{input}"
     return text
 
 
@@ -76,8 +81,8 @@ def revision_messages(
     content = "\n\n".join(
         [
             _instruction_block(instruction, input),
-            f"Your previous answer:\n{answer}",
-            f"Critique of that answer:\n{feedback}",
+            f"{PREVIOUS_ANSWER_LABEL}\n{answer}",
+            f"{CRITIQUE_LABEL}\n{feedback}",
             REVISION_REQUEST,
         ]
     )

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ray
 from ray import serve
 
 from selfee.augment_loop import augment_record
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
 from selfee.config import QuickstartConfig, dump_config
 from selfee.llm import Endpoint
+from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl, write_jsonl
 from selfee.teacher.deployment import teacher_application
 
@@ -85,33 +85,28 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     records = list(read_jsonl(source))  # a bad file fails here, before Ray starts
     if not records:
         raise ValueError(f"{source} holds no instructions")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     t0 = time.monotonic()
-    try:
-        quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": cfg.serve_port}, logging_config=quiet
-        )
-        serve.run(
-            teacher_application(cfg.teacher),
-            name=TEACHER_APP,
-            route_prefix="/teacher",
-            logging_config=quiet,
-        )
-        base = f"http://127.0.0.1:{cfg.serve_port}/teacher"
-        log(f"offline teacher on Ray Serve at {base}/v1 (synthetic replies, not a real LLM)")
-
-        log(f"{len(records)} instructions from {source}")
-        endpoint = Endpoint(base_url=f"{base}/v1", model=cfg.teacher.model)
-        chains = asyncio.run(_augment_all(endpoint, records, cfg))
-        teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
-    finally:
-        if started_ray:
-            ray.shutdown()  # takes Serve down with it
-        else:
-            serve.delete(TEACHER_APP)
+    with ray_runtime(cfg.ray) as started_ray:
+        try:
+            quiet = {"log_level": "WARNING", "enable_access_log": False}
+            serve.start(
+                http_options={"host": "127.0.0.1", "port": cfg.serve_port}, logging_config=quiet
+            )
+            serve.run(
+                teacher_application(cfg.teacher),
+                name=TEACHER_APP,
+                route_prefix="/teacher",
+                logging_config=quiet,
+            )
+            base = f"http://127.0.0.1:{cfg.serve_port}/teacher"
+            log(f"offline teacher on Ray Serve at {base}/v1 (synthetic replies, not a real LLM)")
+            log(f"{len(records)} instructions from {source}")
+            endpoint = Endpoint(base_url=f"{base}/v1", model=cfg.teacher.model)
+            chains = asyncio.run(_augment_all(endpoint, records, cfg))
+            teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
+        finally:
+            if not started_ray:  # a Ray we joined keeps running: leave it as we found it
+                serve.delete(TEACHER_APP)
 
     out = Path(cfg.output_dir)
     write_jsonl(out / "chains.jsonl", chains)

@@ -21,6 +21,7 @@ import ray
 from selfee.collect import filters
 from selfee.collect.sources import SOURCES, BadRow, Skip, data_files, read_records
 from selfee.config import CollectConfig, dump_config
+from selfee.ray_runtime import ray_runtime
 from selfee.records import INSTRUCTION_FIELDS, instruction_id, stable_fraction, write_jsonl
 
 BATCH_SIZE = 512
@@ -102,11 +103,8 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
             raise CollectError(f"source {spec.name}: {e}") from None
         tasks += [{"source": spec.name, "order": order, "file": str(f.resolve())} for f in files]
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, include_dashboard=False)
     t0 = time.monotonic()
-    try:
+    with ray_runtime(cfg.ray):
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # first of duplicates = first in config
         shaped = (
@@ -117,9 +115,6 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
             .map_batches(shape_batch, batch_size=BATCH_SIZE, batch_format="pandas")
         )
         results = list(shaped.iter_rows())
-    finally:
-        if started_ray:
-            ray.shutdown()
     log(f"read and shaped {len(results)} rows from {len(tasks)} files "
         f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
     instructions, summary = finish(results, cfg)

@@ -88,11 +88,11 @@ def _section(text: str, header: str) -> str:
         prompts.CRITIQUE_MARKER,
         prompts.REVISED_CRITIQUE_MARKER,
         prompts.GOLD_MARKER,
-        "Critique of that answer:",
-        "Your previous answer:",
+        prompts.CRITIQUE_LABEL,
+        prompts.PREVIOUS_ANSWER_LABEL,
         prompts.REVISION_MARKER,
-        "Write a critique",
-        "Input:",
+        prompts.CRITIQUE_REQUEST_START,
+        prompts.INPUT_LABEL,
     ]
     end = len(rest)
     for stop in stops:
@@ -154,7 +154,7 @@ def critique_is_needed(request: str, settings: ReplySettings) -> bool:
     of revised answers for ``later_needed_fraction``."""
     revised = prompts.REVISED_CRITIQUE_MARKER in request
     fraction = settings.later_needed_fraction if revised else settings.needed_fraction
-    instruction = _section(request, "Instruction:")
+    instruction = _section(request, prompts.INSTRUCTION_LABEL)
     key = _section(request, prompts.REVISED_CRITIQUE_MARKER) if revised else ""
     return stable_fraction(settings.seed, "verdict", instruction, key) < fraction
 
@@ -172,8 +172,8 @@ def critique_reply(request: str, settings: ReplySettings) -> str:
 
 
 def revision_reply(request: str, settings: ReplySettings) -> str:
-    previous = _section(request, "Your previous answer:").strip()
-    feedback = _section(request, "Critique of that answer:")
+    previous = _section(request, prompts.PREVIOUS_ANSWER_LABEL).strip()
+    feedback = _section(request, prompts.CRITIQUE_LABEL)
     gap = next((g for g in _GAPS if g in feedback), "it could be clearer")
     addition = {
         "it lacks a concrete example": "For example, apply the steps above to one small case first.",
