@@ -122,3 +122,24 @@ def test_cli_user_errors_have_no_traceback(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert done.returncode in (1, 2) and message in done.stderr, (argv, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_cap_holds_for_identical_rows_without_dedup(ray_session: None, tmp_path: Path) -> None:
+    """Identical rows share an id; a cap counts rows, not ids."""
+    same = [{"instruction": "Name a colour.", "input": "", "output": "red"}] * 4
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(same))
+    flan = tmp_path / "f.jsonl"
+    flan.write_text("".join(json.dumps({"inputs": "same", "targets": "x", "task": "t"}) + "\n"
+                            for _ in range(3)))  # fmt: skip
+    cfg = CollectConfig.model_validate({
+        "sources": [{"name": "alpaca", "path": str(path), "cap": 2},
+                    {"name": "flan", "path": str(flan)}],
+        "output": str(tmp_path / "o"), "dedup": False, "flan_per_task": 1})  # fmt: skip
+    summary = run_collect(cfg)
+    assert summary["sources"]["alpaca"] == {"rows_in": 4, "rows_out": 2, "dropped": {"over cap": 2}}
+    assert summary["sources"]["flan"] == {
+        "rows_in": 3,
+        "rows_out": 1,
+        "dropped": {"per-task cap": 2},
+    }

@@ -81,11 +81,19 @@ def shape_batch(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["source", "order", "location", "status", "reason", "record"])
 
 
+def chosen_positions(
+    rows: list[dict[str, Any]], positions: list[int], keep: int, seed: int, salt: str
+) -> list[int]:
+    """``keep`` of ``positions``, chosen by a seeded hash of each row's id (so the same rows
+    for the same seed, whatever the input order); rows with equal ids count one by one."""
+    ranked = sorted(positions, key=lambda i: (stable_fraction(seed, salt, rows[i]["id"]), i))
+    return ranked[:keep]
+
+
 def select(rows: list[dict[str, Any]], keep: int, seed: int, salt: str) -> list[dict[str, Any]]:
-    """A deterministic sample of ``keep`` rows: the same rows for the same seed, any order in."""
-    ranked = sorted(rows, key=lambda r: stable_fraction(seed, salt, r["id"]))
-    chosen = {r["id"] for r in ranked[:keep]}
-    return [r for r in rows if r["id"] in chosen]
+    """A deterministic sample of ``keep`` rows, in their original order."""
+    chosen = set(chosen_positions(rows, list(range(len(rows))), keep, seed, salt))
+    return [row for i, row in enumerate(rows) if i in chosen]
 
 
 class CollectError(ValueError):
@@ -186,14 +194,14 @@ def finish(
 def _cap_per_task(
     rows: list[dict[str, Any]], per_task: int, seed: int, dropped: collections.Counter
 ) -> list[dict[str, Any]]:
-    tasks: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for row in rows:
-        tasks[row["meta"]["task"]].append(row)
-    keep: set[str] = set()
-    for task, task_rows in tasks.items():
-        keep |= {r["id"] for r in select(task_rows, per_task, seed, f"flan:{task}")}
+    tasks: dict[str, list[int]] = collections.defaultdict(list)
+    for i, row in enumerate(rows):
+        tasks[row["meta"]["task"]].append(i)
+    keep: set[int] = set()
+    for task, positions in tasks.items():
+        keep.update(chosen_positions(rows, positions, per_task, seed, f"flan:{task}"))
     _count(dropped, "per-task cap", len(rows) - len(keep))
-    return [r for r in rows if r["id"] in keep]
+    return [row for i, row in enumerate(rows) if i in keep]
 
 
 def _count(dropped: collections.Counter, reason: str, n: int) -> None:
