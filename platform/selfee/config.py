@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from selfee.collect.sources import SOURCES
+
 C = TypeVar("C", bound="StageConfig")
 
 
@@ -89,10 +91,7 @@ class QuickstartConfig(StageConfig):
     )
 
 
-SourceName = Literal[
-    "alpaca", "aqua", "gsm8k", "math", "conala", "mbpp", "code_contests", "drrepair", "flan",
-    "sharegpt",
-]  # fmt: skip
+SourceName = Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # one list: collect.sources
 
 
 class SourceSpec(StageConfig):

@@ -48,7 +48,7 @@ def read_file(task: dict[str, Any]) -> list[dict[str, Any]]:
 
 def shape_row(source: str, raw: Any) -> dict[str, Any]:
     """One raw row → an Instruction row (the functional core, no Ray)."""
-    shaped = SOURCES[source].shape(raw)
+    shaped = SOURCES[source](raw)
     instruction = shaped["instruction"].strip()
     if not instruction:
         raise Skip("empty instruction")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -249,25 +248,16 @@ def shape_sharegpt(row: Any) -> Shaped:
             "meta": {"conversation_id": row.get("id", "")}}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    shape: Callable[[Any], Shaped]
-    has_gold: bool  # the critic may see ``output`` as a reference answer
-
-
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in [
-        Source("alpaca", shape_alpaca, has_gold=False),
-        Source("aqua", shape_aqua, has_gold=True),
-        Source("gsm8k", shape_gsm8k, has_gold=True),
-        Source("math", shape_math, has_gold=True),
-        Source("conala", shape_conala, has_gold=True),
-        Source("mbpp", shape_mbpp, has_gold=True),
-        Source("code_contests", shape_code_contests, has_gold=True),
-        Source("drrepair", shape_drrepair, has_gold=True),
-        Source("flan", shape_flan, has_gold=True),
-        Source("sharegpt", shape_sharegpt, has_gold=False),
-    ]
+# Source name → shaper; the names are the values of ``name`` in a collect config.
+SOURCES: dict[str, Callable[[Any], Shaped]] = {
+    "alpaca": shape_alpaca,
+    "aqua": shape_aqua,
+    "gsm8k": shape_gsm8k,
+    "math": shape_math,
+    "conala": shape_conala,
+    "mbpp": shape_mbpp,
+    "code_contests": shape_code_contests,
+    "drrepair": shape_drrepair,
+    "flan": shape_flan,
+    "sharegpt": shape_sharegpt,
 }
