@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
+from results import append_rows, machine
 from selfee.collect.job import run_collect
 from selfee.config import CollectConfig
 
@@ -70,20 +69,15 @@ def main() -> None:
         summary = run_collect(cfg)
         seconds = time.perf_counter() - started
     rate = args.rows / seconds
-    line = (f"| {datetime.date.today()} | {platform.machine()}, {os.cpu_count()} cores | "
+    line = (f"| {datetime.date.today()} | {machine()} | "
             f"{args.rows:,} rows ({size_mb:.0f} MB) | {summary['rows_out']:,} kept | "
             f"{seconds:.1f} s | **{rate:,.0f} rows/s** |")  # fmt: skip
     print(line)
-    if not args.results.exists():
-        args.results.write_text("# Benchmarks\n")
-    text = args.results.read_text()
-    header = ("\n## Collection: synthetic ShareGPT (`bench/collect_sharegpt.py`)\n\n"
-              "Embedded Ray, whole job (read, HTML to text, language id, filters, dedup, "
-              "Parquet write).\n\n| date | machine | input | output | time | throughput |\n"
-              "|---|---|---|---|---|---|\n")  # fmt: skip
-    if header not in text:
-        text += header
-    args.results.write_text(text.replace(header, header + line + "\n"))
+    section = ("\n## Collection: synthetic ShareGPT (`bench/collect_sharegpt.py`)\n\n"
+               "Embedded Ray, whole job (read, HTML to text, language id, filters, dedup, "
+               "Parquet write).\n\n| date | machine | input | output | time | throughput |\n"
+               "|---|---|---|---|---|---|\n")  # fmt: skip
+    append_rows(section, [line], args.results)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_quickstart_slice_writes_valid_chains(serve_cleanup: None, tmp_path: Pat
     )
     summary = run_quickstart(cfg)
 
-    chains = list(read_jsonl(tmp_path / "out" / "chains.jsonl"))
+    chains = list(read_jsonl(tmp_path / "out" / "augment" / "chains.jsonl"))
     assert [c["id"] for c in chains] == [r["id"] for r in rows]  # every input, once, in order
     for chain in chains:
         assert chain["error"] is None
@@ -33,10 +33,10 @@ def test_quickstart_slice_writes_valid_chains(serve_cleanup: None, tmp_path: Pat
         first = detect_verdict(chain["outputs"][0]["feedback"])
         # later critiques always ask for more here, so chains either stop at once or hit the cap
         assert (first is Verdict.NOT_NEEDED) == (chain["iteration"] == 1)
-        assert chain["iteration_truncated"] == (chain["iteration"] == 2)
+        assert (chain["stop_reason"] == "max_iterations") == (chain["iteration"] == 2)
         text = render_prompt(chain["instruction"]) + render_target(chain["outputs"])
         assert parse(text).steps == chain["outputs"]
-    assert 0 < summary["truncated"] < 10
+    assert 0 < summary["stopped_at_max_iterations"] < 10
     assert summary["round_trip_ok"] == 10
     assert summary["teacher"]["requests"] == sum(c["usage"]["requests"] for c in chains)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())

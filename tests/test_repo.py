@@ -31,7 +31,12 @@ def test_platform_folder_is_a_source_root_not_a_package() -> None:
 
 
 def ci(tmp_path: Path, pytest_args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTEST_ARGS": pytest_args}
+    # A `make test PYTEST_ARGS=...` around this test passes its variables down through
+    # MAKEFLAGS; they would override ours and rerun the whole suite inside the probe.
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    env = {**inherited, "PYTEST_ARGS": pytest_args}
     return subprocess.run(
         ["bash", str(REPO / ".ci" / "run")],
         cwd=tmp_path,

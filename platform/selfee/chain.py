@@ -108,6 +108,11 @@ def detect_verdict(feedback: str) -> Verdict:
     "No revision is needed" contains "revision is needed": a positive match inside a
     negative one is not a verdict of its own.
     """
+    return last_verdict(feedback)[0]
+
+
+def last_verdict(feedback: str) -> tuple[Verdict, int]:
+    """(the verdict, where its phrase ends in ``feedback``); (UNKNOWN, -1) when there is none."""
     negatives = [m.span() for m in _NOT_NEEDED_RE.finditer(feedback)]
     last_end, verdict = -1, Verdict.UNKNOWN
     if negatives:
@@ -116,7 +121,7 @@ def detect_verdict(feedback: str) -> Verdict:
         inside_negative = any(s <= m.start() and m.end() <= e for s, e in negatives)
         if not inside_negative and m.end() > last_end:
             last_end, verdict = m.end(), Verdict.NEEDED
-    return verdict
+    return verdict, last_end
 
 
 # --- parsing --------------------------------------------------------------------------

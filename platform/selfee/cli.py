@@ -15,6 +15,7 @@ from typing import Any
 
 from selfee import __version__
 from selfee.config import (
+    AugmentConfig,
     CollectConfig,
     ConfigError,
     QuickstartConfig,
@@ -35,6 +36,12 @@ def _run_collect(cfg: CollectConfig) -> None:
     from selfee.collect.job import run_collect
 
     run_collect(cfg)
+
+
+def _run_augment(cfg: AugmentConfig) -> None:
+    from selfee.augment.job import run_augment
+
+    run_augment(cfg)
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:
@@ -67,6 +74,13 @@ COMMANDS = [
         "math, conala, mbpp, code_contests, drrepair, flan, sharegpt) with Ray Data",
         CollectConfig,
         _run_collect,
+    ),
+    Command(
+        "augment",
+        "augment instructions with a teacher LLM: answer, critique, revise until the critique "
+        "says 'Revision is not needed' (async, rate-limited, resumable, on Ray Data)",
+        AugmentConfig,
+        _run_augment,
     ),
     Command(
         "quickstart",

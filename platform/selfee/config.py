@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from selfee import prompts
 from selfee.collect.sources import SOURCES
 
 C = TypeVar("C", bound="StageConfig")
@@ -61,6 +69,17 @@ class TeacherConfig(StageConfig):
     )
     later_needed_fraction: float = Field(
         0.0, ge=0, le=1, description="the same for critiques of revised answers"
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="reject prompts + max_tokens over this many tokens (4 bytes a token), "
+        "as OpenAI does (400 context_length_exceeded)",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="require the key in this environment variable (401 otherwise, echoing the "
+        "key sent, as some servers do)",
     )
 
 
@@ -134,6 +153,117 @@ class CollectConfig(StageConfig):
                 item = {"name": name.strip(), "path": path.strip()}
             specs.append(item)
         return specs
+
+
+class RetryConfig(StageConfig):
+    max_retries: int = Field(6, ge=0, le=50, description="retries per request after the first try")
+    backoff_s: float = Field(1.0, ge=0, description="first backoff delay; doubles per retry")
+    max_backoff_s: float = Field(60.0, ge=0, description="longest backoff delay")
+    timeout_s: float = Field(120.0, gt=0, description="seconds before a request times out")
+
+
+class PricesConfig(StageConfig):
+    """For the cost estimate only (US dollars per million tokens; 0: not shown)."""
+
+    prompt_per_million: float = Field(0.0, ge=0, description="$ per 1M prompt tokens")
+    completion_per_million: float = Field(0.0, ge=0, description="$ per 1M completion tokens")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.prompt_per_million
+            + completion_tokens * self.completion_per_million
+        ) / 1e6
+
+
+class LLMJobConfig(StageConfig):
+    """What every job that calls a teacher or judge LLM shares: endpoint, limits, retries."""
+
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint; empty: OpenAI if the API key variable is "
+        "set, else the offline teacher",
+    )
+    model: str | None = Field(None, description="model name (required with base_url)")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable that holds the API key"
+    )
+    rpm: int | None = Field(None, gt=0, description="requests per minute for the whole job")
+    tpm: int | None = Field(None, gt=0, description="tokens per minute for the whole job")
+    max_tokens: int = Field(1024, ge=1, description="longest reply per request, in tokens")
+    context_tokens: int = Field(
+        4096, ge=256, description="the model's context window: prompt + reply must fit"
+    )
+    temperature: float = Field(1.0, ge=0, le=2, description="sampling temperature")
+    workers: int = Field(
+        2, ge=1, le=256, description="Ray workers (each gets 1/workers of rpm, tpm)"
+    )
+    concurrency: int = Field(16, ge=1, le=4096, description="rows in flight, all workers together")
+    worker_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves per worker")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig,
+        description="the offline teacher, used when no endpoint is configured",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _reply_fits_context(self) -> LLMJobConfig:
+        if self.max_tokens >= self.context_tokens:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be below context_tokens "
+                f"({self.context_tokens}): the prompt needs room too"
+            )
+        return self
+
+
+class PromptsConfig(StageConfig):
+    """The teacher prompts (the offline teacher understands only the defaults)."""
+
+    critic_system: str = Field(prompts.CRITIC_SYSTEM, description="system message of the critic")
+    critique_request: str = Field(
+        prompts.CRITIQUE_REQUEST,
+        description="what the critic is asked for; {which} becomes 'proposed' or 'revised proposed'",
+    )
+    revision_request: str = Field(prompts.REVISION_REQUEST, description="what a revision asks for")
+
+
+GOLD_DATASETS = ["aqua", "gsm8k", "math", "conala", "mbpp", "code_contests", "drrepair", "flan"]
+
+
+class AugmentConfig(LLMJobConfig):
+    """Augmentation: a teacher answers, critiques and revises every instruction."""
+
+    input: Path | None = Field(
+        None, description="Instruction rows (collect output): .parquet or .jsonl"
+    )
+    output: Path = Field(Path("outputs/augment"), description="output folder")
+    max_iterations: int = Field(
+        5, ge=1, le=50, description="answer + revisions per chain (upstream: 5)"
+    )
+    gold_datasets: list[str] = Field(
+        default_factory=lambda: list(GOLD_DATASETS),
+        description="datasets whose 'output' is a gold answer the critic sees (never reveals)",
+    )
+    reuse_answer_datasets: list[str] = Field(
+        default_factory=lambda: ["sharegpt"],
+        description="datasets whose 'output' is used as the initial answer",
+    )
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    retry_errors: bool = Field(False, description="also re-run rows that ended with an error")
+    overwrite: bool = Field(False, description="discard earlier results in the output folder")
+    limit: int | None = Field(None, ge=1, description="only the first N input rows (a trial run)")
+
+    @model_validator(mode="after")
+    def _gold_or_answer(self) -> AugmentConfig:
+        both = sorted(set(self.gold_datasets) & set(self.reuse_answer_datasets))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)}: a dataset's output is either a gold answer or the "
+                "initial answer, not both"
+            )
+        return self
 
 
 # --- loading ---------------------------------------------------------------------------

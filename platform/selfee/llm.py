@@ -1,17 +1,55 @@
 """The one way this project talks to teacher and judge LLMs: the async ``openai`` client.
 
-API keys come only from the environment variable a config names; they are never stored on
-objects that get logged, never put in configs written to disk, never echoed in errors.
+Every call goes through ``TeacherCall.chat``: the job-wide rate limits (``selfee.ratelimit``),
+retries with exponential backoff and jitter (honouring ``Retry-After``) on 429, 5xx,
+timeouts and malformed responses, and usage accounting. A call that still fails raises
+``CallFailed`` (the row records it); a call the endpoint refuses for good (bad key, unknown
+model) raises ``EndpointRejected`` (the job stops: every other row would fail the same way).
+
+API keys come only from the environment variable a config names. They travel inside a
+``Secret`` whose ``repr`` hides them, and every error message is passed through
+``Secret.redact`` before it is stored or printed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
+import json
+import math
 import os
-from dataclasses import dataclass
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
+from selfee.config import RetryConfig
+from selfee.ratelimit import RateLimiter
+
 OFFLINE_KEY = "offline-teacher-needs-no-key"
+Message = dict[str, str]
+
+
+class Secret:
+    """An API key that does not print itself."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        if not self._value or len(self._value) < 4:
+            return text
+        return text.replace(self._value, "***")
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -20,58 +58,175 @@ class Endpoint:
     model: str
     api_key_env: str | None = None  # the variable's name, never its value
 
-    def client(self, timeout_s: float = 60.0, max_retries: int = 0) -> openai.AsyncOpenAI:
-        """A client for this endpoint. Retries are ours to do (with rate limits), so the
-        SDK's own are off by default."""
-        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        if self.api_key_env and not key:
+    def api_key(self) -> Secret:
+        if not self.api_key_env:
+            return Secret(OFFLINE_KEY)
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
             raise ValueError(
                 f"environment variable {self.api_key_env} is not set (it should hold the API key)"
             )
+        return Secret(key)
+
+    def client(self, key: Secret | None = None, timeout_s: float = 60.0) -> openai.AsyncOpenAI:
+        """A client for this endpoint. Retries are ours to do (they must pass the rate
+        limiter), so the SDK's own are off."""
+        key = key or self.api_key()
         return openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=key or OFFLINE_KEY,
-            timeout=timeout_s,
-            max_retries=max_retries,
+            base_url=self.base_url, api_key=key.reveal(), timeout=timeout_s, max_retries=0
         )
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+BYTES_PER_TOKEN_LOWER_BOUND = 3.0  # BPE tokenizers average ~4 bytes a token on English
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """A deliberately high estimate of a prompt's tokens, for budgets and rate limits:
+    tokenizers differ per endpoint, and an underestimate costs a failed request."""
+    text_bytes = sum(len(m.get("content", "").encode("utf-8")) for m in messages)
+    return math.ceil(text_bytes / BYTES_PER_TOKEN_LOWER_BOUND) + 4 * len(messages) + 3
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    requests: int = 0
+    requests: int = 0  # every HTTP request sent, failed attempts included
+    retries: int = 0
 
-    def add(self, completion: openai.types.chat.ChatCompletion) -> None:
-        self.requests += 1
+    def add(self, completion: Any) -> None:
         if completion.usage is not None:
-            self.prompt_tokens += completion.usage.prompt_tokens
-            self.completion_tokens += completion.usage.completion_tokens
+            self.prompt_tokens += completion.usage.prompt_tokens or 0
+            self.completion_tokens += completion.usage.completion_tokens or 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "requests": self.requests,
+            "retries": self.retries,
         }
 
 
-async def chat(
-    client: openai.AsyncOpenAI,
-    model: str,
-    messages: list[dict[str, str]],
-    usage: Usage,
-    temperature: float = 1.0,
-    max_tokens: int | None = None,
-) -> str:
-    completion = await client.chat.completions.create(
-        model=model,
-        messages=messages,
-        temperature=temperature,
-        max_tokens=max_tokens,  # type: ignore[arg-type]
-    )
-    usage.add(completion)
-    content = completion.choices[0].message.content if completion.choices else None
-    if content is None:
-        raise ValueError("the endpoint returned a completion without content")
-    return content
+# --- failures --------------------------------------------------------------------------
+
+
+class CallFailed(Exception):
+    """A request that failed after its last retry, or that retrying cannot fix."""
+
+
+class ContextOverflow(CallFailed):
+    """The endpoint says the prompt plus ``max_tokens`` exceed the model's context."""
+
+
+class EndpointRejected(Exception):
+    """The endpoint refuses every request (bad key, no permission, unknown model)."""
+
+
+def backoff_s(policy: RetryConfig, attempt: int, rng: random.Random) -> float:
+    """Exponential with "equal jitter": half fixed, half random, so retries spread out."""
+    ceiling = min(policy.max_backoff_s, policy.backoff_s * 2**attempt)
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def retry_after_s(error: openai.APIStatusError) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``)."""
+    headers = error.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_context_overflow(error: openai.BadRequestError) -> bool:
+    text = f"{getattr(error, 'code', '') or ''} {error.message}".lower()
+    return "context_length" in text or "maximum context length" in text
+
+
+@dataclass
+class TeacherCall:
+    """Chat calls for one record: shares the worker's client and limiter, counts usage."""
+
+    client: openai.AsyncOpenAI
+    model: str
+    limiter: RateLimiter
+    secret: Secret
+    policy: RetryConfig = field(default_factory=RetryConfig)
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    usage: Usage = field(default_factory=Usage)
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def chat(self, messages: list[Message]) -> str:
+        reserve = estimate_tokens(messages) + self.max_tokens
+        problem = "no attempt made"
+        for attempt in range(self.policy.max_retries + 1):
+            if attempt:
+                self.usage.retries += 1
+            await self.limiter.acquire(reserve)
+            self.usage.requests += 1
+            wait: float | None = None
+            try:
+                completion = await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                )
+                content = completion.choices[0].message.content if completion.choices else None
+                if not isinstance(content, str):
+                    raise ValueError("a completion without message content")
+                self.usage.add(completion)
+                return content
+            except openai.RateLimitError as e:
+                problem = self._describe(e)
+                wait = retry_after_s(e)
+                if wait is not None:
+                    self.limiter.pause(wait)  # the whole worker waits, not just this row
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise EndpointRejected(self._describe(e)) from None
+            except openai.NotFoundError as e:
+                raise EndpointRejected(
+                    f"{self._describe(e)} (is the model name '{self.model}' right?)"
+                ) from None
+            except openai.BadRequestError as e:
+                if _is_context_overflow(e):
+                    raise ContextOverflow(self._describe(e)) from None
+                raise CallFailed(self._describe(e)) from None
+            except openai.APIStatusError as e:
+                if e.status_code < 500 and e.status_code not in (408, 409):
+                    raise CallFailed(self._describe(e)) from None
+                problem = self._describe(e)
+            except openai.APIConnectionError as e:  # includes timeouts
+                problem = self._describe(e)
+            except (
+                openai.APIResponseValidationError,
+                ValueError,
+                KeyError,
+                IndexError,
+                TypeError,
+                AttributeError,
+            ) as e:
+                # json.JSONDecodeError is a ValueError: a body that is not a completion
+                problem = f"malformed response: {self._describe(e)}"
+            if attempt < self.policy.max_retries:
+                delay = backoff_s(self.policy, attempt, self.rng)
+                await asyncio.sleep(max(delay, wait or 0.0))
+        raise CallFailed(f"{problem} (gave up after {self.policy.max_retries + 1} attempts)")
+
+    def _describe(self, error: BaseException) -> str:
+        text = str(error)
+        if isinstance(error, json.JSONDecodeError):
+            text = f"not valid JSON ({error.msg})"
+        return self.secret.redact(f"{type(error).__name__}: {text}")[:500]

@@ -6,6 +6,7 @@ recognises them by the marker lines defined here, so the two always agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED
@@ -22,6 +23,8 @@ INSTRUCTION_LABEL = "Instruction:"
 INPUT_LABEL = "Input:"
 PREVIOUS_ANSWER_LABEL = "Your previous answer:"
 CRITIQUE_LABEL = "Critique of that answer:"
+EARLIER_ANSWER_LABEL = "Earlier answer"  # + " k:" — rounds before the current answer
+EARLIER_CRITIQUE_LABEL = "Critique of earlier answer"
 CRITIQUE_REQUEST_START = "Write a critique"
 
 CRITIC_SYSTEM = (
@@ -60,14 +63,22 @@ def critique_messages(
     input: str = "",
     gold: str = "",
     revised: bool = False,
+    history: Sequence[tuple[str, str]] = (),
+    system: str = CRITIC_SYSTEM,
+    request: str = CRITIQUE_REQUEST,
 ) -> list[Message]:
+    """The critic sees the task, the gold answer if any, the earlier rounds (so it does not
+    repeat itself) and the answer to judge; ``history`` is (answer, critique) per round."""
     parts = [_instruction_block(instruction, input)]
     if gold:
         parts.append(f"{GOLD_MARKER}\n{gold}")
+    for k, (earlier, critique) in enumerate(history, 1):
+        parts.append(f"{EARLIER_ANSWER_LABEL} {k}:\n{earlier}")
+        parts.append(f"{EARLIER_CRITIQUE_LABEL} {k}:\n{critique}")
     parts.append(f"{REVISED_CRITIQUE_MARKER if revised else CRITIQUE_MARKER}\n{answer}")
-    parts.append(CRITIQUE_REQUEST.format(which="revised proposed" if revised else "proposed"))
+    parts.append(request.replace("{which}", "revised proposed" if revised else "proposed"))
     return [
-        {"role": "system", "content": CRITIC_SYSTEM},
+        {"role": "system", "content": system},
         {"role": "user", "content": "\n\n".join(parts)},
     ]
 
@@ -77,13 +88,14 @@ def revision_messages(
     answer: str,
     feedback: str,
     input: str = "",
+    request: str = REVISION_REQUEST,
 ) -> list[Message]:
     content = "\n\n".join(
         [
             _instruction_block(instruction, input),
             f"{PREVIOUS_ANSWER_LABEL}\n{answer}",
             f"{CRITIQUE_LABEL}\n{feedback}",
-            REVISION_REQUEST,
+            request,
         ]
     )
     return [{"role": "user", "content": content}]

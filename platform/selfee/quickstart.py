@@ -7,7 +7,6 @@ checks that it parses back. Stages join this slice as they are built.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import time
@@ -18,10 +17,9 @@ from typing import Any
 import httpx
 from ray import serve
 
-from selfee.augment_loop import augment_record
+from selfee.augment.job import run_augment
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
-from selfee.config import QuickstartConfig, dump_config
-from selfee.llm import Endpoint
+from selfee.config import AugmentConfig, QuickstartConfig, dump_config
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl, write_jsonl
 from selfee.teacher.deployment import teacher_application
@@ -37,27 +35,6 @@ def sample_instructions_path() -> Path:
     return Path(str(resources.files("selfee") / "samples" / "instructions.jsonl"))
 
 
-async def _augment_all(
-    endpoint: Endpoint, records: list[dict[str, Any]], cfg: QuickstartConfig
-) -> list[dict[str, Any]]:
-    client = endpoint.client(timeout_s=30, max_retries=2)
-    gate = asyncio.Semaphore(cfg.concurrency)
-
-    async def one(index: int, record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        async with gate:
-            return index, await augment_record(client, endpoint.model, record, cfg.max_iterations)
-
-    chains: list[tuple[int, dict[str, Any]]] = []
-    started = time.monotonic()
-    tasks = [one(i, r) for i, r in enumerate(records)]
-    for n, done in enumerate(asyncio.as_completed(tasks), 1):
-        chains.append(await done)
-        if n == len(records) or n % max(1, len(records) // 4) == 0:
-            log(f"chains {n}/{len(records)} ({time.monotonic() - started:.1f} s)")
-    await client.close()
-    return [chain for _, chain in sorted(chains, key=lambda pair: pair[0])]
-
-
 def summarize(chains: list[dict[str, Any]]) -> dict[str, Any]:
     verdicts = collections.Counter(
         detect_verdict(step["feedback"]).value for c in chains for step in c["outputs"]
@@ -71,7 +48,7 @@ def summarize(chains: list[dict[str, Any]]) -> dict[str, Any]:
         "chains": len(chains),
         "errors": sum(1 for c in chains if c["error"]),
         "iterations": dict(sorted(collections.Counter(c["iteration"] for c in chains).items())),
-        "truncated": sum(1 for c in chains if c["iteration_truncated"]),
+        "stopped_at_max_iterations": sum(1 for c in chains if c["stop_reason"] == "max_iterations"),
         "verdicts": dict(verdicts),
         "requests": sum(c["usage"]["requests"] for c in chains),
         "prompt_tokens": sum(c["usage"]["prompt_tokens"] for c in chains),
@@ -82,9 +59,9 @@ def summarize(chains: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     source = cfg.instructions or sample_instructions_path()
-    records = list(read_jsonl(source))  # a bad file fails here, before Ray starts
-    if not records:
+    if not any(True for _ in read_jsonl(source)):  # a bad file fails here, before Ray starts
         raise ValueError(f"{source} holds no instructions")
+    out = Path(cfg.output_dir)
     t0 = time.monotonic()
     with ray_runtime(cfg.ray) as started_ray:
         try:
@@ -100,16 +77,23 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
             )
             base = f"http://127.0.0.1:{cfg.serve_port}/teacher"
             log(f"offline teacher on Ray Serve at {base}/v1 (synthetic replies, not a real LLM)")
-            log(f"{len(records)} instructions from {source}")
-            endpoint = Endpoint(base_url=f"{base}/v1", model=cfg.teacher.model)
-            chains = asyncio.run(_augment_all(endpoint, records, cfg))
+            augment_cfg = AugmentConfig(
+                input=source,
+                output=out / "augment",
+                base_url=f"{base}/v1",
+                model=cfg.teacher.model,
+                max_iterations=cfg.max_iterations,
+                concurrency=cfg.concurrency,
+                progress_interval_s=5,
+                ray=cfg.ray,
+            )
+            run_augment(augment_cfg)
+            chains = list(read_jsonl(out / "augment" / "chains.jsonl"))
             teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
         finally:
             if not started_ray:  # a Ray we joined keeps running: leave it as we found it
                 serve.delete(TEACHER_APP)
 
-    out = Path(cfg.output_dir)
-    write_jsonl(out / "chains.jsonl", chains)
     write_jsonl(
         out / "sft_preview.jsonl",
         (
@@ -128,7 +112,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         "seconds": round(time.monotonic() - t0, 1),
         "config": dump_config(cfg),
         "artifacts": {
-            "chains": str(out / "chains.jsonl"),
+            "chains": str(out / "augment" / "chains.jsonl"),
             "sft_preview": str(out / "sft_preview.jsonl"),
             "summary": str(out / "summary.json"),
         },
@@ -142,7 +126,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     log("done: the offline teacher wrote every chain (model 'offline-teacher': synthetic data)")
     log(
         f"chains: {summary['chains']}  errors: {summary['errors']}  "
-        f"truncated at max_iterations: {summary['truncated']}"
+        f"stopped at max_iterations: {summary['stopped_at_max_iterations']}"
     )
     log(f"outputs per chain (answer + revisions): {summary['iterations']}")
     log(f"verdicts: {summary['verdicts']}")

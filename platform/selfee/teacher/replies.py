@@ -51,7 +51,7 @@ def classify(messages: Sequence[dict[str, str]]) -> str:
     last_user = _last_user(messages)
     if prompts.JUDGE_MARKER in last_user:
         return "judge"
-    if prompts.REVISION_MARKER in last_user:
+    if prompts.REVISION_MARKER in last_user or prompts.PREVIOUS_ANSWER_LABEL in last_user:
         return "revision"
     if prompts.CRITIQUE_MARKER in last_user or prompts.REVISED_CRITIQUE_MARKER in last_user:
         return "critique"
@@ -93,6 +93,8 @@ def _section(text: str, header: str) -> str:
         prompts.REVISION_MARKER,
         prompts.CRITIQUE_REQUEST_START,
         prompts.INPUT_LABEL,
+        prompts.EARLIER_ANSWER_LABEL,
+        prompts.EARLIER_CRITIQUE_LABEL,
     ]
     end = len(rest)
     for stop in stops:

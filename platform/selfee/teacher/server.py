@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import socket
 import sys
@@ -41,6 +42,7 @@ class TeacherState:
     received: int = 0
     served: int = 0
     rate_limited: int = 0
+    context_rejected: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -88,6 +90,7 @@ class TeacherState:
             "requests": self.served,
             "received": self.received,
             "rate_limited": self.rate_limited,
+            "context_rejected": self.context_rejected,
             "faults": dict(self.faults),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -104,9 +107,15 @@ def _trim(window: deque[float], now: float) -> None:
 
 
 def openai_error(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    code = {429: "rate_limit_exceeded", 500: "server_error", 400: "invalid_request"}.get(status)
+    code = code or {429: "rate_limit_exceeded", 500: "server_error", 400: "invalid_request"}.get(
+        status
+    )
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -131,17 +140,38 @@ def _validate_chat_body(body: Any) -> str | None:
     return None
 
 
+def context_tokens(messages: list[dict[str, str]]) -> int:
+    """What a prompt costs against the context window: 4 bytes a token, as BPE on English."""
+    return sum(math.ceil(len(m["content"].encode("utf-8")) / 4) + 3 for m in messages)
+
+
 def create_app(config: TeacherConfig | None = None) -> FastAPI:
     config = config or TeacherConfig()
+    required_key = os.environ.get(config.api_key_env, "") if config.api_key_env else None
     state = TeacherState(config)
     settings = ReplySettings(config.seed, config.needed_fraction, config.later_needed_fraction)
     app = FastAPI(title="SelFee offline teacher", description=BANNER)
     app.state.teacher = state
 
+    def check_key(request: Request) -> JSONResponse | None:
+        if required_key is None:
+            return None
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if sent == required_key:
+            return None
+        return openai_error(
+            401,
+            f"Incorrect API key provided: {sent}.",
+            "invalid_request_error",
+            code="invalid_api_key",
+        )
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         now = time.time()
         state.arrive(now)
+        if (refused := check_key(request)) is not None:
+            return refused
         retry_after = state.admit(now)
         if retry_after is not None:
             return openai_error(
@@ -158,6 +188,18 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         problem = _validate_chat_body(body)
         if problem:
             return openai_error(400, problem, "invalid_request_error")
+        if config.context_tokens is not None:
+            wanted = context_tokens(body["messages"]) + (body.get("max_tokens") or 0)
+            if wanted > config.context_tokens:
+                state.context_rejected += 1
+                return openai_error(
+                    400,
+                    f"This model's maximum context length is {config.context_tokens} tokens. "
+                    f"However, you requested {wanted} tokens. Please reduce the length of the "
+                    "messages or completion.",
+                    "invalid_request_error",
+                    code="context_length_exceeded",
+                )
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         if fault == "429":
@@ -205,7 +247,9 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         )
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> Any:
+        if (refused := check_key(request)) is not None:
+            return refused
         return {
             "object": "list",
             "data": [

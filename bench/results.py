@@ -1,0 +1,23 @@
+"""Appending a benchmark's rows to bench/RESULTS.md under its own section header."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def append_rows(section: str, rows: list[str], path: Path = RESULTS) -> None:
+    """Add ``rows`` (Markdown table lines) right under ``section`` (created if missing)."""
+    if not path.exists():
+        path.write_text("# Benchmarks\n")
+    text = path.read_text()
+    if section not in text:
+        text += section
+    path.write_text(text.replace(section, section + "".join(r + "\n" for r in rows), 1))

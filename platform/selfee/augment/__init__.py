@@ -1,0 +1,1 @@
+"""Augmentation: teacher answer → critique → revision chains (loop, cleanup, journal, job)."""

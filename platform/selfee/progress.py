@@ -1,0 +1,67 @@
+"""Progress of a job that calls an LLM per row: rows, requests, tokens, cost, ETA."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfee.config import PricesConfig
+
+
+@dataclass
+class Progress:
+    total: int
+    prices: PricesConfig = field(default_factory=PricesConfig)
+    done: int = 0
+    errors: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, usage: dict[str, Any], error: bool) -> None:
+        self.done += 1
+        self.errors += bool(error)
+        self.requests += usage.get("requests", 0)
+        self.prompt_tokens += usage.get("prompt_tokens", 0)
+        self.completion_tokens += usage.get("completion_tokens", 0)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def cost(self) -> float:
+        return self.prices.cost(self.prompt_tokens, self.completion_tokens)
+
+    def eta_s(self) -> float | None:
+        if not self.done:
+            return None
+        return self.elapsed_s / self.done * (self.total - self.done)
+
+    def line(self) -> str:
+        minutes = max(self.elapsed_s, 1e-9) / 60
+        share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"
+        eta = self.eta_s()
+        parts = [
+            f"rows {self.done}/{self.total} ({share})",
+            f"errors {self.errors}",
+            f"requests {self.requests} ({self.requests / minutes:.0f}/min)",
+            f"tokens {self.prompt_tokens + self.completion_tokens:,} "
+            f"({(self.prompt_tokens + self.completion_tokens) / minutes:,.0f}/min)",
+        ]
+        if self.prices.prompt_per_million or self.prices.completion_per_million:
+            parts.append(f"cost ${self.cost:,.4f}")
+        parts.append(f"elapsed {format_duration(self.elapsed_s)}")
+        parts.append(f"ETA {format_duration(eta) if eta is not None else '?'}")
+        return " · ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
