@@ -66,7 +66,7 @@ def rate_run(rpm: int, workers: int, seconds: float, tmp: Path) -> dict:
         rows = math.ceil(rpm * seconds / 60 / REQUESTS_PER_ROW)
         path = tmp / f"in-{rpm}-{workers}.jsonl"
         write_jsonl(path, [make_instruction("alpaca", f"Explain idea {i}.") for i in range(rows)])
-        in_flight = math.ceil(rpm / 60 * 0.2 * 3) + 8 * workers  # 3x what 200 ms latency needs
+        in_flight = math.ceil(rpm / 60 * 0.2 * 2) + 2 * workers  # 2x what 200 ms latency needs
         cfg = AugmentConfig(
             input=path,
             output=tmp / f"out-{rpm}-{workers}",

@@ -20,16 +20,23 @@ def run(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_only_built_stages_are_subcommands() -> None:
-    assert [c.name for c in COMMANDS] == ["teacher", "collect", "augment", "quickstart"]
+    assert [c.name for c in COMMANDS] == [
+        "teacher",
+        "collect",
+        "augment",
+        "judge",
+        "report",
+        "quickstart",
+    ]
     help_text = build_parser().format_help()
     assert "teacher" in help_text and "quickstart" in help_text
-    for not_yet in ["train", "infer", "serve", "judge"]:
+    for not_yet in ["train", "infer", "serve"]:
         assert f"    {not_yet} " not in help_text
 
 
 def test_every_job_module_runs_the_same_parser() -> None:
     jobs = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__")
-    assert jobs == ["augment", "collect", "quickstart"]
+    assert jobs == ["augment", "collect", "judge", "quickstart", "report"]
     done = run("-m", "jobs.quickstart", "--help")
     assert done.returncode == 0
     assert "--teacher.needed-fraction" in done.stdout

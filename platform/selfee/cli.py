@@ -18,7 +18,9 @@ from selfee.config import (
     AugmentConfig,
     CollectConfig,
     ConfigError,
+    JudgeConfig,
     QuickstartConfig,
+    ReportConfig,
     StageConfig,
     TeacherConfig,
     add_config_arguments,
@@ -42,6 +44,24 @@ def _run_augment(cfg: AugmentConfig) -> None:
     from selfee.augment.job import run_augment
 
     run_augment(cfg)
+
+
+def _run_judge(cfg: JudgeConfig) -> None:
+    from selfee.judge.job import run_judge
+
+    run_judge(cfg)
+
+
+def _run_report(cfg: ReportConfig) -> None:
+    from selfee.judge import report
+
+    if not cfg.reviews:
+        raise ConfigError("give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl")
+    reports = report.build_report(cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b)
+    print(report.to_json(reports) if cfg.print_json else report.format_table(reports))
+    if cfg.plot is not None:
+        written = report.plot(reports, cfg.plot)
+        print(f"plot: {written}", file=sys.stderr if cfg.print_json else sys.stdout)
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:
@@ -81,6 +101,20 @@ COMMANDS = [
         "says 'Revision is not needed' (async, rate-limited, resumable, on Ray Data)",
         AugmentConfig,
         _run_augment,
+    ),
+    Command(
+        "judge",
+        "judge two answer files pairwise with an LLM, every question in both orders (Ray "
+        "Data, rate-limited, cached), then print the report",
+        JudgeConfig,
+        _run_judge,
+    ),
+    Command(
+        "report",
+        "compare models from review files (X_vs_Y.jsonl + Y_vs_X.jsonl): totals, relative "
+        "score, wins/ties/losses, per category, position consistency; --json, --plot",
+        ReportConfig,
+        _run_report,
     ),
     Command(
         "quickstart",

@@ -70,6 +70,9 @@ class TeacherConfig(StageConfig):
     later_needed_fraction: float = Field(
         0.0, ge=0, le=1, description="the same for critiques of revised answers"
     )
+    judge_unparseable_fraction: float = Field(
+        0.0, ge=0, le=1, description="fraction of judge requests answered without scores"
+    )
     context_tokens: int | None = Field(
         None,
         ge=16,
@@ -264,6 +267,50 @@ class AugmentConfig(LLMJobConfig):
                 "initial answer, not both"
             )
         return self
+
+
+class JudgeConfig(LLMJobConfig):
+    """Pairwise judging of two answer files, in both orders (SelFee / Vicuna evaluation)."""
+
+    questions: Path | None = Field(None, description="questions (question.jsonl format)")
+    answers: list[Path] = Field(
+        default_factory=list, description="exactly two answer files: A.jsonl B.jsonl"
+    )
+    out_dir: Path = Field(Path("outputs/judge"), description="reviews, cache and report")
+    prompts: Path | None = Field(
+        None, description="upstream prompt.jsonl (with --reviewers): reproduce that setting"
+    )
+    reviewers: Path | None = Field(None, description="upstream reviewer.jsonl (with --prompts)")
+    unparsed_retries: int = Field(
+        2, ge=0, le=10, description="ask again this often when no score can be read"
+    )
+    temperature: float = Field(0.2, ge=0, le=2, description="judge sampling temperature")
+    context_tokens: int = Field(
+        8192, ge=256, description="the judge's context window (prompt + reply)"
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> JudgeConfig:
+        if (self.prompts is None) != (self.reviewers is None):
+            raise ValueError("give both --prompts and --reviewers (upstream files), or neither")
+        return self
+
+
+class ReportConfig(StageConfig):
+    """Tables (and a plot) comparing models from their review files."""
+
+    reviews: list[Path] = Field(
+        default_factory=list, description="review files X_vs_Y.jsonl and Y_vs_X.jsonl (pairs)"
+    )
+    questions: Path | None = Field(None, description="questions, for per-category figures")
+    model_a: str | None = Field(None, description="which model is A (default: first named)")
+    model_b: str | None = Field(None, description="which model is B")
+    print_json: bool = Field(
+        False,
+        description="print one JSON object instead of tables",
+        json_schema_extra={"cli_aliases": ["--json"]},
+    )
+    plot: Path | None = Field(None, description="write per-category and win/tie/loss bars here")
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -126,14 +126,42 @@ PAIRWISE_TEMPLATE = (
     "[System]\n{prompt}\n\n"
 )
 
+_SCORE_LINE = (
+    "First output a single line with only the two scores, for Assistant 1 and Assistant 2, "
+    "separated by a space. Then explain your evaluation, avoiding bias and making sure the "
+    "order of the answers does not affect your judgment."
+)
+JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+
 GENERAL_JUDGE = JudgeTemplate(
-    system_prompt="You are a helpful and precise assistant for checking the quality of the answer.",
+    system_prompt=JUDGE_SYSTEM,
     prompt_template=PAIRWISE_TEMPLATE,
     prompt=(
         "Please rate the helpfulness, relevance, accuracy and level of detail of the two "
         "answers above. Each assistant receives an overall score from 1 to 10, higher is "
-        "better. First output a single line with only the two scores, for Assistant 1 and "
-        "Assistant 2, separated by a space. Then explain your evaluation, avoiding bias and "
-        "making sure the order of the answers does not affect your judgment."
+        f"better. {_SCORE_LINE}"
+    ),
+)
+
+CODING_JUDGE = JudgeTemplate(
+    system_prompt=JUDGE_SYSTEM,
+    prompt_template=PAIRWISE_TEMPLATE,
+    prompt=(
+        "Both assistants were asked to write a program. Judge each submission on whether it "
+        "solves the stated problem correctly (check edge cases), whether the code is efficient "
+        "and idiomatic, and whether it is readable and explained where it matters. Each "
+        "assistant receives a score from 1 (no code, or code unrelated to the task) to 10 "
+        f"(correct, clear and efficient). {_SCORE_LINE}"
+    ),
+)
+
+MATH_JUDGE = JudgeTemplate(
+    system_prompt=JUDGE_SYSTEM,
+    prompt_template=PAIRWISE_TEMPLATE,
+    prompt=(
+        "Both assistants were asked to solve a math problem. Work out the correct answer "
+        "yourself before reading theirs, then check every step of each solution: a wrong "
+        "final answer weighs most, then wrong steps, then unclear reasoning. Each assistant "
+        f"receives a score from 1 to 10. {_SCORE_LINE}"
     ),
 )

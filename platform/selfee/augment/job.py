@@ -12,180 +12,44 @@ import asyncio
 import collections
 import dataclasses
 import json
-import math
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import openai
-
-from selfee.augment import journal
+from selfee import journal
+from selfee.augment import resume
 from selfee.augment.loop import LoopSettings, augment_record
-from selfee.config import AugmentConfig, ConfigError, LLMJobConfig, dump_config
-from selfee.llm import (
-    OFFLINE_KEY,
-    EndpointRejected,
-    Secret,
-    TeacherCall,
-)
+from selfee.config import AugmentConfig, ConfigError, dump_config
+from selfee.llm import TeacherCall
+from selfee.llm_job import LLMWorker, ResolvedEndpoint, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress, format_duration
-from selfee.ratelimit import LimitError, RateLimiter, WorkerShare, split_limits, workers_for
 from selfee.records import instruction_id, read_rows
-
-OPENAI_URL = "https://api.openai.com/v1"
-OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
-ROWS_PER_BLOCK = 8
 
 
 def log(message: str) -> None:
     print(f"[augment] {message}", flush=True)
 
 
-# --- endpoint ------------------------------------------------------------------------
+class AugmentWorker(LLMWorker):
+    """A Ray Data actor that turns Instruction rows into Chain rows."""
 
-
-@dataclasses.dataclass(frozen=True)
-class ResolvedEndpoint:
-    base_url: str
-    model: str
-    secret: Secret
-    offline: bool
-
-
-@contextmanager
-def resolve_endpoint(
-    cfg: LLMJobConfig, say: Any = log, cluster: bool = False
-) -> Iterator[ResolvedEndpoint]:
-    """The configured endpoint; OpenAI when only a key is set; else an offline teacher that
-    runs for the duration of the ``with`` block (reachable from the cluster when ``cluster``)."""
-    key = os.environ.get(cfg.api_key_env, "")
-    if cfg.base_url:
-        if not cfg.model:
-            raise ConfigError("model is required with base_url (e.g. --model gpt-4o-mini)")
-        if not key:
-            say(f"no API key in ${cfg.api_key_env}: sending requests without one")
-        yield ResolvedEndpoint(cfg.base_url, cfg.model, Secret(key or OFFLINE_KEY), False)
-        return
-    if key:
-        model = cfg.model or OPENAI_DEFAULT_MODEL
-        say(f"using the OpenAI API ({model}) with the key in ${cfg.api_key_env}")
-        yield ResolvedEndpoint(OPENAI_URL, model, Secret(key), False)
-        return
-    from selfee.teacher.server import BANNER, TeacherThread
-
-    host = "0.0.0.0" if cluster else "127.0.0.1"
-    with TeacherThread(cfg.teacher.model_copy(update={"host": host, "port": 0})) as teacher:
-        url = teacher.base_url
-        if cluster:
-            import ray.util
-
-            url = f"http://{ray.util.get_node_ip_address()}:{teacher.port}/v1"
-        say(f"*** no endpoint and no ${cfg.api_key_env}: {BANNER}")
-        say(f"*** offline teacher at {url}")
-        yield ResolvedEndpoint(url, cfg.teacher.model, Secret(OFFLINE_KEY), True)
-
-
-async def preflight(endpoint: ResolvedEndpoint, timeout_s: float = 30.0) -> list[str]:
-    """Fail fast on a wrong URL or key, before any row is attempted. Returns warnings."""
-    client = openai.AsyncOpenAI(
-        base_url=endpoint.base_url,
-        api_key=endpoint.secret.reveal(),
-        timeout=timeout_s,
-        max_retries=1,
-    )
-    try:
-        listed = await client.models.list()
-        ids = [m.id for m in listed.data]
-    except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-        raise ConfigError(
-            f"{endpoint.base_url} rejected the API key (HTTP {e.status_code}): "
-            f"{endpoint.secret.redact(e.message)}"
-        ) from None
-    except openai.APIConnectionError:
-        raise ConfigError(f"cannot reach {endpoint.base_url}: is the URL right?") from None
-    except (openai.APIStatusError, ValueError):
-        return []  # servers without /models are fine
-    finally:
-        await client.close()
-    if ids and endpoint.model not in ids and not endpoint.offline:
-        return [f"model '{endpoint.model}' is not among the {len(ids)} models the endpoint lists"]
-    return []
-
-
-# --- the Ray worker --------------------------------------------------------------------
-
-
-class AugmentWorker:
-    """One Ray Data actor: its share of the limits, one HTTP client, many rows in flight."""
-
-    def __init__(
-        self,
-        endpoint: ResolvedEndpoint,
-        share: WorkerShare,
-        cfg: AugmentConfig,
-        slots: int,
-    ) -> None:
-        self.endpoint = endpoint
-        self.share = share
-        self.cfg = cfg
-        self.slots_n = slots
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg: AugmentConfig = self.cfg  # type: ignore[assignment]
         self.base = LoopSettings(
             max_iterations=cfg.max_iterations,
             prompt_budget=cfg.context_tokens - cfg.max_tokens,
             prompts=cfg.prompts,
         )
-        self._ready = False
 
-    def _start(self) -> None:
-        """Built on first use, inside the event loop that Ray Data runs us on."""
-        self.client = openai.AsyncOpenAI(
-            base_url=self.endpoint.base_url,
-            api_key=self.endpoint.secret.reveal(),
-            timeout=self.cfg.retry.timeout_s,
-            max_retries=0,
-        )
-        self.limiter = RateLimiter(self.share)
-        self.slots = asyncio.Semaphore(self.slots_n)
-        self._ready = True
-
-    def settings_for(self, dataset: str) -> LoopSettings:
-        return dataclasses.replace(
+    async def process(self, call: TeacherCall, record: dict[str, Any]) -> dict[str, Any]:
+        cfg: AugmentConfig = self.cfg  # type: ignore[assignment]
+        settings = dataclasses.replace(
             self.base,
-            use_gold=dataset in self.cfg.gold_datasets,
-            reuse_answer=dataset in self.cfg.reuse_answer_datasets,
+            use_gold=record["dataset"] in cfg.gold_datasets,
+            reuse_answer=record["dataset"] in cfg.reuse_answer_datasets,
         )
-
-    async def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        if not self._ready:
-            self._start()
-        rows = [
-            dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
-        ]
-        chains = await asyncio.gather(*(self.one(row) for row in rows))
-        return {"id": [c["id"] for c in chains], "chain": [json.dumps(c) for c in chains]}
-
-    async def one(self, record: dict[str, Any]) -> dict[str, Any]:
-        async with self.slots:
-            call = TeacherCall(
-                self.client,
-                self.endpoint.model,
-                self.limiter,
-                self.endpoint.secret,
-                policy=self.cfg.retry,
-                max_tokens=self.cfg.max_tokens,
-                temperature=self.cfg.temperature,
-            )
-            try:
-                chain = await augment_record(
-                    call.chat, record, self.settings_for(record["dataset"])
-                )
-            except EndpointRejected as e:  # the job stops; this row is not done
-                return {"id": record["id"], "fatal": str(e)}
-            chain["usage"] = call.usage.as_dict()
-            return chain
+        return await augment_record(call.chat, record, settings)
 
 
 # --- the job ---------------------------------------------------------------------------
@@ -246,13 +110,12 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     out = Path(cfg.output)
     from selfee.ray_runtime import ray_runtime
 
-    cluster = cfg.ray.address is not None or "RAY_ADDRESS" in os.environ  # ray job submit
-    with resolve_endpoint(cfg, cluster=cluster) as ep:
-        journal.check_settings(out, run_settings(cfg, ep.model), cfg.overwrite)
-        done, bad_lines = journal.read_journal(out / journal.JOURNAL)
+    with resolve_endpoint(cfg, log) as ep:
+        resume.check_settings(out, run_settings(cfg, ep.model), cfg.overwrite)
+        done, bad_lines = journal.read_journal(out / resume.JOURNAL)
         if bad_lines:
             log(f"skipped {bad_lines} unreadable journal lines (a crash mid-write)")
-        todo = journal.pending(inputs, done, cfg.retry_errors)
+        todo = resume.pending(inputs, done, cfg.retry_errors)
         previous = sum(1 for row in inputs if row["id"] in done)
         if previous:
             errors = sum(1 for row in inputs if row["id"] in done and done[row["id"]]["error"])
@@ -268,7 +131,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
                 log(f"warning: {warning}")
             with ray_runtime(cfg.ray):
                 fatal = _fan_out(cfg, ep, todo, out, done, progress)
-        rows = journal.finalize(out, inputs, done)
+        rows = resume.finalize(out, inputs, done)
     summary = summarize(rows, cfg)
     summary["run"] = {
         "rows_run": progress.done,
@@ -295,60 +158,15 @@ def _fan_out(
     done: dict[str, dict[str, Any]],
     progress: Progress,
 ) -> str | None:
-    """Run ``todo`` on Ray Data; every finished row goes to the journal and ``done``."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    """Run ``todo``; every finished row goes to the journal and ``done``."""
+    log(f"writing to {out}")
+    with journal.Journal(out / resume.JOURNAL) as jrnl:
 
-    blocks = math.ceil(len(todo) / ROWS_PER_BLOCK)
-    workers = min(workers_for(cfg.rpm, cfg.workers), blocks)
-    if workers < cfg.workers:
-        log(f"using {workers} workers (rpm {cfg.rpm}, {len(todo)} rows)")
-    try:
-        share = split_limits(cfg.rpm, cfg.tpm, workers, cfg.context_tokens)
-    except LimitError as e:
-        raise ConfigError(str(e)) from None
-    slots = max(1, math.ceil(cfg.concurrency / workers))
-    calls = max(2, math.ceil(2 * slots / ROWS_PER_BLOCK))
-    DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
-        AugmentWorker,
-        fn_constructor_kwargs={"endpoint": ep, "share": share, "cfg": cfg, "slots": slots},
-        batch_size=None,
-        compute=ActorPoolStrategy(
-            size=workers, max_tasks_in_flight_per_actor=calls, max_concurrent_calls_per_actor=calls
-        ),
-        num_cpus=cfg.worker_cpus,
-    )
-    limits = ", ".join(
-        f"{name} {value}" for name, value in (("rpm", cfg.rpm), ("tpm", cfg.tpm)) if value
-    )
-    log(
-        f"{len(todo)} rows to run on {workers} workers x {slots} rows in flight "
-        f"({limits or 'no rate limits'}) -> {out}"
-    )
-    last_print = progress.started = time.monotonic()
-    fatal = None
-    with journal.Journal(out / journal.JOURNAL) as jrnl:
-        try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for text in batch["chain"]:
-                    row = json.loads(text)
-                    if "fatal" in row:
-                        fatal = fatal or row["fatal"]
-                        continue
-                    jrnl.write(row)
-                    done[row["id"]] = row
-                    progress.add(row["usage"], bool(row["error"]))
-                if fatal:
-                    break
-                if time.monotonic() - last_print >= cfg.progress_interval_s:
-                    log(progress.line())
-                    last_print = time.monotonic()
-        except KeyboardInterrupt:
-            log(f"interrupted: {progress.done} rows of this run are saved; re-run to continue")
-            raise
-    log(progress.line())
-    return fatal
+        def on_row(row: dict[str, Any]) -> None:
+            jrnl.write(row)
+            done[row["id"]] = row
+
+        return fan_out(cfg, ep, todo, AugmentWorker, on_row, progress, log)
 
 
 # --- summary ---------------------------------------------------------------------------
@@ -380,7 +198,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     run = summary["run"]
     log(
         f"done: {summary['rows']} chains ({summary['complete']} complete, "
-        f"{summary['errors']} with errors) in {out / journal.CHAINS}"
+        f"{summary['errors']} with errors) in {out / resume.CHAINS}"
     )
     log(
         f"this run: {run['rows_run']} rows, {run['requests']} requests "

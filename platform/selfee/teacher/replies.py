@@ -44,6 +44,7 @@ class ReplySettings:
     seed: int = 0
     needed_fraction: float = 0.5
     later_needed_fraction: float = 0.0
+    judge_unparseable_fraction: float = 0.0
 
 
 def classify(messages: Sequence[dict[str, str]]) -> str:
@@ -191,7 +192,10 @@ def revision_reply(request: str, settings: ReplySettings) -> str:
 
 
 def judge_reply(request: str, settings: ReplySettings) -> str:
-    """First line "s1 s2"; longer, more detailed answers score higher, ties are common."""
+    """First line "s1 s2"; longer, more detailed answers score higher, ties are common.
+    A seeded ``judge_unparseable_fraction`` of requests get a verdict without any scores."""
+    if stable_fraction(settings.seed, "unparseable", request) < settings.judge_unparseable_fraction:
+        return f"{TAG} Both answers have merits and flaws; I cannot settle on numbers here."
     first = _between(request, prompts.JUDGE_MARKER, "[The End of Assistant 1's Answer]")
     second = _between(
         request, "[The Start of Assistant 2's Answer]", "[The End of Assistant 2's Answer]"

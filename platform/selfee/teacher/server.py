@@ -149,7 +149,12 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     config = config or TeacherConfig()
     required_key = os.environ.get(config.api_key_env, "") if config.api_key_env else None
     state = TeacherState(config)
-    settings = ReplySettings(config.seed, config.needed_fraction, config.later_needed_fraction)
+    settings = ReplySettings(
+        config.seed,
+        config.needed_fraction,
+        config.later_needed_fraction,
+        config.judge_unparseable_fraction,
+    )
     app = FastAPI(title="SelFee offline teacher", description=BANNER)
     app.state.teacher = state
 

@@ -1,0 +1,97 @@
+"""`selfee report` on the published SelFee reviews: the published figures, exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfee.judge.report import ReportError, build_report, format_table
+
+REPO = Path(__file__).resolve().parents[1]
+SELFEE_FIRST = "selfee_13b_enforce_3_revisions_vs_chatgpt.jsonl"
+CHATGPT_FIRST = "chatgpt_vs_selfee_13b_enforce_3_revisions.jsonl"
+
+
+def selfee(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfee.cli", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_cli_reproduces_the_published_figures(reference: Path, tmp_path: Path) -> None:
+    review = reference / "review"
+    plot = tmp_path / "report.png"
+    done = selfee("report", "--reviews", str(review / SELFEE_FIRST), str(review / CHATGPT_FIRST),
+                  "--json", "--plot", str(plot), "--questions", str(reference / "question.jsonl"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["model_a"] == "selfee_13b_enforce_3_revisions" and result["model_b"] == "chatgpt"
+    assert (result["score_a"], result["score_b"]) == (1359.0, 1320.5)
+    assert result["relative_percent"] == 102.9
+    assert (result["win"], result["tie"], result["loss"]) == (87, 26, 47)
+    assert result["unparsed"] == 0 and result["judgments"] == 160
+    per_category = result["per_category"]
+    assert sum(c["n"] for c in per_category.values()) == 160
+    assert sum(c["score_a"] for c in per_category.values()) == pytest.approx(1359.0)
+    assert per_category["coding"]["n"] == 14 and per_category["math"]["n"] == 6
+    assert 0 < result["position_consistency"] < 1 and result["order_pairs"] == 80
+    assert png_size(plot) == (1200, 420)
+
+
+def test_tables_and_model_order(reference: Path) -> None:
+    review = reference / "review"
+    done = selfee("report", "--reviews", str(review / CHATGPT_FIRST), str(review / SELFEE_FIRST),
+                  "--model-a", "selfee_13b_enforce_3_revisions")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "102.9%" in done.stdout and "87/26/47" in done.stdout
+    flipped = build_report([review / CHATGPT_FIRST, review / SELFEE_FIRST])[0]
+    assert flipped["model_a"] == "chatgpt" and flipped["relative_percent"] == 97.2
+    assert (flipped["win"], flipped["loss"]) == (47, 87)
+
+
+def test_several_pairs_make_one_table(reference: Path, tmp_path: Path) -> None:
+    for name in (SELFEE_FIRST, CHATGPT_FIRST):
+        shutil.copy(reference / "review" / name, tmp_path / name)
+        other = name.replace("selfee_13b_enforce_3_revisions", "selfee_7b")
+        shutil.copy(reference / "review" / name, tmp_path / other)
+    reports = build_report(sorted(tmp_path.glob("*.jsonl")))
+    assert len(reports) == 2
+    table = format_table(reports)
+    assert table.count("chatgpt") >= 2 and "selfee_7b" in table
+
+
+def test_unparsed_and_failed_judgments_are_left_out_and_counted(
+    reference: Path, tmp_path: Path
+) -> None:
+    rows = [
+        json.loads(line) for line in (reference / "review" / SELFEE_FIRST).read_text().splitlines()
+    ]
+    rows[0]["score"] = [-1, -1]
+    rows[1]["metadata"] = {"parsed": False}
+    rows[2]["metadata"] = {"error": "RateLimitError: gave up"}
+    (tmp_path / SELFEE_FIRST).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copy(reference / "review" / CHATGPT_FIRST, tmp_path / CHATGPT_FIRST)
+    result = build_report([tmp_path / SELFEE_FIRST, tmp_path / CHATGPT_FIRST])[0]
+    assert result["unparsed"] == 3 and result["win"] + result["tie"] + result["loss"] == 157
+    left_out = sum(rows[i]["score"][0] for i in (1, 2)) + 9.0  # rows[0] was 9 9 before
+    assert result["score_a"] == pytest.approx(1359.0 - left_out)
+
+
+def test_bad_review_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="FIRST_vs_SECOND"):
+        build_report([tmp_path / "reviews.jsonl"])
+    with pytest.raises(ReportError, match="does not exist"):
+        build_report([tmp_path / "a_vs_b.jsonl"])
+    done = selfee("report")
+    assert done.returncode == 1 and "--reviews" in done.stderr and "Traceback" not in done.stderr
