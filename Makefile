@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(PY) bench/collect_sharegpt.py --rows 200000
+	$(PY) bench/augment_rate.py
 
 lint: install
 	$(VENV)/bin/ruff check platform jobs serve_apps tests bench

@@ -59,14 +59,15 @@ class Teacher:
         self.proc.wait(timeout=10)
 
 
-def rate_run(rpm: int, workers: int, seconds: float, tmp: Path) -> dict:
+def rate_run(rpm: int, workers: int, seconds: float, tmp: Path, factor: float = 2) -> dict:
     teacher = Teacher("--rpm", str(rpm), "--latency-ms", "200", "--needed-fraction", "0.5",
                       "--later-needed-fraction", "0.25")  # fmt: skip
     try:
         rows = math.ceil(rpm * seconds / 60 / REQUESTS_PER_ROW)
         path = tmp / f"in-{rpm}-{workers}.jsonl"
         write_jsonl(path, [make_instruction("alpaca", f"Explain idea {i}.") for i in range(rows)])
-        in_flight = math.ceil(rpm / 60 * 0.2 * 2) + 2 * workers  # 2x what 200 ms latency needs
+        # rows in flight: ``factor`` times what 200 ms latency needs at the full rate
+        in_flight = math.ceil(rpm / 60 * 0.2 * factor) + 2 * workers
         cfg = AugmentConfig(
             input=path,
             output=tmp / f"out-{rpm}-{workers}",
@@ -91,6 +92,7 @@ def rate_run(rpm: int, workers: int, seconds: float, tmp: Path) -> dict:
         "rpm": rpm,
         "workers": workers,
         "rows": rows,
+        "in_flight": in_flight,
         "requests": stats["received"],
         "span_s": span,
         "wall_s": wall,
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--rpm", type=int, nargs="+", default=[600, 3000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--seconds", type=float, default=90, help="target length of each run")
+    parser.add_argument("--in-flight-factor", type=float, default=2.0,
+                        help="rows in flight as a multiple of rate x latency")  # fmt: skip
     parser.add_argument("--cpu-requests", type=int, default=500)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -132,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rpm in args.rpm:
             for workers in args.workers:
-                result = rate_run(rpm, workers, args.seconds, Path(tmp))
+                result = rate_run(rpm, workers, args.seconds, Path(tmp), args.in_flight_factor)
                 print(result, flush=True)
                 results.append(result)
     ray.shutdown()
@@ -147,7 +151,7 @@ def main() -> None:
 
     today = datetime.date.today()
     rows = [
-        f"| {today} | {machine()} | {r['rpm']} | {r['workers']} | {r['rows']} | {r['requests']} "
+        f"| {today} | {machine()} | {r['rpm']} | {r['workers']} | {r['in_flight']} | {r['rows']} | {r['requests']} "
         f"| {r['span_s']:.1f} s | {r['achieved']:.0f}/min | **{r['fraction']:.3f}** "
         f"| {r['max_60s']} | {r['rate_limited']} | {r['errors']} |"
         for r in results
@@ -156,9 +160,9 @@ def main() -> None:
         "\n## Augmentation against a rate limit (`bench/augment_rate.py`)\n\n"
         "Offline teacher in its own process: server-side limit R requests/min (sliding 60 s "
         "window, 429 over it), 200 ms latency. Achieved = requests / (last - first request).\n\n"
-        "| date | machine | R (rpm) | workers | rows | requests | span | achieved | "
-        "fraction of R | max in any 60 s | 429s | error rows |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| date | machine | R (rpm) | workers | rows in flight | rows | requests | span | "
+        "achieved | fraction of R | max in any 60 s | 429s | error rows |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     cpu_section = (
         "\n## Client CPU per request (`bench/augment_rate.py`)\n\n"

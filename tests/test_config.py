@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from selfee.config import (
+    AugmentConfig,
     CollectConfig,
     ConfigError,
     QuickstartConfig,
@@ -34,6 +35,10 @@ def test_every_shipped_stage_config_validates() -> None:
         "alpaca", "aqua", "gsm8k", "math", "conala", "mbpp", "code_contests", "drrepair", "flan",
         "sharegpt",
     }  # fmt: skip
+    augment = load_config(AugmentConfig, REPO / "configs" / "augment.yaml")
+    assert augment.max_iterations == 5 and augment.reuse_answer_datasets == ["sharegpt"]
+    documented = augment.model_dump(exclude={"teacher"})  # the YAML documents the defaults
+    assert documented == AugmentConfig(input=augment.input).model_dump(exclude={"teacher"})
 
 
 def test_yaml_then_cli_overrides_with_same_names(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ def test_cli_reproduces_the_published_figures(reference: Path, tmp_path: Path) -
     review = reference / "review"
     plot = tmp_path / "report.png"
     done = selfee("report", "--reviews", str(review / SELFEE_FIRST), str(review / CHATGPT_FIRST),
-                  "--json", "--plot", str(plot), "--questions", str(reference / "question.jsonl"))  # fmt: skip
+                  "--json", "--plot", str(plot), "--questions", str(reference / "question.jsonl"),
+                  "--answers", *map(str, sorted((reference / "answer").glob("*.jsonl"))))  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["model_a"] == "selfee_13b_enforce_3_revisions" and result["model_b"] == "chatgpt"
@@ -47,6 +48,7 @@ def test_cli_reproduces_the_published_figures(reference: Path, tmp_path: Path) -
     assert per_category["coding"]["n"] == 14 and per_category["math"]["n"] == 6
     assert 0 < result["position_consistency"] < 1 and result["order_pairs"] == 80
     assert png_size(plot) == (1200, 420)
+    assert result["mean_words_a"] > result["mean_words_b"] > 100  # SelFee answers are longer
 
 
 def test_tables_and_model_order(reference: Path) -> None:

@@ -57,7 +57,7 @@ def _run_report(cfg: ReportConfig) -> None:
 
     if not cfg.reviews:
         raise ConfigError("give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl")
-    reports = report.build_report(cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b)
+    reports = report.build_report(cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers)
     print(report.to_json(reports) if cfg.print_json else report.format_table(reports))
     if cfg.plot is not None:
         written = report.plot(reports, cfg.plot)

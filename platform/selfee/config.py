@@ -303,6 +303,9 @@ class ReportConfig(StageConfig):
         default_factory=list, description="review files X_vs_Y.jsonl and Y_vs_X.jsonl (pairs)"
     )
     questions: Path | None = Field(None, description="questions, for per-category figures")
+    answers: list[Path] = Field(
+        default_factory=list, description="answer files, for answer lengths the reviews lack"
+    )
     model_a: str | None = Field(None, description="which model is A (default: first named)")
     model_b: str | None = Field(None, description="which model is B")
     print_json: bool = Field(

@@ -64,7 +64,10 @@ def _score(row: dict[str, Any]) -> tuple[float, float] | None:
 
 
 def load_judgments(
-    path: Path, model_a: str, categories: dict[Any, str] | None = None
+    path: Path,
+    model_a: str,
+    categories: dict[Any, str] | None = None,
+    words: dict[str, int] | None = None,
 ) -> list[Judgment]:
     first, second = names_from_path(path)
     if model_a not in (first, second):
@@ -79,7 +82,8 @@ def load_judgments(
         meta = row.get("metadata") or {}
         score = _score(row)
         s1, s2 = score if score else (None, None)
-        w1, w2 = meta.get("answer1_words"), meta.get("answer2_words")
+        w1 = meta.get("answer1_words", (words or {}).get(str(row.get("answer1_id"))))
+        w2 = meta.get("answer2_words", (words or {}).get(str(row.get("answer2_id"))))
         category = (categories or {}).get(row.get("question_id")) or meta.get("category") or "all"
         judgments.append(
             Judgment(
@@ -160,13 +164,25 @@ def read_categories(questions: Path | None) -> dict[Any, str]:
     return {q["question_id"]: q.get("category", "all") for q in read_jsonl(questions)}
 
 
+def read_answer_words(answers: list[Path]) -> dict[str, int]:
+    """Words per answer id, for review files that do not record answer lengths."""
+    return {
+        str(row["answer_id"]): len(str(row.get("text", "")).split())
+        for path in answers
+        for row in read_jsonl(path)
+        if "answer_id" in row
+    }
+
+
 def build_report(
     paths: list[Path],
     questions: Path | None = None,
     model_a: str | None = None,
     model_b: str | None = None,
+    answers: list[Path] | None = None,
 ) -> list[dict[str, Any]]:
     categories = read_categories(questions)
+    words = read_answer_words(answers or [])
     reports = []
     for first, second, files in pair_reviews(paths):
         a, b = first, second
@@ -175,7 +191,7 @@ def build_report(
             b = second if a == first else first
             if model_b and model_b not in (first, second):
                 raise ReportError(f"no review file compares {model_b}")
-        judgments = [j for f in files for j in load_judgments(f, a, categories)]
+        judgments = [j for f in files for j in load_judgments(f, a, categories, words)]
         reports.append({**summarize(judgments, a, b), "files": [str(f) for f in files]})
     return reports
 
