@@ -6,7 +6,8 @@ timeouts and malformed responses, and usage accounting. A call that still fails 
 ``CallFailed`` (the row records it); a call the endpoint refuses for good (bad key, unknown
 model) raises ``EndpointRejected`` (the job stops: every other row would fail the same way).
 
-API keys come only from the environment variable a config names. They travel inside a
+API keys come only from the environment variable a config names (``selfee.llm_job``
+resolves it). They travel inside a
 ``Secret`` whose ``repr`` hides them, and every error message is passed through
 ``Secret.redact`` before it is stored or printed.
 """
@@ -17,7 +18,6 @@ import asyncio
 import email.utils
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,31 +50,6 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str
-    model: str
-    api_key_env: str | None = None  # the variable's name, never its value
-
-    def api_key(self) -> Secret:
-        if not self.api_key_env:
-            return Secret(OFFLINE_KEY)
-        key = os.environ.get(self.api_key_env, "")
-        if not key:
-            raise ValueError(
-                f"environment variable {self.api_key_env} is not set (it should hold the API key)"
-            )
-        return Secret(key)
-
-    def client(self, key: Secret | None = None, timeout_s: float = 60.0) -> openai.AsyncOpenAI:
-        """A client for this endpoint. Retries are ours to do (they must pass the rate
-        limiter), so the SDK's own are off."""
-        key = key or self.api_key()
-        return openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=key.reveal(), timeout=timeout_s, max_retries=0
-        )
 
 
 # --- tokens ----------------------------------------------------------------------------

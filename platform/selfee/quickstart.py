@@ -35,7 +35,8 @@ def sample_instructions_path() -> Path:
     return Path(str(resources.files("selfee") / "samples" / "instructions.jsonl"))
 
 
-def summarize(chains: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[str, Any]:
+    """The augment job's counts plus what the quickstart checks: verdicts, format round trip."""
     verdicts = collections.Counter(
         detect_verdict(step["feedback"]).value for c in chains for step in c["outputs"]
     )
@@ -44,15 +45,16 @@ def summarize(chains: list[dict[str, Any]]) -> dict[str, Any]:
         if c["outputs"] and not c["error"]:
             text = render_prompt(c["instruction"], c["input"]) + render_target(c["outputs"])
             round_trip_ok += parse(text).steps == c["outputs"]
+    usage = augmented["usage"]
     return {
-        "chains": len(chains),
-        "errors": sum(1 for c in chains if c["error"]),
-        "iterations": dict(sorted(collections.Counter(c["iteration"] for c in chains).items())),
-        "stopped_at_max_iterations": sum(1 for c in chains if c["stop_reason"] == "max_iterations"),
+        "chains": augmented["rows"],
+        "errors": augmented["errors"],
+        "iterations": augmented["iterations"],
+        "stopped_at_max_iterations": augmented["stop_reasons"].get("max_iterations", 0),
         "verdicts": dict(verdicts),
-        "requests": sum(c["usage"]["requests"] for c in chains),
-        "prompt_tokens": sum(c["usage"]["prompt_tokens"] for c in chains),
-        "completion_tokens": sum(c["usage"]["completion_tokens"] for c in chains),
+        "requests": usage.get("requests", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
         "round_trip_ok": round_trip_ok,
     }
 
@@ -87,7 +89,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                 progress_interval_s=5,
                 ray=cfg.ray,
             )
-            run_augment(augment_cfg)
+            augmented = run_augment(augment_cfg)
             chains = list(read_jsonl(out / "augment" / "chains.jsonl"))
             teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
         finally:
@@ -107,7 +109,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         ),
     )
     summary = {
-        **summarize(chains),
+        **summarize(chains, augmented),
         "teacher": teacher_stats,
         "seconds": round(time.monotonic() - t0, 1),
         "config": dump_config(cfg),

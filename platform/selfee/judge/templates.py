@@ -8,12 +8,12 @@ reproduced from its ``prompt.jsonl`` (system prompt, template, default prompt te
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfee.config import ConfigError
 from selfee.prompts import CODING_JUDGE, GENERAL_JUDGE, MATH_JUDGE, JudgeTemplate
+from selfee.records import read_jsonl
 
 GENERAL = "general"
 ROUTED = {"coding": "coding", "math": "math"}  # question category -> judge category
@@ -76,10 +76,8 @@ def load_upstream(prompts_path: Path, reviewers_path: Path) -> dict[str, Reviewe
 
 def _rows(path: Path) -> list[dict]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return list(read_jsonl(path))
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not JSON Lines: {e.msg}") from None
+    except ValueError as e:  # read_jsonl names the file and line
+        raise ConfigError(str(e)) from None
