@@ -24,22 +24,38 @@ def test_only_built_stages_are_subcommands() -> None:
         "teacher",
         "collect",
         "augment",
+        "train",
+        "delta",
         "judge",
         "report",
         "quickstart",
     ]
     help_text = build_parser().format_help()
     assert "teacher" in help_text and "quickstart" in help_text
-    for not_yet in ["train", "infer", "serve"]:
+    for not_yet in ["infer", "serve"]:
         assert f"    {not_yet} " not in help_text
 
 
 def test_every_job_module_runs_the_same_parser() -> None:
     jobs = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__")
-    assert jobs == ["augment", "collect", "judge", "quickstart", "report"]
+    assert jobs == ["augment", "collect", "judge", "quickstart", "report", "train"]
     done = run("-m", "jobs.quickstart", "--help")
     assert done.returncode == 0
     assert "--teacher.needed-fraction" in done.stdout
+
+
+def test_train_and_delta_help_name_their_options() -> None:
+    done = run("-m", "jobs.train", "--help")
+    assert done.returncode == 0
+    for option in ["--data", "--model", "--output", "--num-workers", "--max-steps", "--resume"]:
+        assert option in done.stdout
+    done = run("-m", "selfee.cli", "delta", "apply", "--help")
+    assert done.returncode == 0 and "--base" in done.stdout and "(required)" in done.stdout
+
+
+def test_train_without_data_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "tiny"]) == 1
+    assert "give the chains to train on: --data" in capsys.readouterr().err
 
 
 def test_bad_option_value_exits_2_with_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from selfee.config import (
     ConfigError,
     QuickstartConfig,
     TeacherConfig,
+    TrainConfig,
     add_config_arguments,
     config_from_args,
     load_config,
@@ -39,6 +40,35 @@ def test_every_shipped_stage_config_validates() -> None:
     assert augment.max_iterations == 5 and augment.reuse_answer_datasets == ["sharegpt"]
     documented = augment.model_dump(exclude={"teacher"})  # the YAML documents the defaults
     assert documented == AugmentConfig(input=augment.input).model_dump(exclude={"teacher"})
+    tiny = load_config(TrainConfig, REPO / "configs" / "train-tiny.yaml")
+    assert tiny.model == "tiny" and tiny.accumulation() == 2 and not tiny.use_gpu
+
+
+@pytest.mark.parametrize(("name", "micro", "accumulation"), [("7b", 4, 4), ("13b", 2, 8)])
+def test_selfee_gpu_configs_carry_the_published_hyperparameters(
+    name: str, micro: int, accumulation: int
+) -> None:
+    cfg = load_config(TrainConfig, REPO / "configs" / f"selfee-{name}.yaml")
+    assert (cfg.global_batch_size, cfg.learning_rate, cfg.epochs, cfg.max_length) == (
+        128,
+        2e-5,
+        3,
+        2048,
+    )
+    assert (cfg.weight_decay, cfg.warmup_ratio, cfg.objective) == (0.0, 0.03, "full")
+    assert (
+        cfg.use_gpu
+        and cfg.bf16()
+        and (cfg.micro_batch_size, cfg.accumulation()) == (micro, accumulation)
+    )
+    assert (REPO / cfg.deepspeed).is_file()
+
+
+def test_global_batch_must_split_into_micro_batches_and_workers() -> None:
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size 4 x num_workers 3"):
+        TrainConfig(global_batch_size=128, micro_batch_size=4, num_workers=3)
+    with pytest.raises(ValueError, match="nothing would be learned"):
+        TrainConfig(loss_on={"answer": False, "feedback": False, "revisions": False})
 
 
 def test_yaml_then_cli_overrides_with_same_names(tmp_path: Path) -> None:

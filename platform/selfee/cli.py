@@ -18,11 +18,15 @@ from selfee.config import (
     AugmentConfig,
     CollectConfig,
     ConfigError,
+    DeltaApplyConfig,
+    DeltaMakeConfig,
+    JobFailed,
     JudgeConfig,
     QuickstartConfig,
     ReportConfig,
     StageConfig,
     TeacherConfig,
+    TrainConfig,
     add_config_arguments,
     config_from_args,
 )
@@ -44,6 +48,32 @@ def _run_augment(cfg: AugmentConfig) -> None:
     from selfee.augment.job import run_augment
 
     run_augment(cfg)
+
+
+def _run_train(cfg: TrainConfig) -> None:
+    from selfee.train.job import run_train
+
+    run_train(cfg)
+
+
+def _run_delta_apply(cfg: DeltaApplyConfig) -> None:
+    from selfee.train.delta import apply_delta
+
+    done = apply_delta(cfg.base, cfg.delta, cfg.output)
+    print(f"restored {done['tensors']} tensors into {done['output']}")
+
+
+def _run_delta_make(cfg: DeltaMakeConfig) -> None:
+    from selfee.train.delta import make_delta
+
+    done = make_delta(cfg.base, cfg.target, cfg.output)
+    print(f"wrote the delta of {done['tensors']} tensors to {done['output']}")
+    if done["inexact_elements"]:
+        print(
+            f"warning: {done['inexact_elements']} elements do not come back bit for bit "
+            "with 'selfee delta apply' (weights far from the base's)",
+            file=sys.stderr,
+        )
 
 
 def _run_judge(cfg: JudgeConfig) -> None:
@@ -76,8 +106,9 @@ def _run_quickstart(cfg: QuickstartConfig) -> None:
 class Command:
     name: str
     help: str
-    config: type[StageConfig]
-    run: Callable[[Any], None]
+    config: type[StageConfig] | None
+    run: Callable[[Any], None] | None
+    children: tuple[Command, ...] = ()
 
 
 COMMANDS = [
@@ -101,6 +132,29 @@ COMMANDS = [
         "says 'Revision is not needed' (async, rate-limited, resumable, on Ray Data)",
         AugmentConfig,
         _run_augment,
+    ),
+    Command(
+        "train",
+        "fine-tune a causal LM (tiny, or a Hugging Face directory) on SelFee chains with Ray "
+        "Train + DeepSpeed ZeRO-2/3: checkpoints, resume, export to a Hugging Face directory",
+        TrainConfig,
+        _run_train,
+    ),
+    Command(
+        "delta",
+        "delta weights: 'apply' restores SelFee's released weights from LLaMA, 'make' writes "
+        "one for publishing",
+        None,
+        None,
+        children=(
+            Command(
+                "apply",
+                "output = base (+ zero rows for added tokens such as [PAD]) + delta",
+                DeltaApplyConfig,
+                _run_delta_apply,
+            ),
+            Command("make", "delta = target - base", DeltaMakeConfig, _run_delta_make),
+        ),
     ),
     Command(
         "judge",
@@ -134,32 +188,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfee {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
-        add_config_arguments(p, command.config)
-        p.set_defaults(_command=command)
+        _add_command(sub, command, f"selfee {command.name}")
     return parser
+
+
+def _add_command(sub: Any, command: Command, full_name: str) -> None:
+    p = sub.add_parser(command.name, help=command.help, description=command.help)
+    if command.children:
+        inner = p.add_subparsers(dest=f"{command.name}_action", metavar="ACTION", required=True)
+        for child in command.children:
+            _add_command(inner, child, f"{full_name} {child.name}")
+        return
+    assert command.config is not None
+    add_config_arguments(p, command.config)
+    p.set_defaults(_command=command, _full_name=full_name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command: Command = args._command
+    name: str = args._full_name
+    assert command.config is not None and command.run is not None
     try:
         cfg = config_from_args(command.config, args)
     except ConfigError as e:
-        parser.exit(2, f"selfee {command.name}: error: {e}\n")
+        parser.exit(2, f"{name}: error: {e}\n")
     try:
         command.run(cfg)
     except KeyboardInterrupt:
-        print(f"selfee {command.name}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except (ConfigError, OSError, ValueError) as e:
+    except (ConfigError, JobFailed, OSError, ValueError) as e:
         if os.environ.get("SELFEE_DEBUG"):
             raise
-        print(
-            f"selfee {command.name}: error: {e} (SELFEE_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-        )
+        print(f"{name}: error: {e} (SELFEE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     return 0
 

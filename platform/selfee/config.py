@@ -35,6 +35,10 @@ class ConfigError(ValueError):
     """A user mistake in a config file or option; the message is meant for the user."""
 
 
+class JobFailed(RuntimeError):
+    """A job that could not finish for a reason the user can act on; the message says how."""
+
+
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -91,6 +95,9 @@ class RayConfig(StageConfig):
         None, description="Ray cluster address; empty starts an embedded Ray"
     )
     num_cpus: int | None = Field(None, gt=0, description="CPUs for an embedded Ray")
+    dashboard: bool = Field(
+        True, description="start the Ray dashboard with an embedded Ray (127.0.0.1:8265 or next)"
+    )
 
 
 class QuickstartConfig(StageConfig):
@@ -316,6 +323,139 @@ class ReportConfig(StageConfig):
     plot: Path | None = Field(None, description="write per-category and win/tie/loss bars here")
 
 
+class TinyModelConfig(StageConfig):
+    """A LLaMA-architecture model built from this config (random init), for CPUs and tests."""
+
+    hidden_size: int = Field(128, ge=8, description="width of the residual stream")
+    num_layers: int = Field(2, ge=1, description="transformer blocks")
+    num_heads: int = Field(4, ge=1, description="attention heads (hidden_size must divide)")
+    intermediate_size: int = Field(344, ge=8, description="MLP width")
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary trained on the run's text")
+    seed: int = Field(0, description="seed of the random initialisation")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
+        return self
+
+
+class LossOnConfig(StageConfig):
+    """Which parts of the target carry loss (the prompt never does)."""
+
+    answer: bool = Field(True, description="the initial answer")
+    feedback: bool = Field(True, description="every '### Feedback k' and its text")
+    revisions: bool = Field(True, description="every '### Revision k' and its text")
+
+    def kinds(self) -> list[str]:
+        switches = {"answer": self.answer, "feedback": self.feedback, "revision": self.revisions}
+        return [kind for kind, on in switches.items() if on]
+
+
+class TrainConfig(StageConfig):
+    """Fine-tuning on SelFee chains with Ray Train + DeepSpeed (CPU or GPU, one job)."""
+
+    data: Path | None = Field(
+        None, description="chains: augment output (.jsonl) or upstream's released JSON/JSONL"
+    )
+    model: str = Field("tiny", description="'tiny' or a Hugging Face causal-LM directory")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    output: Path = Field(Path("outputs/train"), description="output folder (model/, checkpoints)")
+    storage_path: str | None = Field(
+        None,
+        description="checkpoints: a shared folder or s3:// URI on multi-node clusters "
+        "(default: <output>/checkpoints)",
+    )
+    objective: Literal["full", "answer-only"] = Field(
+        "full", description="'full': the whole chain (SelFee); 'answer-only': the first answer"
+    )
+    loss_on: LossOnConfig = Field(default_factory=LossOnConfig)
+    max_length: int = Field(2048, ge=16, description="tokens per example (SelFee: 2048)")
+    overflow: Literal["truncate", "drop"] = Field(
+        "truncate", description="what happens to longer examples (counted in the summary)"
+    )
+    batching: Literal["length-grouped", "random"] = Field(
+        "length-grouped", description="'random' pads random batches to their longest (upstream)"
+    )
+    global_batch_size: int = Field(
+        128, ge=1, description="examples per optimizer step, all workers (SelFee: 128)"
+    )
+    micro_batch_size: int = Field(4, ge=1, description="examples per forward pass per worker")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPUs)")
+    use_gpu: bool = Field(False, description="one GPU per worker, bf16 (see 'precision')")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto': bf16 on GPUs, fp32 on CPUs"
+    )
+    deepspeed: Path = Field(
+        Path("configs/deepspeed/zero2.json"), description="DeepSpeed JSON ('auto' keys are filled)"
+    )
+    gradient_checkpointing: bool = Field(True, description="recompute activations (less memory)")
+    epochs: int = Field(3, ge=1, description="passes over the data (SelFee: 3)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimizer steps (overrides epochs)"
+    )
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (SelFee: 2e-5)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (SelFee: 0)")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps warming up")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0: off)")
+    seed: int = Field(0, description="seed of data order and initialisation")
+    log_every_steps: int = Field(1, ge=1, description="report metrics every N steps")
+    checkpoint_every_steps: int = Field(50, ge=1, description="checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the latest ones)")
+    max_failures: int = Field(
+        2, ge=-1, description="worker failures recovered from the last checkpoint (-1: always)"
+    )
+    resume: bool = Field(False, description="continue the run found in the output folder")
+    overwrite: bool = Field(False, description="discard an earlier run in the output folder")
+    fault_injection_step: int | None = Field(
+        None, ge=1, description="recovery drill: worker rank 1 is killed at this step, once"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.resume and self.overwrite:
+            raise ValueError("choose one of --resume (continue) and --overwrite (start over)")
+        if not self.loss_on.kinds():
+            raise ValueError("loss_on switches every segment off: nothing would be learned")
+        if self.objective == "answer-only" and not self.loss_on.answer:
+            raise ValueError("objective 'answer-only' needs loss_on.answer")
+        per_pass = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_pass:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of "
+                f"micro_batch_size {self.micro_batch_size} x num_workers {self.num_workers} "
+                f"= {per_pass}"
+            )
+        return self
+
+    def accumulation(self) -> int:
+        """Gradient accumulation steps: global batch = micro batch x accumulation x workers."""
+        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+class DeltaApplyConfig(StageConfig):
+    """Restore fine-tuned weights from a base model and a delta (SelFee's released form)."""
+
+    base: Path = Field(description="the base model directory (e.g. LLaMA-13B in HF format)")
+    delta: Path = Field(description="the delta directory (weights, config, tokenizer)")
+    output: Path = Field(description="where the restored model goes")
+
+
+class DeltaMakeConfig(StageConfig):
+    """Make a delta for publishing: fine-tuned weights minus the base model's."""
+
+    base: Path = Field(description="the base model directory")
+    target: Path = Field(description="the fine-tuned model directory")
+    output: Path = Field(description="where the delta goes")
+
+
 # --- loading ---------------------------------------------------------------------------
 
 
@@ -374,6 +514,8 @@ def describe_validation_error(
         if item["type"] == "extra_forbidden":
             hint = _suggest(cls, [str(p) for p in item["loc"]])
             lines.append(f"unknown {origin}{hint}")
+        elif item["type"] == "missing":
+            lines.append(f"missing --{key.replace('_', '-')} (or '{key}' in a --config file)")
         else:
             lines.append(f"invalid {origin}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(lines)
@@ -433,12 +575,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
     for dotted, annotation, info in _leaf_fields(cls):
         dashed = f"--{dotted.replace('_', '-')}"
         names = [dashed] if dashed == f"--{dotted}" else [dashed, f"--{dotted}"]
-        default = info.get_default(call_default_factory=True)
+        default = (
+            "required"
+            if info.is_required()
+            else f"default: {info.get_default(call_default_factory=True)}"
+        )
         kwargs: dict[str, Any] = {
             "dest": _DEST_PREFIX + dotted,
             "default": argparse.SUPPRESS,
             "metavar": dotted.rsplit(".", 1)[-1].upper(),
-            "help": f"{info.description or ''} (default: {default})",
+            "help": f"{info.description or ''} ({default})",
         }
         if _is_bool(annotation):
             kwargs["action"] = argparse.BooleanOptionalAction

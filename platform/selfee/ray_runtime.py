@@ -18,7 +18,14 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     """
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.address, num_cpus=cfg.num_cpus, include_dashboard=False)
+        embedded = cfg.address is None
+        context = ray.init(
+            address=cfg.address,
+            num_cpus=cfg.num_cpus if embedded else None,
+            include_dashboard=cfg.dashboard if embedded else None,
+        )
+        if embedded and cfg.dashboard and context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     try:
         yield started
     finally:

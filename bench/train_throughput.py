@@ -1,0 +1,143 @@
+"""Training throughput: Ray Train + DeepSpeed against a plain PyTorch loop, and padding waste.
+
+Same tiny model (random init, LLaMA architecture), same tokenized chains, same
+length-grouped micro-batches. The plain loop is one process with torch's default threads;
+the Ray path is ``selfee train`` (2 workers x 1 CPU, ZeRO-2, gloo), timed by its own
+tokens/s over its training steps (start-up and checkpoints excluded on both sides).
+
+    .venv/bin/python bench/train_throughput.py [--chains 400] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from results import append_rows, machine
+from selfee.config import TrainConfig
+from selfee.records import write_jsonl
+from selfee.train import sft
+from selfee.train.model import build_model, tiny_llama_config
+from selfee.train.tokenizer import train_tiny_tokenizer
+
+WORDS = (
+    "the a model answer feedback revision score code list value result because of to and is".split()
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def varied_chains(n: int, seed: int = 0) -> list[dict]:
+    """Chains whose lengths vary like real ones: 1-4 outputs of 5-250 words each."""
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) + "."
+
+    rows = []
+    for i in range(n):
+        outputs = [{"output": text(5, 250), "feedback": text(5, 40) + " Revision is needed."}
+                   for _ in range(rng.randint(1, 4))]  # fmt: skip
+        outputs[-1]["feedback"] = text(5, 40) + " Revision is not needed."
+        rows.append({"id": str(i), "dataset": "bench", "instruction": text(5, 30), "input": "",
+                     "output": "", "outputs": outputs, "error": None})  # fmt: skip
+    return rows
+
+
+def plain_loop_tokens_per_s(cfg: TrainConfig, tokenizer, examples, steps: int) -> float:
+    spec = {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
+                                                        cfg.max_length), "seed": 0}  # fmt: skip
+    model = build_model(spec, 0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    lengths = [len(ids) for ids, _ in examples]
+    batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching)
+    per_step = cfg.global_batch_size // cfg.micro_batch_size
+    tokens, seconds = 0, 0.0
+    for step in range(steps + 1):  # step 0 warms up
+        start = time.perf_counter()
+        step_tokens = 0
+        for k in range(per_step):
+            batch = batches[(step * per_step + k) % len(batches)]
+            inputs = sft.collate([examples[i] for i in batch], tokenizer.pad_token_id)
+            loss = model(**inputs).loss / per_step
+            loss.backward()
+            step_tokens += int(inputs["attention_mask"].sum())
+        optimizer.step()
+        optimizer.zero_grad()
+        if step:
+            tokens, seconds = tokens + step_tokens, seconds + time.perf_counter() - start
+    return tokens / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chains", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+
+    rows = varied_chains(args.chains)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    write_jsonl(work / "chains.jsonl", rows)
+    cfg = TrainConfig(
+        data=work / "chains.jsonl", output=work / "run", model="tiny",
+        tiny={"hidden_size": 256, "num_layers": 4, "num_heads": 8, "intermediate_size": 688,
+              "vocab_size": 2048},
+        max_length=1024, global_batch_size=16, micro_batch_size=4, num_workers=2,
+        gradient_checkpointing=False, learning_rate=1e-3, max_steps=args.steps,
+        checkpoint_every_steps=10_000, log_every_steps=1,
+        deepspeed=REPO / "configs" / "deepspeed" / "zero2.json", ray={"dashboard": False},
+    )  # fmt: skip
+
+    texts = ["".join(t for _, t in sft.chain_segments(r, "full")) for r in rows]
+    tokenizer = train_tiny_tokenizer(texts, cfg.tiny.vocab_size)
+    tokenized = [sft.tokenize_chain(tokenizer, r, max_length=cfg.max_length) for r in rows]
+    examples = [(e.input_ids, e.labels) for e in tokenized if e.status != "dropped"]
+    lengths = [len(ids) for ids, _ in examples]
+
+    padding = {}
+    for micro in (4, 8, 16):
+        for grouping in ("length-grouped", "random"):
+            batches = sft.make_batches(lengths, micro, 0, grouping)
+            padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8)
+
+    plain = plain_loop_tokens_per_s(cfg, tokenizer, examples, args.steps)
+    from selfee.train.job import run_train
+
+    summary = run_train(cfg)
+    history = summary["history"][1:]  # the first step includes DeepSpeed's warm-up
+    ray_tps = sum(h["tokens"] for h in history) / sum(h["seconds"] for h in history)
+
+    today = datetime.date.today().isoformat()
+    params = sum(p.numel() for p in build_model(
+        {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
+                                                     cfg.max_length)}, 0).parameters())  # fmt: skip
+    append_rows(
+        "\n## Training throughput (`bench/train_throughput.py`)\n\n"
+        "| date | machine | model | chains | steps | plain PyTorch (1 process) | Ray Train + "
+        "DeepSpeed ZeRO-2 (2 workers x 1 CPU) | ratio |\n|---|---|---|---|---|---|---|---|\n",
+        [f"| {today} | {machine()} | tiny LLaMA {params / 1e6:.1f}M | {len(examples)} | "
+         f"{args.steps} | {plain:,.0f} tokens/s | {ray_tps:,.0f} tokens/s | "
+         f"**{ray_tps / plain:.2f}** |"],
+    )  # fmt: skip
+    append_rows(
+        "\n## Padding: real tokens / computed tokens (`bench/train_throughput.py`)\n\n"
+        "| date | examples | micro batch | length-grouped | random, pad to longest (upstream) |"
+        "\n|---|---|---|---|---|\n",
+        [
+            f"| {today} | {len(examples)} | {micro} | **{padding[(micro, 'length-grouped')]:.3f}** "
+            f"| {padding[(micro, 'random')]:.3f} |"
+            for micro in (4, 8, 16)
+        ],
+    )
+    print(json.dumps({"plain_tokens_per_s": plain, "ray_tokens_per_s": ray_tps,
+                      "padding": {f"{m}/{g}": v for (m, g), v in padding.items()}}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

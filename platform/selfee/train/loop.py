@@ -1,0 +1,271 @@
+"""What each Ray Train worker runs: DeepSpeed around a Hugging Face causal LM.
+
+Read it like a script: load the tokenized examples, build the model, wrap it in DeepSpeed
+(ZeRO-2/3, AdamW, cosine schedule with warmup), restore the latest checkpoint if Ray Train
+hands one over (a restart after a failure, or a resumed run), then step through
+length-grouped micro-batches; report metrics and checkpoints through ``ray.train.report``.
+
+Every rank sees the whole tokenized set and the same seeded batch plan, and takes its own
+micro-batches from it (``sft.rank_schedule``), so a resumed run continues with exactly the
+batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfee.train import sft
+from selfee.train.model import build_model, use_cpu_accelerator_unless_cuda, zero_stage
+
+DS_TAG = "deepspeed"  # DeepSpeed's tag folder inside every checkpoint
+STATE_FILE = "trainer_state.json"
+# Ray Train's controller takes one report per health check (2 s) and ``report`` blocks
+# while one is pending: metrics go to Ray Train at most this often (and with every
+# checkpoint); every logged step is printed and kept in the checkpoint's history.
+REPORT_INTERVAL_S = 10.0
+FAULT_DELAY_S = 6.0  # three of Ray Train's 2 s health checks
+
+
+@dataclass
+class TrainSettings:
+    """Everything a worker needs, as plain data (it travels to the workers)."""
+
+    model: dict[str, Any]
+    deepspeed: dict[str, Any]
+    micro_batch_size: int
+    accumulation: int
+    epochs: int
+    max_steps: int | None
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    seed: int
+    batching: str
+    gradient_checkpointing: bool
+    log_every_steps: int
+    checkpoint_every_steps: int
+    pad_id: int
+    fault_injection_step: int | None = None
+
+
+@dataclass
+class TrainerState:
+    """Saved with every checkpoint: where the run is and what it has logged."""
+
+    step: int = 0
+    total_steps: int = 0
+    restarts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def plan_steps(n_examples: int, settings: TrainSettings, world_size: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps of the run)."""
+    micro_batches = math.ceil(n_examples / settings.micro_batch_size)
+    per_epoch, _ = sft.rank_schedule(micro_batches, world_size, settings.accumulation, 0)
+    if per_epoch == 0:
+        raise ValueError(
+            f"{n_examples} examples make {micro_batches} micro-batches of "
+            f"{settings.micro_batch_size}; one optimizer step needs "
+            f"{world_size * settings.accumulation}: lower global_batch_size or add data"
+        )
+    return per_epoch, settings.max_steps or settings.epochs * per_epoch
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    settings = TrainSettings(**config)
+    use_cpu_accelerator_unless_cuda()
+    import deepspeed
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from transformers import get_cosine_schedule_with_warmup
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    examples = load_examples(ray.train.get_dataset_shard("train"))
+    lengths = [len(ids) for ids, _ in examples]
+    steps_per_epoch, total_steps = plan_steps(len(examples), settings, world)
+
+    # The model, DeepSpeed, AdamW and the cosine schedule.
+    keep_alive = None
+    if zero_stage(settings.deepspeed) == 3 and settings.model["kind"] != "tiny":
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep_alive = HfDeepSpeedConfig(settings.deepspeed)  # from_pretrained shards at load
+    model = build_model(settings.model, settings.model.get("seed", settings.seed))
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, settings.weight_decay), lr=settings.learning_rate
+    )
+    warmup = math.ceil(settings.warmup_ratio * total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=settings.deepspeed
+    )
+    del keep_alive
+
+    # Continue from the checkpoint Ray Train hands over, if any.
+    state = TrainerState(total_steps=total_steps)
+    resumed = False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=DS_TAG)
+            state = TrainerState(**json.loads((Path(folder) / STATE_FILE).read_text()))
+        state.restarts += 1
+        state.total_steps = total_steps
+        resumed = True
+        if rank == 0:
+            print(f"resumed from step {state.step} (restart {state.restarts})", flush=True)
+
+    def all_reduce(values: list[float]) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=engine.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    started, start_step = time.monotonic(), state.step
+    last_report = started
+    window_start, window_tokens, window_losses = time.monotonic(), 0, []
+    while state.step < total_steps:
+        epoch, first = divmod(state.step, steps_per_epoch)
+        batches = sft.make_batches(
+            lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching
+        )
+        _, mine = sft.rank_schedule(len(batches), world, settings.accumulation, rank)
+        for in_epoch in range(first, steps_per_epoch):
+            if state.step >= total_steps:
+                break
+            positions = mine[
+                in_epoch * settings.accumulation : (in_epoch + 1) * settings.accumulation
+            ]
+            for position in positions:
+                batch = sft.collate([examples[i] for i in batches[position]], settings.pad_id)
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                window_losses.append(loss.item())
+                window_tokens += int(batch["attention_mask"].sum())
+            state.step += 1
+            step = state.step
+
+            if step == settings.fault_injection_step and rank == min(1, world - 1) and not resumed:
+                # Wait until the controller has taken the last checkpoint: it collects one
+                # report per health check, and a checkpoint still queued dies with the worker.
+                time.sleep(FAULT_DELAY_S)
+                print(f"fault injection: killing worker rank {rank} at step {step}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            checkpoint_now = step % settings.checkpoint_every_steps == 0 or step == total_steps
+            if step % settings.log_every_steps and not checkpoint_now:
+                continue
+            # One collective carries the metrics and rank 0's clock, so every rank agrees
+            # on whether this step reports to Ray Train.
+            since_report = time.monotonic() - last_report if rank == 0 else 0.0
+            loss_sum, loss_count, tokens, since_report = all_reduce(
+                [sum(window_losses), len(window_losses), window_tokens, since_report]
+            )
+            elapsed = time.monotonic() - window_start
+            metrics = {
+                "step": step,
+                "epoch": epoch + 1,
+                "loss": loss_sum / loss_count,
+                "lr": float(engine.get_lr()[0]),
+                "tokens_per_s": tokens / max(elapsed, 1e-9),
+                "tokens": tokens,
+                "seconds": elapsed,
+                "restarts": state.restarts,
+            }
+            state.history.append(metrics)
+            if rank == 0:
+                elapsed_run = time.monotonic() - started
+                print(
+                    progress_line(metrics, total_steps, elapsed_run, step - start_step), flush=True
+                )
+            if checkpoint_now:
+                report_checkpoint(engine, state, metrics, rank)
+                last_report = time.monotonic()
+            elif since_report >= REPORT_INTERVAL_S:
+                ray.train.report(metrics)
+                last_report = time.monotonic()
+            window_start, window_tokens, window_losses = time.monotonic(), 0, []
+
+
+def progress_line(metrics: dict[str, float], total: int, elapsed: float, done: int) -> str:
+    from selfee.progress import format_duration
+
+    eta = elapsed / max(done, 1) * (total - metrics["step"])
+    return (
+        f"step {metrics['step']}/{total} · epoch {metrics['epoch']} · loss {metrics['loss']:.4f}"
+        f" · lr {metrics['lr']:.2e} · {metrics['tokens_per_s']:,.0f} tokens/s"
+        f" · ETA {format_duration(eta)}"
+    )
+
+
+def report_checkpoint(
+    engine: Any, state: TrainerState, metrics: dict[str, float], rank: int
+) -> None:
+    """Every rank writes its DeepSpeed shards; Ray Train gathers them into one checkpoint."""
+    import ray.train
+
+    folder = tempfile.mkdtemp(prefix="selfee-ckpt-")
+    try:
+        engine.save_checkpoint(folder, tag=DS_TAG)
+        if rank == 0:
+            (Path(folder) / STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"checkpoint_{state.step:06d}",
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norms (the usual AdamW practice)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def load_examples(shard: Any) -> list[tuple[Any, Any]]:
+    """(input_ids, labels) as int32 arrays, in the order of the ``idx`` column."""
+    import numpy as np
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # one pass over a materialized set
+    rows: list[tuple[int, Any, Any]] = []
+    for table in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
+        idx = table.column("idx").to_pylist()
+        ids = _split_lists(table.column("input_ids"), np)
+        labels = _split_lists(table.column("labels"), np)
+        rows += zip(idx, ids, labels, strict=True)
+    rows.sort(key=lambda r: r[0])
+    return [(ids, labels) for _, ids, labels in rows]
+
+
+def _split_lists(column: Any, np: Any) -> list[Any]:
+    import pyarrow as pa
+
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = array.flatten().to_numpy().astype(np.int32)
+    offsets = array.offsets.to_numpy() - array.offsets[0].as_py()
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(array))]

@@ -1,0 +1,213 @@
+"""The SFT set: chains → (input_ids, labels) in the exact SelFee format, and batching.
+
+A chain renders as prompt + answer + (feedback k, revision k)... + EOS (``selfee.chain``).
+Labels are -100 on the prompt, on padding and on any segment whose loss is switched off;
+everything else is the token itself (the model shifts labels internally). Which segment a
+token belongs to is read from the tokenizer's character offsets of the whole text, so the
+tokens are exactly those the model sees at inference, where it continues the prompt.
+
+Batches are length-grouped: shuffle, cut into mega-chunks, sort each chunk by length, cut
+into micro-batches, shuffle those. Upstream padded random batches to their longest member.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from selfee import chain
+from selfee.records import read_rows
+
+Objective = Literal["full", "answer-only"]
+SEGMENT_KINDS = ("answer", "feedback", "revision")
+IGNORE = -100
+MEGA_CHUNK = 64  # micro-batches per sorted chunk: big enough to group, small enough to mix
+
+
+class ChainFileError(ValueError):
+    """A chain file that cannot be used; the message names the file and the row."""
+
+
+def read_chains(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Chain rows of a JSONL/Parquet file or a JSON array (upstream's released data), and
+    how many were skipped because the augmentation marked them with an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ChainFileError(f"{path}: no such chain file")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ChainFileError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+        if not isinstance(rows, list):
+            raise ChainFileError(f"{path}: expected a JSON array of chains")
+    else:
+        try:
+            rows = read_rows(path)
+        except ValueError as e:
+            raise ChainFileError(str(e)) from None
+    kept = [row for row in rows if not (isinstance(row, dict) and row.get("error"))]
+    for n, row in enumerate(kept, 1):
+        problem = _chain_problem(row)
+        if problem:
+            raise ChainFileError(f"{path}: chain {n}: {problem}")
+    return kept, len(rows) - len(kept)
+
+
+def _chain_problem(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
+        return "no instruction"
+    outputs = row.get("outputs")
+    if not isinstance(outputs, list) or not outputs:
+        return "no outputs (a chain needs at least the initial answer and its feedback)"
+    for k, step in enumerate(outputs):
+        if not isinstance(step, dict) or not all(
+            isinstance(step.get(key), str) for key in ("output", "feedback")
+        ):
+            return f"outputs[{k}] needs the strings 'output' and 'feedback'"
+    return None
+
+
+def chain_segments(row: dict[str, Any], objective: Objective) -> list[tuple[str, str]]:
+    """(kind, text) pieces whose concatenation is prompt + SelFee target (without EOS)."""
+    segments = [("prompt", chain.render_prompt(row["instruction"], row.get("input") or ""))]
+    outputs = row["outputs"]
+    if objective == "answer-only":
+        return [*segments, ("answer", outputs[0]["output"])]
+    for k, step in enumerate(outputs):
+        if k:
+            segments.append(("revision", chain.revision_header(k) + step["output"]))
+        else:
+            segments.append(("answer", step["output"]))
+        segments.append(("feedback", chain.feedback_header(k + 1) + step["feedback"]))
+    return segments
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    status: str  # "ok", "truncated" or "dropped"
+
+
+def tokenize_chain(
+    tokenizer: Any,
+    row: dict[str, Any],
+    *,
+    objective: Objective = "full",
+    loss_on: Iterable[str] = SEGMENT_KINDS,
+    max_length: int = 2048,
+    overflow: Literal["truncate", "drop"] = "truncate",
+) -> Example:
+    segments = chain_segments(row, objective)
+    text = "".join(t for _, t in segments)
+    ends, at = [], 0
+    for _, t in segments:
+        at += len(t)
+        ends.append(at)
+    trainable = {kind for kind in loss_on}
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids: list[int] = list(enc["input_ids"])
+    labels: list[int] = []
+    segment = 0
+    for token, (start, end) in zip(ids, enc["offset_mapping"], strict=True):
+        if start == end:  # BOS and other added specials: never a target
+            labels.append(IGNORE)
+            continue
+        while segment < len(ends) - 1 and start >= ends[segment]:
+            segment += 1
+        labels.append(token if segments[segment][0] in trainable else IGNORE)
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id if segments[-1][0] in trainable else IGNORE)
+    status = "ok"
+    if len(ids) > max_length:
+        if overflow == "drop":
+            return Example([], [], "dropped")
+        ids, labels, status = ids[:max_length], labels[:max_length], "truncated"
+    if all(label == IGNORE for label in labels):
+        return Example([], [], "dropped")  # the prompt alone fills max_length
+    return Example(ids, labels, status)
+
+
+# --- batching ------------------------------------------------------------------------
+
+
+def random_batches(lengths: Sequence[int], micro_batch_size: int, seed: int) -> list[list[int]]:
+    """Upstream's batching: shuffled, each batch padded to its longest member."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    return [order[i : i + micro_batch_size] for i in range(0, len(order), micro_batch_size)]
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], micro_batch_size: int, seed: int
+) -> list[list[int]]:
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = micro_batch_size * MEGA_CHUNK
+    batches: list[list[int]] = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i : i + chunk], key=lambda j: lengths[j], reverse=True)
+        batches += [part[k : k + micro_batch_size] for k in range(0, len(part), micro_batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def make_batches(
+    lengths: Sequence[int], micro_batch_size: int, seed: int, grouping: str
+) -> list[list[int]]:
+    if grouping == "random":
+        return random_batches(lengths, micro_batch_size, seed)
+    return length_grouped_batches(lengths, micro_batch_size, seed)
+
+
+def padded_length(longest: int, multiple: int) -> int:
+    return -(-longest // multiple) * multiple
+
+
+def padding_efficiency(
+    batches: Iterable[Sequence[int]], lengths: Sequence[int], pad_to_multiple: int = 1
+) -> float:
+    """Real tokens / tokens the model computes on (padding included)."""
+    real = padded = 0
+    for batch in batches:
+        longest = padded_length(max(lengths[i] for i in batch), pad_to_multiple)
+        real += sum(lengths[i] for i in batch)
+        padded += longest * len(batch)
+    return real / padded if padded else 1.0
+
+
+def rank_schedule(
+    n_batches: int, world_size: int, accumulation: int, rank: int
+) -> tuple[int, list[int]]:
+    """(optimizer steps in the epoch, this rank's micro-batch positions in step order).
+
+    Micro-batch ``j*world + rank`` goes to ``rank``; the tail that cannot fill a whole
+    global batch is left out of this epoch (a different tail each epoch, by the shuffle).
+    """
+    steps = n_batches // (world_size * accumulation)
+    return steps, [j * world_size + rank for j in range(steps * accumulation)]
+
+
+def collate(
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, pad_to_multiple: int = 8
+) -> dict[str, Any]:
+    """Right-padded tensors: padding has attention 0 and label -100."""
+    import torch
+
+    width = padded_length(max(len(ids) for ids, _ in examples), pad_to_multiple)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,0 +1,129 @@
+"""The training job on the shared local Ray: Ray Train + DeepSpeed on 2 CPU workers.
+
+A ZeRO-3 run whose loss falls and whose export loads and generates; a worker killed
+mid-run (SIGKILL) and the run finishing from its last checkpoint; a failed run resumed on
+request, and the guards around resuming.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selfee import chain
+from selfee.config import ConfigError, JobFailed, TrainConfig
+from selfee.records import write_jsonl
+from selfee.train.job import run_train
+from train_data import make_chains
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def chains_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("chains") / "chains.jsonl"
+    rows = make_chains(48, revisions=1)
+    rows.append({**rows[0], "id": "broken", "outputs": [], "error": "teacher timed out"})
+    write_jsonl(path, rows)
+    return path
+
+
+def tiny_config(chains: Path, output: Path, **overrides: object) -> TrainConfig:
+    settings: dict = {
+        "data": chains,
+        "output": output,
+        "model": "tiny",
+        "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128,
+                 "vocab_size": 400},
+        "max_length": 128,
+        "global_batch_size": 16,
+        "micro_batch_size": 4,
+        "num_workers": 2,
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.1,
+        "gradient_checkpointing": False,
+        "deepspeed": REPO / "configs" / "deepspeed" / "zero2.json",
+        "max_steps": 8,
+        "checkpoint_every_steps": 3,
+        "keep_checkpoints": 2,
+    }  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_zero3_run_learns_exports_and_generates(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        chains_file,
+        tmp_path / "run",
+        deepspeed=REPO / "configs" / "deepspeed" / "zero3.json",
+        gradient_checkpointing=True,
+        max_steps=36,
+        learning_rate=5e-3,
+        checkpoint_every_steps=18,
+    )
+    summary = run_train(cfg)
+
+    assert summary["chains"] == 48 and summary["skipped_error_rows"] == 1
+    assert summary["examples"] == 48 and summary["steps"] == 36
+    assert summary["accumulation"] == 2  # 16 = 4 micro x 2 accumulation x 2 workers
+    assert [h["step"] for h in summary["history"]] == list(range(1, 37))
+    assert summary["final_loss"] < 0.4 * summary["first_loss"], [
+        h["loss"] for h in summary["history"]
+    ]
+
+    model_dir = Path(summary["model"])
+    assert (model_dir / "model.safetensors").is_file()
+    meta = json.loads((model_dir / "selfee.json").read_text())
+    assert meta["prompt_format"] == "selfee" and meta["objective"] == "full" and meta["steps"] == 36
+    assert len(meta["data_sha256"]) == 64 and len(meta["config_sha256"]) == 64
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = chain.render_prompt("What color is the car?")
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=40, do_sample=False)
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    # Words of the chains, from the exported weights (random weights would not find them).
+    assert "color" in text or "Revision is" in text, text
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(chains_file, tmp_path / "run", fault_injection_step=5, max_failures=1)
+    summary = run_train(cfg)
+
+    assert summary["restarts"] == 1 and summary["steps"] == 8
+    # Steps 4-5 ran twice (before the kill and after the restart from step 3); the history
+    # kept in checkpoints reads as one run.
+    assert [h["step"] for h in summary["history"]] == list(range(1, 9))
+    assert [h["restarts"] for h in summary["history"]] == [0, 0, 0] + [1] * 5
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "run").glob("checkpoint_0*"))
+    assert kept == ["checkpoint_000006", "checkpoint_000008"]  # keep_checkpoints: 2
+
+
+def test_a_failed_run_resumes_on_request_and_only_unchanged(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(JobFailed, match="--resume"):
+        run_train(tiny_config(chains_file, out, fault_injection_step=4, max_failures=0))
+    with pytest.raises(ConfigError, match="holds an earlier run"):
+        run_train(tiny_config(chains_file, out))
+    with pytest.raises(ConfigError, match="learning_rate changed"):
+        run_train(tiny_config(chains_file, out, resume=True, learning_rate=1e-3))
+
+    summary = run_train(tiny_config(chains_file, out, resume=True))
+    assert summary["restarts"] == 1 and summary["steps"] == 8
+    assert [h["step"] for h in summary["history"]] == list(range(1, 9))
+
+    again = run_train(tiny_config(chains_file, out, overwrite=True, max_steps=3))
+    assert again["restarts"] == 0 and again["steps"] == 3
