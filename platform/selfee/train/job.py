@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -66,31 +67,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
     tokenizer, spec = make_tokenizer_and_spec(cfg, rows, out, resuming)
     raw_ds_config = load_deepspeed_config(cfg.deepspeed)
-    settings = TrainSettings(
-        model=spec,
-        deepspeed=fill_deepspeed_config(
-            raw_ds_config,
-            micro_batch_size=cfg.micro_batch_size,
-            accumulation=cfg.accumulation(),
-            world_size=cfg.num_workers,
-            bf16=cfg.bf16(),
-            max_grad_norm=cfg.max_grad_norm,
-        ),
-        micro_batch_size=cfg.micro_batch_size,
-        accumulation=cfg.accumulation(),
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        seed=cfg.seed,
-        batching=cfg.batching,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        log_every_steps=cfg.log_every_steps,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        pad_id=tokenizer.pad_token_id,
-        fault_injection_step=cfg.fault_injection_step,
-    )
+    settings = worker_settings(cfg, spec, raw_ds_config, tokenizer.pad_token_id)
     t0 = time.monotonic()
     with ray_runtime(cfg.ray) as started_ray:
         check_resources(cfg, strict=started_ray)
@@ -158,6 +135,29 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     log(f"model: {model_dir}  (load with AutoModelForCausalLM.from_pretrained)")
     log(f"summary: {out / 'summary.json'}  checkpoints: {storage}")
     return summary
+
+
+def worker_settings(
+    cfg: TrainConfig, spec: dict[str, Any], raw_ds_config: dict[str, Any], pad_id: int
+) -> TrainSettings:
+    """The config's training keys (same names) plus what the driver worked out."""
+    derived = {
+        "model": spec,
+        "deepspeed": fill_deepspeed_config(
+            raw_ds_config,
+            micro_batch_size=cfg.micro_batch_size,
+            accumulation=cfg.accumulation(),
+            world_size=cfg.num_workers,
+            bf16=cfg.bf16(),
+            max_grad_norm=cfg.max_grad_norm,
+        ),
+        "accumulation": cfg.accumulation(),
+        "pad_id": pad_id,
+    }
+    same_names = {
+        f.name: getattr(cfg, f.name) for f in fields(TrainSettings) if f.name not in derived
+    }
+    return TrainSettings(**same_names, **derived)
 
 
 def prepare_output(cfg: TrainConfig, out: Path, storage: str, fingerprint: dict[str, Any]) -> bool:
