@@ -127,3 +127,58 @@ def test_a_failed_run_resumes_on_request_and_only_unchanged(
 
     again = run_train(tiny_config(chains_file, out, overwrite=True, max_steps=3))
     assert again["restarts"] == 0 and again["steps"] == 3
+
+
+def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    """The path of a real base model: an HF directory whose tokenizer has no pad token
+    (like LLaMA's) gets [PAD] with a zero embedding row, trains, exports, and the delta
+    between base and result restores the result exactly."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from selfee.train import sft
+    from selfee.train.delta import apply_delta, make_delta
+
+    rows = make_chains(8)
+    texts = ["".join(t for _, t in sft.chain_segments(r, "full")) for r in rows]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )  # fmt: skip
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    assert no_pad.pad_token is None
+    base_dir = tmp_path / "base"
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(no_pad), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                    tie_word_embeddings=False)
+    ).save_pretrained(base_dir)  # fmt: skip
+    no_pad.save_pretrained(base_dir)
+
+    summary = run_train(
+        tiny_config(chains_file, tmp_path / "run", model=str(base_dir), max_steps=3)
+    )
+    model_dir = Path(summary["model"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.pad_token == "[PAD]" and len(tokenizer) == len(no_pad) + 1
+    weights = load_file(model_dir / "model.safetensors")
+    embedding = weights["model.embed_tokens.weight"]
+    assert embedding.shape[0] == len(no_pad) + 1
+    assert embedding[tokenizer.pad_token_id].eq(0).all()  # padding never trains its row
+    base_weights = load_file(base_dir / "model.safetensors")
+    assert not torch.equal(embedding[: len(no_pad)], base_weights["model.embed_tokens.weight"])
+
+    make_delta(base_dir, model_dir, tmp_path / "delta")
+    apply_delta(base_dir, tmp_path / "delta", tmp_path / "restored")
+    restored = load_file(tmp_path / "restored" / "model.safetensors")
+    assert restored.keys() == weights.keys()
+    assert all(torch.equal(restored[k], weights[k]) for k in weights)
