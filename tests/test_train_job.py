@@ -106,7 +106,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(
     # kept in checkpoints reads as one run.
     assert [h["step"] for h in summary["history"]] == list(range(1, 9))
     assert [h["restarts"] for h in summary["history"]] == [0, 0, 0] + [1] * 5
-    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "run").glob("checkpoint_0*"))
+    kept = sorted(p.name for p in Path(summary["checkpoints"]).glob("checkpoint_0*"))
     assert kept == ["checkpoint_000006", "checkpoint_000008"]  # keep_checkpoints: 2
 
 
@@ -127,6 +127,7 @@ def test_a_failed_run_resumes_on_request_and_only_unchanged(
 
     again = run_train(tiny_config(chains_file, out, overwrite=True, max_steps=3))
     assert again["restarts"] == 0 and again["steps"] == 3
+    assert again["checkpoints"] != summary["checkpoints"]  # a new run never restores the old
 
 
 def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+import uuid
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,6 @@ from selfee.train.model import (
 )
 from selfee.train.tokenizer import load_tokenizer, train_tiny_tokenizer
 
-RUN_NAME = "run"
 RUN_FILE = "run.json"  # what the run in an output folder was started with
 # Keys that may change when a run is resumed: they do not change what is learned.
 RESUMABLE_CHANGES = {
@@ -58,7 +58,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "config": {k: v for k, v in dump_config(cfg).items() if k not in RESUMABLE_CHANGES},
         "data_sha256": file_sha256(Path(cfg.data)) if Path(cfg.data).is_file() else None,
     }
-    resuming = prepare_output(cfg, out, storage, fingerprint)
+    run_name, resuming = prepare_output(cfg, out, fingerprint)
     rows, skipped = sft.read_chains(cfg.data)
     log(
         f"{len(rows)} chains from {cfg.data}"
@@ -84,7 +84,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             f"{cfg.num_workers} workers · ZeRO-{zero_stage(settings.deepspeed)} · "
             f"{'bf16' if cfg.bf16() else 'fp32'} on {'GPU' if cfg.use_gpu else 'CPU'}"
         )
-        result = fit(cfg, settings, dataset, storage)
+        result = fit(cfg, settings, dataset, storage, run_name)
         with result.checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / STATE_FILE).read_text())
             model_dir = export_model(
@@ -122,7 +122,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         ),
         "seconds": round(time.monotonic() - t0, 1),
         "model": str(model_dir),
-        "checkpoints": storage,
+        "checkpoints": f"{storage}/{run_name}",
         "history": history,
         "config": dump_config(cfg),
     }
@@ -133,7 +133,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         + (f" ({summary['restarts']} restarts from checkpoints)" if summary["restarts"] else "")
     )
     log(f"model: {model_dir}  (load with AutoModelForCausalLM.from_pretrained)")
-    log(f"summary: {out / 'summary.json'}  checkpoints: {storage}")
+    log(f"summary: {out / 'summary.json'}  checkpoints: {storage}/{run_name}")
     return summary
 
 
@@ -160,18 +160,21 @@ def worker_settings(
     return TrainSettings(**same_names, **derived)
 
 
-def prepare_output(cfg: TrainConfig, out: Path, storage: str, fingerprint: dict[str, Any]) -> bool:
-    """Refuse to mix runs in one folder; True when an earlier run is being resumed."""
+def prepare_output(cfg: TrainConfig, out: Path, fingerprint: dict[str, Any]) -> tuple[str, bool]:
+    """(the Ray Train run name, whether an earlier run is being resumed).
+
+    One run per output folder. A new run gets a new name, so a shared ``storage_path``
+    never hands it the checkpoints of a run that ``--overwrite`` discarded.
+    """
     run_file = out / RUN_FILE
     earlier = json.loads(run_file.read_text()) if run_file.is_file() else None
     if earlier is not None and cfg.overwrite:
         for part in ("checkpoints", "model", "tokenizer", RUN_FILE, "summary.json"):
             target = out / part
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(
-                missing_ok=True
-            )
-        if cfg.storage_path:
-            log(f"--overwrite: remove {cfg.storage_path}/{RUN_NAME} yourself if it holds a run")
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
         earlier = None
     if earlier is not None and not cfg.resume:
         raise ConfigError(
@@ -192,10 +195,11 @@ def prepare_output(cfg: TrainConfig, out: Path, storage: str, fingerprint: dict[
                 "(--overwrite starts over)"
             )
         log(f"resuming the run in {out} from its latest checkpoint")
-        return True
+        return earlier["run_name"], True
     out.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(fingerprint, indent=2) + "\n")
-    return False
+    run_name = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_file.write_text(json.dumps({**fingerprint, "run_name": run_name}, indent=2) + "\n")
+    return run_name, False
 
 
 def make_tokenizer_and_spec(
@@ -313,7 +317,9 @@ def check_resources(cfg: TrainConfig, strict: bool) -> None:
     log(f"waiting for resources: {what} (an autoscaler may add nodes)")
 
 
-def fit(cfg: TrainConfig, settings: TrainSettings, dataset: Any, storage: str) -> Any:
+def fit(
+    cfg: TrainConfig, settings: TrainSettings, dataset: Any, storage: str, run_name: str
+) -> Any:
     from dataclasses import asdict
 
     from ray.train import (
@@ -341,7 +347,7 @@ def fit(cfg: TrainConfig, settings: TrainSettings, dataset: Any, storage: str) -
         datasets={"train": dataset},
         dataset_config=DataConfig(datasets_to_split=[]),  # every rank plans over all examples
         run_config=RunConfig(
-            name=RUN_NAME,
+            name=run_name,
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -355,7 +361,7 @@ def fit(cfg: TrainConfig, settings: TrainSettings, dataset: Any, storage: str) -
     except TrainingFailedError as e:
         raise JobFailed(
             f"training failed ({cfg.max_failures} restarts allowed): {_root_cause(e)}. "
-            f"Checkpoints so far are in {storage}/{RUN_NAME}; run again with --resume to "
+            f"Checkpoints so far are in {storage}/{run_name}; run again with --resume to "
             "continue from the latest one"
         ) from e
 
