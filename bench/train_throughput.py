@@ -94,7 +94,7 @@ def main() -> None:
         deepspeed=REPO / "configs" / "deepspeed" / "zero2.json", ray={"dashboard": False},
     )  # fmt: skip
 
-    texts = ["".join(t for _, t in sft.chain_segments(r, "full")) for r in rows]
+    texts = [sft.chain_text(r) for r in rows]
     tokenizer = train_tiny_tokenizer(texts, cfg.tiny.vocab_size)
     tokenized = [sft.tokenize_chain(tokenizer, r, max_length=cfg.max_length) for r in rows]
     examples = [(e.input_ids, e.labels) for e in tokenized if e.status != "dropped"]

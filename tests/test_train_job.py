@@ -144,7 +144,7 @@ def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(
     from selfee.train.delta import apply_delta, make_delta
 
     rows = make_chains(8)
-    texts = ["".join(t for _, t in sft.chain_segments(r, "full")) for r in rows]
+    texts = [sft.chain_text(r) for r in rows]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -23,7 +23,7 @@ def chains() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tokenizer(chains: list[dict]):
-    texts = ["".join(t for _, t in sft.chain_segments(c, "full")) for c in chains]
+    texts = [sft.chain_text(c) for c in chains]
     return train_tiny_tokenizer(texts, vocab_size=400)
 
 
@@ -56,7 +56,7 @@ def test_error_rows_are_skipped_and_bad_rows_named(tmp_path: Path) -> None:
 
 def test_segments_join_to_prompt_plus_selfee_target(chains: list[dict]) -> None:
     for c in chains:
-        text = "".join(t for _, t in sft.chain_segments(c, "full"))
+        text = sft.chain_text(c)
         assert text == chain.render_prompt(c["instruction"], c["input"]) + chain.render_target(
             c["outputs"]
         )

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from selfee.records import atomic_directory
+
 DELTA_FILE = "selfee-delta.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 SKIPPED_BASE_TENSORS = ("rotary_emb.inv_freq",)  # old LLaMA conversions stored a buffer
@@ -173,58 +175,44 @@ def _copy_model_files(source: Path, staging: Path) -> None:
             shutil.copy2(item, staging / item.name)
 
 
-def _finish(staging: Path, output: Path) -> Path:
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(staging, output)
-    return output
-
-
-def _staging(output: str | Path) -> tuple[Path, Path]:
-    output = Path(output)
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return output, staging
-
-
 def apply_delta(base: str | Path, delta: str | Path, output: str | Path) -> dict[str, Any]:
     import torch
 
     base_w, delta_w = WeightReader(base), WeightReader(delta)
     info_file = Path(delta) / DELTA_FILE
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    output, staging = _staging(output)
-    writer = ShardWriter(staging)
     count = 0
-    for name, b, d in _pairs(base_w, delta_w):
-        dtype = getattr(torch, info["dtypes"][name]) if name in info.get("dtypes", {}) else d.dtype
-        writer.add(name, (b.to(d.dtype) + d).to(dtype))
-        count += 1
-    writer.close()
-    _copy_model_files(Path(delta), staging)
-    return {"tensors": count, "output": str(_finish(staging, output))}
+    with atomic_directory(output) as staging:
+        writer = ShardWriter(staging)
+        for name, b, d in _pairs(base_w, delta_w):
+            wanted = info.get("dtypes", {}).get(name)
+            writer.add(name, (b.to(d.dtype) + d).to(getattr(torch, wanted) if wanted else d.dtype))
+            count += 1
+        writer.close()
+        _copy_model_files(Path(delta), staging)
+    return {"tensors": count, "output": str(output)}
 
 
 def make_delta(base: str | Path, target: str | Path, output: str | Path) -> dict[str, Any]:
     import torch
 
     base_w, target_w = WeightReader(base), WeightReader(target)
-    output, staging = _staging(output)
-    writer = ShardWriter(staging)
     dtypes: dict[str, str] = {}
     inexact = 0
-    for name, b, t in _pairs(base_w, target_w):
-        wide = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
-        d = t.to(wide) - b.to(wide)
-        inexact += int((((b.to(wide) + d).to(t.dtype)) != t).sum())
-        writer.add(name, d)
-        dtypes[name] = str(t.dtype).removeprefix("torch.")
-    writer.close()
-    _copy_model_files(Path(target), staging)
-    info = {"base": str(base), "dtypes": dtypes, "inexact_elements": inexact}
-    (staging / DELTA_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    with atomic_directory(output) as staging:
+        writer = ShardWriter(staging)
+        for name, b, t in _pairs(base_w, target_w):
+            wide = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
+            d = t.to(wide) - b.to(wide)
+            inexact += int((((b.to(wide) + d).to(t.dtype)) != t).sum())
+            writer.add(name, d)
+            dtypes[name] = str(t.dtype).removeprefix("torch.")
+        writer.close()
+        _copy_model_files(Path(target), staging)
+        info = {"base": str(base), "dtypes": dtypes, "inexact_elements": inexact}
+        (staging / DELTA_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return {
         "tensors": len(dtypes),
         "inexact_elements": inexact,
-        "output": str(_finish(staging, output)),
+        "output": str(output),
     }

@@ -9,11 +9,10 @@ hashes of data and config). The checkpoint files are our own, written by this jo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from selfee.records import atomic_directory
 from selfee.train.loop import DS_TAG
 from selfee.train.model import model_config, use_cpu_accelerator_unless_cuda
 
@@ -50,13 +49,9 @@ def export_model(
         model.tie_weights()
     model.to(getattr(torch, dtype))
 
-    output = Path(output)
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    meta = {"prompt_format": PROMPT_FORMAT, "dtype": dtype, **metadata}
-    (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(staging, output)
-    return output
+    with atomic_directory(output) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        meta = {"prompt_format": PROMPT_FORMAT, "dtype": dtype, **metadata}
+        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return Path(output)

@@ -210,7 +210,7 @@ def make_tokenizer_and_spec(
         if resuming and saved.is_dir():
             tokenizer = load_tokenizer(saved)
         else:
-            texts = ("".join(t for _, t in sft.chain_segments(r, "full")) for r in rows)
+            texts = (sft.chain_text(r) for r in rows)
             tokenizer = train_tiny_tokenizer(texts, cfg.tiny.vocab_size)
             log(f"tiny tokenizer trained on the run's text: {len(tokenizer)} tokens")
         spec = {

@@ -62,7 +62,6 @@ class TrainerState:
     """Saved with every checkpoint: where the run is and what it has logged."""
 
     step: int = 0
-    total_steps: int = 0
     restarts: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -116,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     del keep_alive
 
     # Continue from the checkpoint Ray Train hands over, if any.
-    state = TrainerState(total_steps=total_steps)
+    state = TrainerState()
     resumed = False
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -124,7 +123,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.load_checkpoint(folder, tag=DS_TAG)
             state = TrainerState(**json.loads((Path(folder) / STATE_FILE).read_text()))
         state.restarts += 1
-        state.total_steps = total_steps
         resumed = True
         if rank == 0:
             print(f"resumed from step {state.step} (restart {state.restarts})", flush=True)

@@ -89,6 +89,11 @@ def chain_segments(row: dict[str, Any], objective: Objective) -> list[tuple[str,
     return segments
 
 
+def chain_text(row: dict[str, Any], objective: Objective = "full") -> str:
+    """Prompt + SelFee target (without EOS): the text the model is trained on."""
+    return "".join(text for _, text in chain_segments(row, objective))
+
+
 @dataclass(frozen=True)
 class Example:
     input_ids: list[int]
@@ -106,7 +111,7 @@ def tokenize_chain(
     overflow: Literal["truncate", "drop"] = "truncate",
 ) -> Example:
     segments = chain_segments(row, objective)
-    text = "".join(t for _, t in segments)
+    text = chain_text(row, objective)
     ends, at = [], 0
     for _, t in segments:
         at += len(t)
