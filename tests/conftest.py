@@ -59,3 +59,11 @@ def start_teacher() -> Iterator:
     yield start
     for teacher in running:
         teacher.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SelFee model trained for this session (seconds): one revision, then done."""
+    from selfee_model import train_selfee_model
+
+    return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")

@@ -113,15 +113,24 @@ def detect_verdict(feedback: str) -> Verdict:
 
 def last_verdict(feedback: str) -> tuple[Verdict, int]:
     """(the verdict, where its phrase ends in ``feedback``); (UNKNOWN, -1) when there is none."""
+    verdict, _, end = verdict_span(feedback)
+    return verdict, end
+
+
+def verdict_span(feedback: str) -> tuple[Verdict, int, int]:
+    """(the last verdict, start and end of its phrase); (UNKNOWN, -1, -1) without one.
+
+    Revision control rewrites exactly this span when it forces a revision.
+    """
     negatives = [m.span() for m in _NOT_NEEDED_RE.finditer(feedback)]
-    last_end, verdict = -1, Verdict.UNKNOWN
+    span, verdict = (-1, -1), Verdict.UNKNOWN
     if negatives:
-        last_end, verdict = max(end for _, end in negatives), Verdict.NOT_NEEDED
+        span, verdict = max(negatives, key=lambda s: s[1]), Verdict.NOT_NEEDED
     for m in _NEEDED_RE.finditer(feedback):
         inside_negative = any(s <= m.start() and m.end() <= e for s, e in negatives)
-        if not inside_negative and m.end() > last_end:
-            last_end, verdict = m.end(), Verdict.NEEDED
-    return verdict, last_end
+        if not inside_negative and m.end() > span[1]:
+            span, verdict = m.span(), Verdict.NEEDED
+    return verdict, span[0], span[1]
 
 
 # --- parsing --------------------------------------------------------------------------
@@ -138,6 +147,11 @@ class Segment:
     number: int  # 0 for the answer, k for "Feedback k" / "Revision k"
     text: str
     closed: bool  # another header follows this segment
+    start: int = 0  # where the text starts in the generation (prompt excluded)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
 
 
 @dataclass
@@ -209,6 +223,11 @@ def parse(text: str) -> ParsedChain:
     revision after a feedback); anything else that looks like a header stays text.
     """
     prompt, body = split_prompt(text)
+    return parse_generation(body, prompt)
+
+
+def parse_generation(body: str, prompt: str = "") -> ParsedChain:
+    """``parse`` for a generation whose prompt is known (and may hold headers of its own)."""
     chain = ParsedChain(prompt=prompt)
     kind, number, start = "answer", 0, 0
     for m in _HEADER_RE.finditer(body):
@@ -216,13 +235,13 @@ def parse(text: str) -> ParsedChain:
         expected = "revision" if kind == "feedback" else "feedback"
         if header_kind != expected or m.start() < start:
             continue
-        chain.segments.append(Segment(kind, number, body[start : m.start()], closed=True))
+        chain.segments.append(Segment(kind, number, body[start : m.start()], True, start))
         if m.group(2):
             number = int(m.group(2))
         elif header_kind == "feedback":
             number += 1
         kind, start = header_kind, m.end()
-    chain.segments.append(Segment(kind, number, body[start:], closed=False))
+    chain.segments.append(Segment(kind, number, body[start:], False, start))
     return chain
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from selfee import prompts
+from selfee import chain, prompts
 from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED
 from selfee.records import stable_fraction
 
@@ -223,3 +223,62 @@ def _judge_score(answer: str, settings: ReplySettings) -> int:
     detail = min(3, count_tokens(answer) // 40)
     jitter = int(stable_fraction(settings.seed, "judge", answer) * 2)
     return max(1, min(10, 5 + detail + jitter))
+
+
+# --- /v1/completions: the offline teacher as a SelFee model ----------------------------
+
+MAX_OFFLINE_REVISIONS = 4
+
+
+def selfee_continuation(prompt: str, settings: ReplySettings) -> str:
+    """What a SelFee model would write after ``prompt`` (the SelFee prompt and any chain so
+    far): answer, critiques and revisions as the teacher writes them for augmentation, so
+    revision control can be tested over HTTP. Ends where the model would end (EOS)."""
+    head, body = chain.split_prompt(prompt)
+    instruction = _between(head, "### Instruction:\n", "\n\n###")
+    context = _between(head, "### Input:\n", "\n\n###") if "### Input:" in head else ""
+    parsed = chain.parse_generation(body, head)
+    last = parsed.segments[-1]
+    if last.text.strip():
+        return ""  # mid-segment (a controller appended text): nothing more to say
+    outputs = parsed.outputs
+    feedbacks = parsed.feedbacks
+    written = ""
+    if last.kind == "answer":
+        outputs = [_plain_answer(instruction, context, settings)]
+        written = outputs[0] + chain.feedback_header(1)
+    elif last.kind == "revision":
+        revised = revision_reply(
+            prompts.revision_messages(instruction, outputs[-2], feedbacks[-1], context)[-1][
+                "content"
+            ],
+            settings,
+        )
+        outputs = [*outputs[:-1], revised]
+        written = revised + chain.feedback_header(len(outputs))
+    while True:
+        history = list(zip(outputs[:-1], feedbacks, strict=False))
+        critique = critique_reply(
+            prompts.critique_messages(
+                instruction, outputs[-1], context, revised=len(outputs) > 1, history=history
+            )[-1]["content"],
+            settings,
+        )
+        written += critique
+        feedbacks = [*feedbacks, critique]
+        if chain.detect_verdict(critique) is not chain.Verdict.NEEDED:
+            return written
+        if len(outputs) > MAX_OFFLINE_REVISIONS:
+            return written
+        revised = revision_reply(
+            prompts.revision_messages(instruction, outputs[-1], critique, context)[-1]["content"],
+            settings,
+        )
+        outputs = [*outputs, revised]
+        written += chain.revision_header(len(outputs) - 1) + revised
+        written += chain.feedback_header(len(outputs))
+
+
+def _plain_answer(instruction: str, input: str, settings: ReplySettings) -> str:
+    content = prompts.answer_messages(instruction, input)[-1]["content"]
+    return answer_reply(content, settings)

@@ -1,4 +1,4 @@
-"""The offline teacher's HTTP server: an OpenAI-compatible chat endpoint with limits and faults.
+"""The offline teacher's HTTP server: OpenAI-compatible chat and completions, limits, faults.
 
 One FastAPI app serves both ways: as a plain process (``selfee teacher``) and as a Ray Serve
 app (``serve_apps/teacher_app.py``). Counters live in the app, so a Serve deployment of the
@@ -24,7 +24,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from selfee.config import TeacherConfig
-from selfee.teacher.replies import ReplySettings, count_tokens, reply, truncate_tokens
+from selfee.teacher.replies import (
+    ReplySettings,
+    count_tokens,
+    reply,
+    selfee_continuation,
+    truncate_tokens,
+)
 
 WINDOW_S = 60.0
 BANNER = (
@@ -140,6 +146,32 @@ def _validate_chat_body(body: Any) -> str | None:
     return None
 
 
+def _validate_completion_body(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        return "'prompt' must be a string (or a list of one string)"
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        return "'stop' must be a string or a list of strings"
+    if body.get("stream"):
+        return "the offline teacher does not stream; send 'stream': false"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        return "'max_tokens' must be a positive integer"
+    return None
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    prompt = body["prompt"]
+    return prompt[0] if isinstance(prompt, list) else prompt
+
+
 def context_tokens(messages: list[dict[str, str]]) -> int:
     """What a prompt costs against the context window: 4 bytes a token, as BPE on English."""
     return sum(math.ceil(len(m["content"].encode("utf-8")) / 4) + 3 for m in messages)
@@ -171,15 +203,18 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             code="invalid_api_key",
         )
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def gate(
+        request: Request, validate: Any, prompt_of: Any
+    ) -> tuple[dict[str, Any] | None, Response | None]:
+        """Key, rate limit, body checks, context, latency and injected faults: (body, None)
+        when the request may be answered, else (None, the response to send)."""
         now = time.time()
         state.arrive(now)
         if (refused := check_key(request)) is not None:
-            return refused
+            return None, refused
         retry_after = state.admit(now)
         if retry_after is not None:
-            return openai_error(
+            return None, openai_error(
                 429,
                 f"rate limit of {config.rpm} requests per minute reached",
                 "rate_limit_error",
@@ -189,15 +224,17 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         try:
             body = await request.json()
         except ValueError:
-            return openai_error(400, "the request body is not valid JSON", "invalid_request_error")
-        problem = _validate_chat_body(body)
+            return None, openai_error(
+                400, "the request body is not valid JSON", "invalid_request_error"
+            )
+        problem = validate(body)
         if problem:
-            return openai_error(400, problem, "invalid_request_error")
+            return None, openai_error(400, problem, "invalid_request_error")
         if config.context_tokens is not None:
-            wanted = context_tokens(body["messages"]) + (body.get("max_tokens") or 0)
+            wanted = context_tokens(prompt_of(body)) + (body.get("max_tokens") or 0)
             if wanted > config.context_tokens:
                 state.context_rejected += 1
-                return openai_error(
+                return None, openai_error(
                     400,
                     f"This model's maximum context length is {config.context_tokens} tokens. "
                     f"However, you requested {wanted} tokens. Please reduce the length of the "
@@ -208,31 +245,45 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         if fault == "429":
-            return openai_error(
+            return None, openai_error(
                 429, "injected rate limit", "rate_limit_error", {"Retry-After": "1"}
             )
         if fault == "500":
-            return openai_error(500, "injected server error", "server_error")
+            return None, openai_error(500, "injected server error", "server_error")
         if fault == "timeout":
             await asyncio.sleep(config.timeout_fault_s)
-            return openai_error(500, "injected timeout", "server_error")
+            return None, openai_error(500, "injected timeout", "server_error")
         if fault == "malformed":
-            return Response('{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
+            return None, Response(
+                '{"id": "cmpl-broken", "choices": [', media_type="application/json"
+            )
+        return body, None
 
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        state.served += 1
+        state.prompt_tokens += prompt_tokens
+        state.completion_tokens += completion_tokens
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body, refused = await gate(request, _validate_chat_body, lambda b: b["messages"])
+        if body is None:
+            return refused  # type: ignore[return-value]
         messages = body["messages"]
         content, finish_reason = truncate_tokens(
             reply(messages, settings), body.get("max_tokens", body.get("max_completion_tokens"))
         )
         prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
-        completion_tokens = count_tokens(content)
-        state.served += 1
-        state.prompt_tokens += prompt_tokens
-        state.completion_tokens += completion_tokens
         return JSONResponse(
             {
                 "id": f"chatcmpl-offline-{state.received}",
                 "object": "chat.completion",
-                "created": int(now),
+                "created": int(time.time()),
                 "model": config.model,
                 "system_fingerprint": "offline-teacher",
                 "choices": [
@@ -242,11 +293,48 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
                         "finish_reason": finish_reason,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
+                "usage": usage(prompt_tokens, count_tokens(content)),
+            },
+            headers={"X-Offline-Teacher": "1"},
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """The teacher as a SelFee model: continues a SelFee prompt (``selfee.revision``'s
+        engine protocol: stop strings, and ``stop_reason`` saying which one matched)."""
+        body, refused = await gate(
+            request, _validate_completion_body, lambda b: [{"content": _prompt_text(b)}]
+        )
+        if body is None:
+            return refused  # type: ignore[return-value]
+        prompt = _prompt_text(body)
+        text = selfee_continuation(prompt, settings)
+        stop = body.get("stop") or []
+        stops = [stop] if isinstance(stop, str) else stop
+        hits = sorted((text.find(s), s) for s in stops if s and s in text)
+        stop_reason = None
+        if hits:
+            text, stop_reason = text[: hits[0][0]], hits[0][1]
+        text, finish_reason = truncate_tokens(text, body.get("max_tokens", 16))
+        if finish_reason == "length":
+            stop_reason = None
+        return JSONResponse(
+            {
+                "id": f"cmpl-offline-{state.received}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": config.model,
+                "system_fingerprint": "offline-teacher",
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": text,
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                        "stop_reason": stop_reason,
+                    }
+                ],
+                "usage": usage(count_tokens(prompt), count_tokens(text)),
             },
             headers={"X-Offline-Teacher": "1"},
         )

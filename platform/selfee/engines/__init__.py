@@ -1,0 +1,1 @@
+"""Completion engines for revision control: a local Hugging Face model, or an endpoint."""

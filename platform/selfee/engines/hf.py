@@ -1,0 +1,296 @@
+"""A local Hugging Face causal LM as a completion engine that keeps its KV cache.
+
+Revision control continues a chain many times: after a stop string, after a forced
+rewrite of the verdict. Each continuation's prompt is the previous text plus a little, so
+the engine keeps, per chain (``CompletionRequest.key``), the token ids in its KV cache. A
+new request is tokenized (once per call, not per token) and keeps the cached tokens its
+ids start with; the rest of the cache is dropped (masked out in a batch, cropped at the
+end) and only the new tokens are fed: no re-prefill of the prefix. The cache holds exactly
+the ids a from-scratch run would feed, so both produce the same tokens. New text is
+decoded a few tokens at a time, never the whole text per token.
+
+Many chains run as one batch: each row has its own positions (``position_ids``) and its
+own attention-mask columns, so rows of different lengths, and rows whose tail was dropped,
+share one cache. ``reuse_cache=False`` re-prefills every request from scratch: the
+reference the cache-reusing path must match token for token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfee.revision import Completion, CompletionRequest
+
+DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
+
+
+@dataclass
+class _Detokenizer:
+    """Text of new tokens, decoding only a short window (as vLLM does): a token that ends
+    in the middle of a UTF-8 character shows up with the token that completes it."""
+
+    tokenizer: Any
+    ids: list[int]
+    prefix_offset: int
+    read_offset: int
+
+    @classmethod
+    def after(cls, tokenizer: Any, context: list[int]) -> _Detokenizer:
+        window = context[-DETOKENIZE_CONTEXT:]
+        return cls(tokenizer, list(window), 0, len(window))
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        now = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return now[len(before) :]
+        return ""
+
+
+@dataclass
+class _Row:
+    """One chain's tokens in the cache and the cache columns that hold them."""
+
+    key: str
+    ids: list[int] = field(default_factory=list)
+    columns: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Step:
+    """One row's part of a ``complete_batch`` call."""
+
+    row: _Row
+    request: CompletionRequest
+    fed: list[int]  # prompt tokens this call feeds
+    detok: _Detokenizer
+    limit: int  # tokens this row may generate (max_tokens, or what the context leaves)
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    finish: str | None = None
+    stop: str | None = None
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        reuse_cache: bool = True,
+        max_context: int | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.reuse_cache = reuse_cache
+        self.device = next(model.parameters()).device
+        self.max_context = max_context or int(
+            getattr(model.config, "max_position_embeddings", 2048)
+        )
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto") -> HFEngine:
+        """A model directory (ours or any HF causal LM); ``auto``: CUDA + bf16 when present."""
+        from transformers import AutoModelForCausalLM
+
+        from selfee.train.tokenizer import load_tokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is not a Hugging Face model directory (no config.json)"
+            )
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        return cls(model.to(device), tokenizer)
+
+    @staticmethod
+    def metadata(path: str | Path) -> dict[str, Any]:
+        """``selfee.json`` of a model we trained ({} for other models)."""
+        file = Path(path) / "selfee.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    # --- completion -----------------------------------------------------------------
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        return self.complete_batch([request])[0]
+
+    @torch.inference_mode()
+    def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+        keys = [r.key for r in requests]
+        if len(set(keys)) != len(keys):
+            raise ValueError("requests in one batch need different keys")
+        self._select_rows(keys)
+        steps = [self._plan(i, request) for i, request in enumerate(requests)]
+        if not self.reuse_cache:
+            self._forget_cache()
+        logits = self._feed([s.fed for s in steps])
+        while True:
+            for i, step in enumerate(steps):
+                if step.finish is None:
+                    self._take(step, self._sample(logits[i], step))
+            if all(step.finish for step in steps):
+                break
+            logits = self._feed([s.generated[-1:] if s.finish is None else [] for s in steps])
+        self._trim_tail()
+        return [
+            Completion(s.text, s.finish, len(s.generated), s.stop, len(s.fed))  # type: ignore[arg-type]
+            for s in steps
+        ]
+
+    # --- the steps of a call ----------------------------------------------------------
+
+    def _select_rows(self, keys: list[str]) -> None:
+        """Keep the rows these keys continue (in this order); anything else starts over."""
+        index = {row.key: i for i, row in enumerate(self._rows)}
+        if self._cache is None or any(k not in index for k in keys):
+            self._rows = [_Row(k) for k in keys]
+            self._forget_cache()
+            return
+        order = [index[k] for k in keys]
+        if order != list(range(len(self._rows))):
+            self._cache.batch_select_indices(torch.tensor(order, device=self.device))
+            self._mask = self._mask[order]
+            self._rows = [self._rows[i] for i in order]
+
+    def _forget_cache(self) -> None:
+        """Drop the cache: each row feeds all its tokens again."""
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache()
+        self._mask = torch.zeros(len(self._rows), 0, dtype=torch.long)
+        for row in self._rows:
+            row.columns = []
+
+    def _plan(self, index: int, request: CompletionRequest) -> _Step:
+        """Keep the cached tokens the prompt's tokens start with; the rest is fed."""
+        row = self._rows[index]
+        ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) >= self.max_context:
+            raise ValueError(
+                f"the prompt is {len(ids)} tokens; the model's context is {self.max_context}"
+            )
+        keep = 0
+        for cached, new in zip(row.ids, ids, strict=False):
+            if cached != new:
+                break
+            keep += 1
+        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits come next
+        self._mask[index, row.columns[keep:]] = 0
+        del row.columns[keep:]
+        row.ids = list(ids)
+        generator = None
+        if request.temperature > 0:
+            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        return _Step(
+            row=row,
+            request=request,
+            fed=ids[keep:] if self.reuse_cache else list(ids),
+            detok=_Detokenizer.after(self.tokenizer, ids),
+            limit=min(request.max_tokens, self.max_context - len(ids)),
+            generator=generator,
+        )
+
+    def _feed(self, new_ids: list[list[int]]) -> torch.Tensor:
+        """Append each row's new tokens (right-aligned in one block; rows may feed none)
+        and return the logits after each row's last token."""
+        width = max(len(ids) for ids in new_ids)
+        start = self._mask.shape[1]
+        batch = len(new_ids)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((batch, width), dtype=torch.long)
+        block = torch.zeros((batch, width), dtype=torch.long)
+        for i, (row, ids) in enumerate(zip(self._rows, new_ids, strict=True)):
+            if not ids:
+                continue
+            offset = width - len(ids)
+            first = len(row.ids) - len(ids)  # row.ids already holds the tokens being fed
+            input_ids[i, offset:] = torch.tensor(ids)
+            positions[i, offset:] = torch.arange(first, first + len(ids))
+            block[i, offset:] = 1
+            row.columns += range(start + offset, start + width)
+        self._mask = torch.cat([self._mask, block], dim=1)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self._mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._cache = out.past_key_values
+        return out.logits[:, -1, :].float()
+
+    def _sample(self, logits: torch.Tensor, step: _Step) -> int:
+        request = step.request
+        if request.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / request.temperature, dim=-1)
+        if request.top_p < 1:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= request.top_p
+            sorted_probs[outside] = 0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=step.generator))
+
+    def _take(self, step: _Step, token: int) -> None:
+        """Record a sampled token and decide whether the row stops; a token that stops the
+        row is not fed (so it never enters the cache)."""
+        if token in self.eos_ids:
+            step.finish = "eos"
+            return
+        step.generated.append(token)
+        delta = step.detok.add(token)
+        seen = len(step.text)
+        step.text += delta
+        hits = []
+        for stop in step.request.stop:
+            at = step.text.find(stop, max(0, seen - len(stop) + 1))
+            if at >= 0:
+                hits.append((at, stop))
+        if hits:
+            at, step.stop = min(hits)
+            step.text, step.finish = step.text[:at], "stop"
+            return
+        if len(step.generated) >= step.limit:
+            step.finish = "length"
+            return
+        step.row.ids.append(token)
+
+    def _trim_tail(self) -> None:
+        """Crop cache columns no row uses any more (all of them, for a single chain)."""
+        length = max((row.columns[-1] + 1 for row in self._rows if row.columns), default=0)
+        extra = self._mask.shape[1] - length
+        if extra > 0:
+            self._cache.crop(-extra)
+            self._mask = self._mask[:, :length]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config else None
+    ids = ids if ids is not None else tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return set(ids) if isinstance(ids, list) else {int(ids)}

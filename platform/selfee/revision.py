@@ -1,0 +1,305 @@
+"""Revision control: one algorithm for every engine (batch inference and serving alike).
+
+A SelFee model writes an answer, a feedback on it that ends with a verdict, and — when the
+verdict says "Revision is needed." — a revision, another feedback, and so on, until a
+feedback says "Revision is not needed." and the model ends the text.
+
+The controller drives any text-completion engine (``complete(request) -> Completion``)
+through that chain, one completion per step:
+
+- it stops the engine at the canonical "not needed" verdict (a stop string); if fewer than
+  ``min_revisions`` revisions exist, it rewrites the verdict to "Revision is needed.", adds
+  the next "### Revision k:" header and continues from there (a *forced rewrite*);
+  a "not needed" variant the model wrote in other words is caught when the model ends;
+- it stops the engine before the "### Revision" header past ``max_revisions``;
+- it stops when ``max_new_tokens`` are spent; the final answer is then the last finished
+  revision (``selfee.chain`` decides that).
+
+Every continuation is the previous text plus what the controller appended, so engines that
+keep a KV cache (``selfee.engines.hf``) reuse it, and servers with prefix caching (vLLM)
+do the same on their side. ``RevisionController`` holds no engine: ``generate`` runs one
+chain, ``generate_batch`` steps many chains together so an engine can batch them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from selfee.chain import (
+    VERDICT_NEEDED,
+    VERDICT_NOT_NEEDED,
+    ParsedChain,
+    Verdict,
+    parse_generation,
+    revision_header,
+    verdict_span,
+)
+
+FinishReason = Literal["eos", "verdict", "max_revisions", "budget"]
+EngineFinish = Literal["stop", "eos", "length"]
+
+VERDICT_STOP = VERDICT_NOT_NEEDED
+
+
+def revision_stop(k: int) -> str:
+    """The header that opens revision ``k``, as a stop string (the newline after it may be
+    generated together with the next token, so it is left out)."""
+    return revision_header(k).rstrip("\n")
+
+
+@dataclass(frozen=True)
+class RevisionSettings:
+    min_revisions: int = 0  # 0: the model decides (autonomous)
+    max_revisions: int | None = None  # None: no cap
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_revisions < 0:
+            problems.append(f"min_revisions must be 0 or more (got {self.min_revisions})")
+        if self.max_revisions is not None and self.max_revisions < 0:
+            problems.append(f"max_revisions must be 0 or more (got {self.max_revisions})")
+        if self.max_revisions is not None and self.min_revisions > self.max_revisions:
+            problems.append(
+                f"min_revisions ({self.min_revisions}) is above max_revisions "
+                f"({self.max_revisions})"
+            )
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be 1 or more (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            problems.append(f"temperature must be 0 or more (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str  # the whole text so far: the SelFee prompt and the chain written until now
+    stop: tuple[str, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    key: str = ""  # which generation this continues (engines that keep a cache per chain)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the new text, without the stop string that ended it
+    finish_reason: EngineFinish  # "length": max_tokens, or the model's context, is used up
+    tokens: int  # tokens generated (including those of a matched stop string)
+    stop: str | None = None  # which stop string matched (None with "stop": the engine
+    # did not say whether a stop string or EOS ended the text)
+    prompt_tokens: int = 0  # prompt tokens the engine had to process for this call
+
+
+class CompletionEngine(Protocol):
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+
+@dataclass
+class RevisionResult:
+    prompt: str
+    text: str  # the generated chain (with forced rewrites), without the prompt
+    final_answer: str
+    revisions: int
+    forced_rewrites: int
+    tokens: int
+    prompt_tokens: int
+    finish_reason: FinishReason
+    calls: int
+    chain: ParsedChain = field(repr=False)
+
+    @property
+    def whole_generation(self) -> str:
+        return self.prompt + self.text
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the texts, for metadata and logs."""
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("prompt", "text", "final_answer", "chain")
+        }
+
+
+class RevisionController:
+    """One chain, step by step: ``next_request`` says what to generate, ``feed`` takes it."""
+
+    def __init__(self, prompt: str, settings: RevisionSettings, key: str = "") -> None:
+        self.prompt = prompt
+        self.settings = settings
+        self.key = key
+        self.text = ""
+        self.tokens = 0
+        self.prompt_tokens = 0
+        self.forced_rewrites = 0
+        self.calls = 0
+        self.finish_reason: FinishReason | None = None
+        self._stops: tuple[str, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def chain(self) -> ParsedChain:
+        return parse_generation(self.text, self.prompt)
+
+    def next_request(self) -> CompletionRequest | None:
+        if self.done:
+            return None
+        left = self.settings.max_new_tokens - self.tokens
+        if left <= 0:
+            self.finish_reason = "budget"
+            return None
+        stops = [VERDICT_STOP]
+        if self.settings.max_revisions is not None:
+            stops.append(revision_stop(self.settings.max_revisions + 1))
+        self._stops = tuple(stops)
+        return CompletionRequest(
+            prompt=self.prompt + self.text,
+            stop=self._stops,
+            max_tokens=left,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            seed=self.settings.seed + self.calls,
+            key=self.key,
+        )
+
+    def feed(self, completion: Completion) -> None:
+        self.calls += 1
+        self.tokens += completion.tokens
+        self.prompt_tokens += completion.prompt_tokens
+        self.text += completion.text
+        stop = completion.stop
+        if completion.finish_reason == "stop" and stop is None:
+            stop = self._infer_stop()
+        cap = self.settings.max_revisions
+        chain = self.chain()
+        if cap is not None and len(chain.revisions) > cap:  # misnumbered headers slipped by
+            self._cut_before_revision(chain, cap + 1)
+            self.finish_reason = "max_revisions"
+        elif completion.finish_reason == "stop" and stop is not None:
+            self._after_stop(stop)
+        elif completion.finish_reason in ("stop", "eos"):
+            self._after_eos()
+        else:
+            self.finish_reason = "budget"
+        if not self.done and self.tokens >= self.settings.max_new_tokens:
+            self.finish_reason = "budget"
+
+    def result(self) -> RevisionResult:
+        if not self.done:
+            raise RuntimeError("the generation is not finished")
+        assert self.finish_reason is not None
+        chain = self.chain()
+        return RevisionResult(
+            prompt=self.prompt,
+            text=self.text,
+            final_answer=chain.final_answer,
+            revisions=len(chain.revisions),
+            forced_rewrites=self.forced_rewrites,
+            tokens=self.tokens,
+            prompt_tokens=self.prompt_tokens,
+            finish_reason=self.finish_reason,
+            calls=self.calls,
+            chain=chain,
+        )
+
+    # --- what happens after each kind of ending ---------------------------------------
+
+    def _after_stop(self, stop: str) -> None:
+        chain = self.chain()
+        if stop != VERDICT_STOP:  # the header of the revision past max_revisions
+            self.finish_reason = "max_revisions"
+            return
+        if chain.segments[-1].kind != "feedback":
+            self.text += stop  # the phrase inside an answer or revision is no verdict: go on
+            return
+        if len(chain.revisions) < self.settings.min_revisions:
+            self._force_revision(len(self.text), len(chain.revisions) + 1)
+            return
+        self.text += stop
+        self.finish_reason = "verdict"
+
+    def _after_eos(self) -> None:
+        chain = self.chain()
+        last = chain.segments[-1]
+        verdict, start, _ = verdict_span(last.text)
+        if last.kind != "feedback":
+            verdict = Verdict.UNKNOWN
+        if verdict is Verdict.NOT_NEEDED and len(chain.revisions) < self.settings.min_revisions:
+            self._force_revision(
+                last.start + _sentence_start(last.text, start), len(chain.revisions) + 1
+            )
+            return
+        self.finish_reason = "verdict" if verdict is Verdict.NOT_NEEDED else "eos"
+
+    def _force_revision(self, verdict_at: int, k: int) -> None:
+        """Replace the verdict at ``verdict_at`` (and what follows) by "Revision is needed."
+        and open revision ``k``."""
+        self.text = self.text[:verdict_at] + VERDICT_NEEDED + revision_header(k)
+        self.forced_rewrites += 1
+
+    def _cut_before_revision(self, chain: ParsedChain, k: int) -> None:
+        revision_k = [s for s in chain.segments if s.kind == "revision"][k - 1]
+        before = chain.segments[chain.segments.index(revision_k) - 1]
+        self.text = self.text[: before.end]
+
+    def _infer_stop(self) -> str | None:
+        """For engines that end with "stop" without saying whether a stop string or EOS
+        ended the text: a feedback that ends in a verdict ended with the model (EOS), or
+        before the revision header past the cap when it asked for one; a feedback cut
+        before its verdict met the verdict stop string."""
+        last = self.chain().segments[-1]
+        if last.kind != "feedback":
+            return None
+        verdict, _, end = verdict_span(last.text)
+        if verdict is Verdict.UNKNOWN or last.text[end:].strip(" .!\n"):
+            return VERDICT_STOP
+        if verdict is Verdict.NEEDED and len(self._stops) > 1:
+            return self._stops[1]
+        return None
+
+
+def _sentence_start(text: str, at: int) -> int:
+    """Where the sentence holding ``text[at]`` starts: a forced rewrite replaces the whole
+    verdict sentence ("It does not need any revision." becomes "Revision is needed.")."""
+    cut = max(text.rfind(mark, 0, at) for mark in (". ", "! ", "? ", "\n"))
+    if cut < 0:
+        return 0
+    return cut + (1 if text[cut] == "\n" else 2)
+
+
+def generate(
+    engine: CompletionEngine, prompt: str, settings: RevisionSettings, key: str = ""
+) -> RevisionResult:
+    controller = RevisionController(prompt, settings, key)
+    while (request := controller.next_request()) is not None:
+        controller.feed(engine.complete(request))
+    return controller.result()
+
+
+def generate_batch(
+    engine: CompletionEngine, prompts: Sequence[str], settings: RevisionSettings
+) -> list[RevisionResult]:
+    """Step all chains together: each round sends every unfinished chain's next request at
+    once (``engine.complete_batch`` when the engine has one)."""
+    controllers = [RevisionController(p, settings, key=str(i)) for i, p in enumerate(prompts)]
+    batch_call = getattr(engine, "complete_batch", None)
+    while True:
+        pending = [(c, r) for c in controllers if (r := c.next_request()) is not None]
+        if not pending:
+            break
+        requests = [r for _, r in pending]
+        completions = batch_call(requests) if batch_call else [engine.complete(r) for r in requests]
+        for (controller, _), completion in zip(pending, completions, strict=True):
+            controller.feed(completion)
+    return [c.result() for c in controllers]

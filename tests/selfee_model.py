@@ -1,0 +1,71 @@
+"""A tiny SelFee model trained in seconds: it answers, asks for one revision, revises, and
+then says "Revision is not needed." (the chains of ``train_data.make_chains``)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from selfee.chain import render_prompt
+from selfee.train import sft
+from selfee.train.tokenizer import train_tiny_tokenizer
+from train_data import make_chains
+
+QUESTIONS = [c["instruction"] for c in make_chains(64, seed=1)]
+
+
+def train_selfee_model(out: Path, steps: int = 300, max_positions: int = 4096) -> Path:
+    torch.manual_seed(0)
+    chains = make_chains(96, seed=0, revisions=1)
+    tokenizer = train_tiny_tokenizer([sft.chain_text(c) for c in chains], vocab_size=400)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    examples = [sft.tokenize_chain(tokenizer, c, max_length=512) for c in chains]
+    pairs = [(e.input_ids, e.labels) for e in examples]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = random.Random(0)
+    model.train()
+    for _ in range(steps):
+        batch = sft.collate(rng.sample(pairs, 16), tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "selfee.json").write_text(
+        json.dumps({"prompt_format": "selfee", "final_loss": loss.item()})
+    )
+    return out
+
+
+def question_file(path: Path, n: int) -> Path:
+    """Questions in the SelFee/Vicuna question.jsonl format."""
+    rows = [
+        {"question_id": i + 1, "text": q, "category": "generic"}
+        for i, q in enumerate(QUESTIONS[:n])
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def prompt(i: int = 0) -> str:
+    return render_prompt(QUESTIONS[i])

@@ -1,0 +1,155 @@
+"""Revision control on real engines: a tiny trained model (KV cache kept across
+continuations, batched) and an OpenAI-compatible /v1/completions endpoint over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfee.chain import Verdict, final_answer, parse
+from selfee.engines.completions_api import CompletionsAPIEngine, EndpointError
+from selfee.engines.hf import HFEngine
+from selfee.llm import Secret
+from selfee.revision import CompletionRequest, RevisionSettings, generate, generate_batch
+from selfee_model import prompt
+
+
+@pytest.fixture(scope="module")
+def engine(selfee_model_dir: Path) -> HFEngine:
+    return HFEngine.load(selfee_model_dir)
+
+
+def fresh(engine: HFEngine, reuse_cache: bool = True) -> HFEngine:
+    return HFEngine(engine.model, engine.tokenizer, reuse_cache=reuse_cache)
+
+
+def check_format(result) -> None:
+    chain = parse(result.whole_generation)
+    assert chain.prompt == result.prompt
+    assert result.final_answer == final_answer(result.whole_generation) == chain.final_answer
+    assert len(chain.feedbacks) >= 1
+
+
+def test_autonomous_mode_stops_where_the_model_says_not_needed(engine: HFEngine) -> None:
+    for i in range(4):
+        result = generate(fresh(engine), prompt(i), RevisionSettings(max_new_tokens=300))
+        check_format(result)
+        assert result.finish_reason == "verdict" and result.forced_rewrites == 0
+        assert result.chain.verdicts == [Verdict.NEEDED, Verdict.NOT_NEEDED]  # as trained
+        assert result.revisions == 1
+        assert "because it was painted" in result.final_answer
+
+
+def test_min_revisions_two_yields_at_least_two_revisions(engine: HFEngine) -> None:
+    for i in range(4):
+        result = generate(
+            fresh(engine), prompt(i), RevisionSettings(min_revisions=2, max_new_tokens=400)
+        )
+        check_format(result)
+        assert result.revisions >= 2 and result.forced_rewrites >= 1
+        assert result.chain.verdicts[:2] == [Verdict.NEEDED, Verdict.NEEDED]
+
+
+def test_max_revisions_zero_stops_before_the_first_revision(engine: HFEngine) -> None:
+    result = generate(fresh(engine), prompt(0), RevisionSettings(max_revisions=0))
+    check_format(result)
+    assert (result.finish_reason, result.revisions) == ("max_revisions", 0)
+    assert result.final_answer == result.chain.answer
+
+
+def test_kv_reuse_matches_regenerating_from_scratch_token_for_token(engine: HFEngine) -> None:
+    settings = RevisionSettings(min_revisions=3, max_new_tokens=400)
+    for i in range(3):
+        reused = generate(fresh(engine), prompt(i), settings)
+        scratch = generate(fresh(engine, reuse_cache=False), prompt(i), settings)
+        assert reused.calls >= 3  # rewrites happened
+        assert reused.text == scratch.text and reused.tokens == scratch.tokens
+        # the scratch run re-fed the whole prefix on every call; the cached run only the new part
+        assert scratch.prompt_tokens > reused.prompt_tokens + (reused.calls - 1) * 30
+
+
+def test_the_cache_survives_across_generations_with_a_shared_prefix(engine: HFEngine) -> None:
+    shared = fresh(engine)
+    settings = RevisionSettings(min_revisions=1, max_new_tokens=300)
+    for i in [2, 0, 2, 5]:  # switching prompts keeps only the common prefix
+        assert (
+            generate(shared, prompt(i), settings).text
+            == generate(fresh(engine), prompt(i), settings).text
+        )
+
+
+def test_batched_generation_matches_one_at_a_time(engine: HFEngine) -> None:
+    settings = RevisionSettings(min_revisions=2, max_revisions=3, max_new_tokens=300)
+    prompts = [prompt(i) for i in range(6)]
+    batched = generate_batch(fresh(engine), prompts, settings)
+    single = [generate(fresh(engine), p, settings) for p in prompts]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [r.tokens for r in batched] == [r.tokens for r in single]
+
+
+def test_sampling_is_reproducible_with_a_seed(engine: HFEngine) -> None:
+    settings = RevisionSettings(
+        min_revisions=1, temperature=1.5, top_p=0.9, seed=7, max_new_tokens=200
+    )
+    first = generate(fresh(engine), prompt(1), settings)
+    assert generate(fresh(engine), prompt(1), settings).text == first.text
+    others = {
+        generate(
+            fresh(engine), prompt(1), RevisionSettings(**{**settings.__dict__, "seed": s})
+        ).text
+        for s in range(5)
+    }
+    assert len(others) > 1  # the seed matters
+
+
+def test_budget_and_context_limits(engine: HFEngine) -> None:
+    result = generate(fresh(engine), prompt(0), RevisionSettings(max_new_tokens=20))
+    assert result.finish_reason == "budget" and result.tokens == 20
+    small = HFEngine(engine.model, engine.tokenizer, max_context=48)
+    near = generate(small, prompt(0), RevisionSettings(max_new_tokens=500))
+    assert near.finish_reason == "budget" and near.tokens < 48
+    with pytest.raises(ValueError, match="model's context is 48"):
+        small.complete(CompletionRequest(prompt(0) * 3, (), 10))
+
+
+# --- an OpenAI-compatible endpoint (the offline teacher's /v1/completions) --------------
+
+
+def api_engine(teacher) -> CompletionsAPIEngine:
+    return CompletionsAPIEngine(
+        teacher.base_url, "offline-teacher", Secret("unused"), max_retries=0
+    )
+
+
+def test_completions_endpoint_engine_forces_revisions(start_teacher) -> None:
+    teacher = start_teacher(needed_fraction=0.0)  # the "model" is satisfied at once
+    engine = api_engine(teacher)
+    autonomous = generate(engine, prompt(0), RevisionSettings())
+    assert (autonomous.revisions, autonomous.finish_reason) == (0, "verdict")
+    forced = generate(engine, prompt(0), RevisionSettings(min_revisions=2))
+    check_format(forced)
+    assert (forced.revisions, forced.forced_rewrites, forced.finish_reason) == (2, 2, "verdict")
+    assert forced.tokens > autonomous.tokens
+
+
+def test_completions_endpoint_engine_caps_and_batches(start_teacher) -> None:
+    teacher = start_teacher(needed_fraction=1.0, later_needed_fraction=1.0)  # never satisfied
+    engine = api_engine(teacher)
+    results = generate_batch(
+        engine, [prompt(i) for i in range(4)], RevisionSettings(max_revisions=2)
+    )
+    for result in results:
+        check_format(result)
+        assert (result.revisions, result.finish_reason) == (2, "max_revisions")
+
+
+def test_completions_endpoint_errors_name_the_status_not_the_key(
+    start_teacher, monkeypatch
+) -> None:
+    monkeypatch.setenv("TEACHER_KEY", "sk-right-key-123")
+    teacher = start_teacher(api_key_env="TEACHER_KEY")
+    engine = CompletionsAPIEngine(teacher.base_url, "m", Secret("sk-wrong-key-456"), max_retries=0)
+    with pytest.raises(EndpointError, match="HTTP 401") as failure:
+        generate(engine, prompt(0), RevisionSettings())
+    assert "sk-wrong-key-456" not in str(failure.value)
