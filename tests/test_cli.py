@@ -26,19 +26,20 @@ def test_only_built_stages_are_subcommands() -> None:
         "augment",
         "train",
         "delta",
+        "infer",
         "judge",
         "report",
         "quickstart",
     ]
     help_text = build_parser().format_help()
     assert "teacher" in help_text and "quickstart" in help_text
-    for not_yet in ["infer", "serve"]:
+    for not_yet in ["serve"]:
         assert f"    {not_yet} " not in help_text
 
 
 def test_every_job_module_runs_the_same_parser() -> None:
     jobs = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__")
-    assert jobs == ["augment", "collect", "judge", "quickstart", "report", "train"]
+    assert jobs == ["augment", "collect", "infer", "judge", "quickstart", "report", "train"]
     done = run("-m", "jobs.quickstart", "--help")
     assert done.returncode == 0
     assert "--teacher.needed-fraction" in done.stdout

@@ -20,6 +20,7 @@ from selfee.config import (
     ConfigError,
     DeltaApplyConfig,
     DeltaMakeConfig,
+    InferConfig,
     JobFailed,
     JudgeConfig,
     QuickstartConfig,
@@ -74,6 +75,14 @@ def _run_delta_make(cfg: DeltaMakeConfig) -> None:
             "with 'selfee delta apply' (weights far from the base's)",
             file=sys.stderr,
         )
+
+
+def _run_infer(cfg: InferConfig) -> None:
+    from selfee.infer.job import run_infer
+
+    summary = run_infer(cfg)
+    if summary["failed"]:
+        raise JobFailed(f"{len(summary['failed'])} questions failed; re-run to try them again")
 
 
 def _run_judge(cfg: JudgeConfig) -> None:
@@ -155,6 +164,14 @@ COMMANDS = [
             ),
             Command("make", "delta = target - base", DeltaMakeConfig, _run_delta_make),
         ),
+    ),
+    Command(
+        "infer",
+        "batch inference with revision control: questions in, SelFee/FastChat answers out "
+        "(--min-revisions N forces revisions, --max-revisions M caps them); model actors on "
+        "Ray Data, resumable",
+        InferConfig,
+        _run_infer,
     ),
     Command(
         "judge",

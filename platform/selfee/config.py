@@ -440,6 +440,66 @@ class TrainConfig(StageConfig):
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
 
 
+class GenerationConfig(StageConfig):
+    """Revision control and sampling (``selfee.revision``): the same keys in batch
+    inference and as request fields of the Serve endpoint."""
+
+    min_revisions: int = Field(
+        0, ge=0, le=100, description="force at least this many revisions (0: the model decides)"
+    )
+    max_revisions: int | None = Field(
+        None, ge=0, le=100, description="stop before the revision past this many (empty: no cap)"
+    )
+    max_new_tokens: int = Field(
+        1024, ge=1, description="tokens generated per question, all revisions"
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    seed: int = Field(0, description="sampling seed (each question adds its index)")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> GenerationConfig:
+        if self.max_revisions is not None and self.min_revisions > self.max_revisions:
+            raise ValueError(
+                f"min_revisions ({self.min_revisions}) is above max_revisions ({self.max_revisions})"
+            )
+        return self
+
+
+class InferConfig(GenerationConfig):
+    """Batch inference with revision control: questions in, SelFee/FastChat answers out."""
+
+    model: str | None = Field(
+        None, description="a Hugging Face model directory; with base_url, the endpoint's model name"
+    )
+    questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
+    output: Path | None = Field(None, description="answer file to write (.jsonl)")
+    model_id: str | None = Field(
+        None, description="model_id in the answers (default: the model directory's name)"
+    )
+    base_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible /v1 endpoint (vLLM, Ray Serve) instead of a local model",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with its key")
+    batch_size: int = Field(
+        8, ge=1, le=512, description="questions generated together per actor call"
+    )
+    concurrency: int = Field(1, ge=1, le=256, description="model actors (each holds one copy)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (1 on GPUs)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto': CUDA if the actor has a GPU"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
+    )
+    limit: int | None = Field(None, ge=1, description="only the first N questions (a trial run)")
+    overwrite: bool = Field(False, description="discard saved answers and generate all again")
+    progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
 class DeltaApplyConfig(StageConfig):
     """Restore fine-tuned weights from a base model and a delta (SelFee's released form)."""
 

@@ -288,11 +288,18 @@ def generate(
 
 
 def generate_batch(
-    engine: CompletionEngine, prompts: Sequence[str], settings: RevisionSettings
+    engine: CompletionEngine,
+    prompts: Sequence[str],
+    settings: RevisionSettings | Sequence[RevisionSettings],
 ) -> list[RevisionResult]:
     """Step all chains together: each round sends every unfinished chain's next request at
-    once (``engine.complete_batch`` when the engine has one)."""
-    controllers = [RevisionController(p, settings, key=str(i)) for i, p in enumerate(prompts)]
+    once (``engine.complete_batch`` when the engine has one). ``settings``: one for all, or
+    one per prompt (e.g. each with its own seed)."""
+    each = [settings] * len(prompts) if isinstance(settings, RevisionSettings) else settings
+    controllers = [
+        RevisionController(p, s, key=str(i))
+        for i, (p, s) in enumerate(zip(prompts, each, strict=True))
+    ]
     batch_call = getattr(engine, "complete_batch", None)
     while True:
         pending = [(c, r) for c in controllers if (r := c.next_request()) is not None]

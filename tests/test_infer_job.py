@@ -1,0 +1,134 @@
+"""Batch inference on the shared local Ray: model actors, answer files, resume, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selfee.chain import final_answer, parse
+from selfee.cli import main
+from selfee.config import ConfigError, InferConfig
+from selfee.infer.job import run_infer
+from selfee.records import read_jsonl
+from selfee_model import question_file
+
+ANSWER_FIELDS = {"question_id", "text", "whole_generation", "answer_id", "model_id", "metadata"}
+
+
+def config(model: Path | str, tmp_path: Path, n: int = 6, **overrides) -> InferConfig:
+    values = {
+        "model": str(model),
+        "questions": question_file(tmp_path / "question.jsonl", n),
+        "output": tmp_path / "answers" / "selfee-tiny.jsonl",
+        "batch_size": 2,
+        "concurrency": 2,
+        "progress_interval_s": 0.5,
+        **overrides,
+    }
+    return InferConfig(**values)
+
+
+def test_answers_in_the_fastchat_format_with_forced_revisions(
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    cfg = config(selfee_model_dir, tmp_path, min_revisions=2, max_new_tokens=300)
+    summary = run_infer(cfg)
+    rows = list(read_jsonl(cfg.output))
+    assert [r["question_id"] for r in rows] == [1, 2, 3, 4, 5, 6]  # question order
+    for row in rows:
+        assert set(row) == ANSWER_FIELDS and row["model_id"] == "model"
+        assert row["text"] == final_answer(row["whole_generation"])
+        assert parse(row["whole_generation"]).prompt.endswith("### Answer:\n")
+        meta = row["metadata"]
+        assert meta["revisions"] >= 2 and meta["forced_rewrites"] >= 1
+        assert meta["settings"]["min_revisions"] == 2 and meta["latency_s"] > 0
+        assert meta["device"].startswith("cpu")
+    assert summary["answers"] == 6 and summary["generated"] == 6 and not summary["failed"]
+    written = json.loads(cfg.output.with_name("selfee-tiny.summary.json").read_text())
+    assert written["revisions"] == summary["revisions"]
+
+
+def test_a_rerun_generates_only_what_is_missing(
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    first = run_infer(config(selfee_model_dir, tmp_path, limit=3))
+    assert first["generated"] == 3
+    before = {
+        r["question_id"]: r["answer_id"]
+        for r in read_jsonl(tmp_path / "answers" / "selfee-tiny.jsonl")
+    }
+    more = run_infer(config(selfee_model_dir, tmp_path))
+    assert (more["generated"], more["answers"]) == (3, 6)
+    rows = list(read_jsonl(tmp_path / "answers" / "selfee-tiny.jsonl"))
+    assert {r["question_id"]: r["answer_id"] for r in rows[:3]} == before
+    again = run_infer(config(selfee_model_dir, tmp_path))
+    assert again["generated"] == 0 and again["answers"] == 6
+    changed = run_infer(config(selfee_model_dir, tmp_path, max_revisions=0))  # new settings
+    assert changed["generated"] == 6 and changed["revisions"] == {"0": 6}
+
+
+def test_a_failing_question_is_reported_and_the_others_are_kept(
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = config(selfee_model_dir, tmp_path, n=4)
+    rows = list(read_jsonl(cfg.questions))
+    rows[1]["text"] = "word " * 5000  # longer than the model's context
+    cfg.questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_infer(cfg)
+    assert list(summary["failed"]) == ["2"] and "context" in summary["failed"]["2"]
+    assert [r["question_id"] for r in read_jsonl(cfg.output)] == [1, 3, 4]
+    code = main(["infer", "--model", str(selfee_model_dir), "--questions", str(cfg.questions),
+                 "--output", str(cfg.output), "--batch-size", "2"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr()
+    assert "1 questions failed; re-run to try them again" in err.err
+    assert "3 answered before, 1 to generate" in err.out
+
+
+def test_an_openai_compatible_endpoint_as_the_engine(
+    ray_session: None, start_teacher, tmp_path: Path
+) -> None:
+    teacher = start_teacher(needed_fraction=0.0)
+    cfg = config("offline-teacher", tmp_path, base_url=teacher.base_url, min_revisions=1)
+    summary = run_infer(cfg)
+    rows = list(read_jsonl(cfg.output))
+    assert len(rows) == 6 and summary["revisions"] == {"1": 6}
+    assert all(r["metadata"]["forced_rewrites"] == 1 for r in rows)
+    assert all(r["metadata"]["device"] == f"endpoint {teacher.base_url}" for r in rows)
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["--questions", "q.jsonl", "--output", "a.jsonl"], 1, "give --model DIR"),
+        (["--model", "nowhere", "--questions", "q.jsonl", "--output", "a.jsonl"], 1,
+         "is not a Hugging Face model directory"),
+        (["--min-revisions", "3", "--max-revisions", "1"], 2,
+         "min_revisions (3) is above max_revisions (1)"),
+        (["--min-revisions", "-1"], 2, "invalid option --min-revisions"),
+    ],
+)  # fmt: skip
+def test_user_mistakes_are_clear_errors(
+    argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        returned = main(["infer", *argv])
+    except SystemExit as e:  # option errors exit from the parser
+        returned = e.code
+    assert returned == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_question_file_problems_name_the_line(selfee_model_dir: Path, tmp_path: Path) -> None:
+    cfg = config(selfee_model_dir, tmp_path)
+    cfg.questions.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 2}\n')
+    with pytest.raises(ConfigError, match="line 2 needs 'question_id' and a string 'text'"):
+        run_infer(cfg)
+    cfg.questions.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
+    with pytest.raises(ConfigError, match="line 2 repeats question_id 1"):
+        run_infer(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_infer(config(selfee_model_dir, tmp_path, questions=tmp_path / "missing.jsonl"))
