@@ -1,5 +1,6 @@
 """A tiny SelFee model trained in seconds: it answers, asks for one revision, revises, and
-then says "Revision is not needed." (the chains of ``train_data.make_chains``)."""
+then says "Revision is not needed." (the chains of ``train_data.make_chains``); forced to
+go on, it keeps revising in the same format."""
 
 from __future__ import annotations
 
@@ -18,9 +19,23 @@ from train_data import make_chains
 QUESTIONS = [c["instruction"] for c in make_chains(64, seed=1)]
 
 
+def training_chains() -> list[dict]:
+    """Mostly one revision, then "not needed"; a quarter go on with revisions after a
+    rewritten verdict (the text a forced rewrite leaves), so the model knows how to continue
+    one, as SelFee's models learned from their multi-revision data."""
+    chains = make_chains(96, seed=0, revisions=1)
+    for i, chain in enumerate(chains[::4]):
+        done = chain["outputs"][-1]
+        extra = 1 + i % 3
+        forced = {**done, "feedback": done["feedback"].replace("not needed", "needed")}
+        chain["outputs"] = chain["outputs"][:-1] + [forced] * extra + [done]
+        chain["iteration"] = len(chain["outputs"])
+    return chains
+
+
 def train_selfee_model(out: Path, steps: int = 300, max_positions: int = 4096) -> Path:
     torch.manual_seed(0)
-    chains = make_chains(96, seed=0, revisions=1)
+    chains = training_chains()
     tokenizer = train_tiny_tokenizer([sft.chain_text(c) for c in chains], vocab_size=400)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

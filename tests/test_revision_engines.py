@@ -59,11 +59,11 @@ def test_max_revisions_zero_stops_before_the_first_revision(engine: HFEngine) ->
 
 
 def test_kv_reuse_matches_regenerating_from_scratch_token_for_token(engine: HFEngine) -> None:
-    settings = RevisionSettings(min_revisions=3, max_new_tokens=400)
+    settings = RevisionSettings(min_revisions=8, max_new_tokens=600)
     for i in range(3):
         reused = generate(fresh(engine), prompt(i), settings)
         scratch = generate(fresh(engine, reuse_cache=False), prompt(i), settings)
-        assert reused.calls >= 3  # rewrites happened
+        assert reused.forced_rewrites >= 2
         assert reused.text == scratch.text and reused.tokens == scratch.tokens
         # the scratch run re-fed the whole prefix on every call; the cached run only the new part
         assert scratch.prompt_tokens > reused.prompt_tokens + (reused.calls - 1) * 30

@@ -233,10 +233,11 @@ class HFEngine:
             block[i, offset:] = 1
             row.columns += range(start + offset, start + width)
         self._mask = torch.cat([self._mask, block], dim=1)
+        dense = bool(self._mask.all())  # no padding, no dropped tokens: the model's defaults
         out = self.model(
             input_ids=input_ids.to(self.device),
-            attention_mask=self._mask.to(self.device),
-            position_ids=positions.to(self.device),
+            attention_mask=None if dense else self._mask.to(self.device),
+            position_ids=None if dense else positions.to(self.device),
             past_key_values=self._cache,
             use_cache=True,
         )

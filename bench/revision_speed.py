@@ -1,0 +1,147 @@
+"""Revision control's cost: enforced generation against one uninterrupted generation of the
+same length, and against a reimplementation of the upstream approach.
+
+The model is the tests' tiny SelFee model (trained here in ~10 s unless ``--model``): it
+answers, asks for one revision and then says "Revision is not needed.". Enforced runs use
+``min_revisions`` far above what fits, so the controller rewrites every verdict until the
+token budget is spent: a forced rewrite every ~60-150 tokens, the worst case for overhead.
+
+- plain: ``HFEngine.complete`` with no stop strings and EOS ignored, N tokens in one call;
+- enforced: ``selfee.revision.generate`` (KV cache kept across rewrites), N tokens;
+- upstream: the same model and greedy decoding, decoding the whole generated text after
+  every token to look for the verdict, and re-tokenizing and re-prefilling everything
+  after each rewrite (as the SelFee repository's inference did).
+
+    .venv/bin/python bench/revision_speed.py [--lengths 512 1024 2048] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from results import append_rows, machine
+from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED, revision_header
+from selfee.engines.hf import HFEngine
+from selfee.revision import CompletionRequest, RevisionSettings, generate
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the tiny SelFee model recipe lives with the tests
+
+from selfee_model import prompt, train_selfee_model  # noqa: E402
+
+
+def without_eos(engine: HFEngine) -> HFEngine:
+    """Past ~1,500 tokens the tiny model may end the text; every side ignores EOS so each
+    run generates exactly N tokens."""
+    copy = HFEngine(engine.model, engine.tokenizer)
+    copy.eos_ids = set()
+    return copy
+
+
+def plain(engine: HFEngine, text: str, n: int) -> tuple[int, float]:
+    started = time.perf_counter()
+    done = HFEngine.complete(engine, CompletionRequest(text, (), n, key="plain"))
+    return done.tokens, time.perf_counter() - started
+
+
+def enforced(engine: HFEngine, text: str, n: int) -> tuple[int, float, int]:
+    started = time.perf_counter()
+    result = generate(engine, text, RevisionSettings(min_revisions=1000, max_new_tokens=n))
+    return result.tokens, time.perf_counter() - started, result.forced_rewrites
+
+
+@torch.inference_mode()
+def upstream(model, tokenizer, text: str, n: int) -> tuple[int, float, int]:
+    from transformers import DynamicCache
+
+    started = time.perf_counter()
+    prompt_ids = tokenizer(text)["input_ids"]
+    generated: list[int] = []
+    rewrites = 0
+    cache, feed = DynamicCache(), prompt_ids
+    base = len(prompt_ids)
+    produced = 0
+    while produced < n:
+        out = model(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        generated.append(token)
+        produced += 1
+        whole = tokenizer.decode(generated, skip_special_tokens=True)  # every token, all of it
+        if whole.endswith(VERDICT_NOT_NEEDED):
+            k = whole.count("### Revision") + 1
+            cut = whole.rfind(VERDICT_NOT_NEEDED)
+            whole = (whole[:cut] if cut >= 0 else whole) + VERDICT_NEEDED + revision_header(k)
+            ids = tokenizer(text + whole)["input_ids"]  # re-tokenize and re-prefill everything
+            generated = ids[base:]
+            cache, feed = DynamicCache(), ids
+            rewrites += 1
+            continue
+        feed = [token]
+    return produced, time.perf_counter() - started, rewrites
+
+
+def best(fn, repeats: int):
+    runs = [fn() for _ in range(repeats)]
+    return min(runs, key=lambda r: r[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, help="a SelFee model dir (default: train the tiny one)"
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or train_selfee_model(Path(tmp) / "model")
+        engine = HFEngine.load(model_dir, device="cpu", dtype="float32")
+        plain_engine = without_eos(engine)
+        text = prompt(0)
+        rows = []
+        for n in args.lengths:
+            enforced(without_eos(engine), text, 64)  # warm-up
+            p_tokens, p_s = best(lambda n=n: plain(plain_engine, text, n), args.repeats)
+            e_tokens, e_s, rewrites = best(
+                lambda n=n: enforced(without_eos(engine), text, n),
+                args.repeats,
+            )
+            u_tokens, u_s, u_rewrites = best(
+                lambda n=n: upstream(engine.model, engine.tokenizer, text, n), args.repeats
+            )
+            plain_rate, enforced_rate, upstream_rate = (
+                p_tokens / p_s,
+                e_tokens / e_s,
+                u_tokens / u_s,
+            )
+            overhead = 1 - enforced_rate / plain_rate
+            print(
+                f"{n} tokens: plain {plain_rate:,.0f} tok/s, enforced {enforced_rate:,.0f} tok/s "
+                f"({rewrites} rewrites, overhead {overhead:+.1%}), upstream {upstream_rate:,.0f} "
+                f"tok/s ({u_rewrites} rewrites), enforced/upstream {enforced_rate / upstream_rate:.2f}x",
+                flush=True,
+            )
+            rows.append(
+                f"| {datetime.date.today()} | {machine()} | {n} | {rewrites} | {plain_rate:,.0f} | "
+                f"{enforced_rate:,.0f} | **{overhead:+.1%}** | {upstream_rate:,.0f} | "
+                f"**{enforced_rate / upstream_rate:.2f}x** |"
+            )
+    append_rows(
+        "\n## Revision control: enforced vs plain vs upstream (`bench/revision_speed.py`)\n\n"
+        "| date | machine | tokens | forced rewrites | plain tok/s | enforced tok/s | "
+        "overhead | upstream approach tok/s | enforced / upstream |\n"
+        "|---|---|---|---|---|---|---|---|---|\n",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
