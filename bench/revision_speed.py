@@ -37,12 +37,17 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny SelFee model recipe lives wi
 from selfee_model import prompt, train_selfee_model  # noqa: E402
 
 
+class NoEOSEngine(HFEngine):
+    """Never samples EOS: past ~1,500 tokens the tiny model would end the text, and every
+    side must generate exactly N tokens."""
+
+    def _sample(self, logits: torch.Tensor, step) -> int:  # type: ignore[no-untyped-def]
+        logits[self.tokenizer.eos_token_id] = float("-inf")
+        return super()._sample(logits, step)
+
+
 def without_eos(engine: HFEngine) -> HFEngine:
-    """Past ~1,500 tokens the tiny model may end the text; every side ignores EOS so each
-    run generates exactly N tokens."""
-    copy = HFEngine(engine.model, engine.tokenizer)
-    copy.eos_ids = set()
-    return copy
+    return NoEOSEngine(engine.model, engine.tokenizer)
 
 
 def plain(engine: HFEngine, text: str, n: int) -> tuple[int, float]:
@@ -71,7 +76,9 @@ def upstream(model, tokenizer, text: str, n: int) -> tuple[int, float, int]:
     while produced < n:
         out = model(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-        token = int(out.logits[0, -1].argmax())
+        logits = out.logits[0, -1]
+        logits[tokenizer.eos_token_id] = float("-inf")  # as for the other sides
+        token = int(logits.argmax())
         generated.append(token)
         produced += 1
         whole = tokenizer.decode(generated, skip_special_tokens=True)  # every token, all of it
@@ -104,12 +111,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or train_selfee_model(Path(tmp) / "model")
         engine = HFEngine.load(model_dir, device="cpu", dtype="float32")
-        plain_engine = without_eos(engine)
         text = prompt(0)
         rows = []
         for n in args.lengths:
             enforced(without_eos(engine), text, 64)  # warm-up
-            p_tokens, p_s = best(lambda n=n: plain(plain_engine, text, n), args.repeats)
+            p_tokens, p_s = best(lambda n=n: plain(without_eos(engine), text, n), args.repeats)
             e_tokens, e_s, rewrites = best(
                 lambda n=n: enforced(without_eos(engine), text, n),
                 args.repeats,

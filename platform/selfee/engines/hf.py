@@ -50,9 +50,14 @@ class _Detokenizer:
         decode = self.tokenizer.decode
         before = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
         now = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
-        if len(now) > len(before) and not now.endswith("\ufffd"):
+        if now.endswith("\ufffd") and len(self.ids) - self.read_offset < 4:
+            return ""  # wait for the rest of the character (4 bytes at most)
+        if len(now) > len(before):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             return now[len(before) :]
+        # a token with no text (a skipped special token): keep the window short
+        self.prefix_offset = max(self.prefix_offset, len(self.ids) - DETOKENIZE_CONTEXT)
+        self.read_offset = len(self.ids)
         return ""
 
 
