@@ -29,6 +29,9 @@ test: install
 bench: install
 	$(PY) bench/collect_sharegpt.py --rows 200000
 	$(PY) bench/augment_rate.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/revision_speed.py
+	$(PY) bench/infer_throughput.py
 
 lint: install
 	$(VENV)/bin/ruff check platform jobs serve_apps tests bench
