@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test bench lint format clean
+.PHONY: install quickstart test bench lint format clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ install: $(STAMP)
 quickstart: install
 	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml
 
-test: install
+test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The demo's browser test drives Debian's chromium package through Playwright.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium (browser test)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; } || \
+	  echo "could not install chromium: the browser test will fail (apt-get install chromium)"
 
 bench: install
 	$(PY) bench/collect_sharegpt.py --rows 200000

@@ -67,3 +67,22 @@ def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from selfee_model import train_selfee_model
 
     return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")
+
+
+def deploy_selfee(model_dir: Path, **args: object) -> str:
+    """Deploy the app the way ``serve run configs/serve/selfee.yaml`` does; returns /v1."""
+    import importlib
+
+    import yaml
+    from ray import serve
+
+    spec = yaml.safe_load((REPO / "configs" / "serve" / "selfee.yaml").read_text())
+    app_spec = spec["applications"][0]
+    module, attr = app_spec["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = {**app_spec["args"], "model": str(model_dir), "max_replicas": 1,
+                "cpus_per_replica": 0.5, **args}  # fmt: skip
+    serve.run(builder(settings), name="selfee", route_prefix=app_spec["route_prefix"])
+    return f"http://127.0.0.1:{port}/v1"

@@ -20,11 +20,13 @@ from selfee.config import (
     ConfigError,
     DeltaApplyConfig,
     DeltaMakeConfig,
+    DemoConfig,
     InferConfig,
     JobFailed,
     JudgeConfig,
     QuickstartConfig,
     ReportConfig,
+    ServeConfig,
     StageConfig,
     TeacherConfig,
     TrainConfig,
@@ -83,6 +85,18 @@ def _run_infer(cfg: InferConfig) -> None:
     summary = run_infer(cfg)
     if summary["failed"]:
         raise JobFailed(f"{len(summary['failed'])} questions failed; re-run to try them again")
+
+
+def _run_serve(cfg: ServeConfig) -> None:
+    from selfee.serve.app import serve_forever
+
+    serve_forever(cfg)
+
+
+def _run_demo(cfg: DemoConfig) -> None:
+    from selfee.serve.demo import run_demo
+
+    run_demo(cfg)
 
 
 def _run_judge(cfg: JudgeConfig) -> None:
@@ -172,6 +186,21 @@ COMMANDS = [
         "Ray Data, resumable",
         InferConfig,
         _run_infer,
+    ),
+    Command(
+        "serve",
+        "serve a SelFee model on Ray Serve: OpenAI-compatible /v1/chat/completions and "
+        "/v1/completions (streaming too), min_revisions / max_revisions per request, batched "
+        "steps, autoscaled replicas",
+        ServeConfig,
+        _run_serve,
+    ),
+    Command(
+        "demo",
+        "the Gradio demo: chat with a SelFee endpoint (--endpoint URL), see the answer, each "
+        "feedback and each revision; local only unless --share",
+        DemoConfig,
+        _run_demo,
     ),
     Command(
         "judge",

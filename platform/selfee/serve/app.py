@@ -1,0 +1,239 @@
+"""SelFee on Ray Serve: a model deployment that batches, and an OpenAI-compatible ingress.
+
+``SelFeeModel`` holds the model (``HFEngine``) in each replica and exposes one thing: a
+completion step, batched with ``@serve.batch`` across all requests that arrive together.
+``OpenAIIngress`` (FastAPI) checks each request, runs ``selfee.revision``'s controller for
+it (the same code as batch inference) and sends each step to the model deployment, so the
+steps of many requests share forward passes. A client that disconnects stops its chain at
+the next step. Replicas of the model deployment autoscale on ongoing requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from selfee.config import ServeConfig
+from selfee.revision import Completion, CompletionRequest, RevisionController
+from selfee.serve import openai_api as api
+
+API_KEY_ENV = "SELFEE_API_KEY"
+
+
+class SelFeeModel:
+    """One model copy; ``step`` runs the completion steps of concurrent requests as one batch."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        from selfee.engines.hf import HFEngine
+
+        self.engine = HFEngine.load(str(cfg.model), cfg.device, cfg.dtype)
+        self.step.set_max_batch_size(cfg.max_batch_size)
+        self.step.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def step(self, requests: list[CompletionRequest]) -> list[Completion | str]:
+        self.batches = [*self.batches[-99:], len(requests)]
+        try:
+            return await asyncio.to_thread(self.engine.complete_batch, requests)
+        except ValueError:  # one request is at fault: run them one by one to find it
+            out: list[Completion | str] = []
+            for request in requests:
+                try:
+                    out += await asyncio.to_thread(self.engine.complete_batch, [request])
+                except ValueError as e:
+                    out.append(str(e))
+            return out
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def max_context(self) -> int:
+        return self.engine.max_context
+
+    def batch_sizes(self) -> list[int]:
+        return self.batches
+
+
+app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
+
+
+@serve.ingress(app)
+class OpenAIIngress:
+    def __init__(
+        self, model: DeploymentHandle, cfg: ServeConfig, key_sha256: str | None = None
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.name = cfg.served_name()
+        # the key's hash travels in the app's arguments (the dashboard shows them); the
+        # replica's own environment may hold the key too
+        key = os.environ.get(API_KEY_ENV)
+        self.key_sha256 = hashlib.sha256(key.encode()).hexdigest() if key else key_sha256
+        self.limits: api.Limits | None = None
+
+    async def _limits(self) -> api.Limits:
+        if self.limits is None:
+            context = await self.model.max_context.remote()
+            self.limits = api.Limits(
+                self.name, context, self.cfg.max_new_tokens, self.cfg.max_revisions_limit
+            )
+        return self.limits
+
+    def _refused(self, request: Request) -> JSONResponse | None:
+        if self.key_sha256 is None:
+            return None
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if hmac.compare_digest(hashlib.sha256(sent.encode()).hexdigest(), self.key_sha256):
+            return None
+        error = api.APIError(
+            401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
+        )
+        return JSONResponse(error.body(), status_code=401)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> Any:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        return {
+            "object": "list",
+            "data": [{"id": self.name, "object": "model", "owned_by": "selfee"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise api.APIError(400, "the request body is not valid JSON") from None
+            limits = await self._limits()
+            wanted = api.parse_request(body, limits, chat)
+            prompt_tokens = await self.model.count_tokens.remote(wanted.prompt)
+            if prompt_tokens >= limits.max_context:
+                raise api.APIError(
+                    400,
+                    f"the prompt is {prompt_tokens} tokens; this model's context is "
+                    f"{limits.max_context} tokens",
+                    "messages" if chat else "prompt",
+                    "context_length_exceeded",
+                )
+        except api.APIError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        controller = RevisionController(wanted.prompt, wanted.settings, key=request_id)
+        if wanted.stream:
+            events = self._stream(request, controller, request_id, chat, prompt_tokens)
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            while (step := controller.next_request()) is not None:
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                await self._feed(controller, step)
+        except api.APIError as e:
+            return JSONResponse(e.body(), status_code=e.status)
+        result = controller.result()
+        return JSONResponse(api.response(request_id, self.name, result, prompt_tokens, chat))
+
+    async def _feed(self, controller: RevisionController, step: CompletionRequest) -> None:
+        done = await self.model.step.remote(step)
+        if isinstance(done, str):  # the engine refused it (the context is full)
+            raise api.APIError(400, done, code="context_length_exceeded")
+        controller.feed(done)
+
+    async def _stream(
+        self, request: Request, controller: RevisionController, request_id: str, chat: bool,
+        prompt_tokens: int,
+    ) -> AsyncIterator[str]:  # fmt: skip
+        yield api.chunk(request_id, self.name, chat, "" if chat else None, None, {"text": ""})
+        started = time.monotonic()
+        try:
+            while (step := controller.next_request()) is not None:
+                await self._feed(controller, step)
+                yield api.chunk(request_id, self.name, chat, None, None, {"text": controller.text})
+        except api.APIError as e:
+            yield f"data: {json.dumps(e.body())}\n\n"
+            return
+        result = controller.result()
+        selfee = {**api.selfee_object(result), "latency_s": round(time.monotonic() - started, 3),
+                  "usage": api.usage(result, prompt_tokens)}  # fmt: skip
+        yield api.chunk(
+            request_id, self.name, chat, result.final_answer, api.openai_finish(result), selfee
+        )
+        yield api.DONE
+
+
+def selfee_application(cfg: ServeConfig) -> Application:
+    autoscaling = {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+    }
+    model = serve.deployment(
+        SelFeeModel,
+        name="SelFeeModel",
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=max(cfg.max_batch_size * 2, 4),
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    ).bind(cfg)
+    key = os.environ.get(API_KEY_ENV)
+    key_sha256 = hashlib.sha256(key.encode()).hexdigest() if key else None
+    ingress = serve.deployment(
+        OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
+    ).bind(model, cfg, key_sha256)
+    return ingress
+
+
+def build(args: dict[str, Any]) -> Application:
+    """Builder for ``serve run configs/serve/selfee.yaml`` (args: any ``ServeConfig`` key)."""
+    return selfee_application(ServeConfig.model_validate(args))
+
+
+def serve_forever(cfg: ServeConfig) -> None:
+    """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
+    from selfee.config import ConfigError
+    from selfee.ray_runtime import ray_runtime
+
+    if cfg.model is None or not (cfg.model / "config.json").is_file():
+        raise ConfigError(f"--model must be a Hugging Face model directory (got {cfg.model})")
+    with ray_runtime(cfg.ray):
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
+        base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
+        print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)")
+        print(f"[serve] try: curl {base}/chat/completions -H 'Content-Type: application/json' "
+              """-d '{"messages": [{"role": "user", "content": "Hi"}], "min_revisions": 1}'""")  # fmt: skip
+        if os.environ.get(API_KEY_ENV):
+            print(f"[serve] requests need the key in ${API_KEY_ENV} (Authorization: Bearer ...)")
+        print("[serve] Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()

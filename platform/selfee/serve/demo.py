@@ -1,0 +1,118 @@
+"""The Gradio demo: chat with a SelFee endpoint and watch it answer, critique and revise.
+
+A client of the OpenAI-compatible endpoint (``selfee serve``, or any server that returns the
+``selfee`` object), through the ``openai`` package. The answer, each "Feedback k" and each
+"Revision k" are separate bubbles that appear as the chain streams in, then the final
+answer. Later turns send only the final answers of earlier ones, as the endpoint expects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from selfee.chain import parse_generation
+from selfee.config import DemoConfig
+
+Message = dict[str, str]
+
+
+def chain_bubbles(text: str) -> list[Message]:
+    """One assistant bubble per part of the chain, titled like the SelFee headers."""
+    bubbles = []
+    for segment in parse_generation(text).segments:
+        if segment.kind == "answer":
+            title = "Answer"
+        else:
+            title = f"{segment.kind.title()} {segment.number}"
+        body = segment.text.strip() or "…"
+        bubbles.append({"role": "assistant", "content": f"**{title}**\n\n{body}"})
+    return bubbles
+
+
+def final_bubble(answer: str, selfee: dict[str, Any]) -> Message:
+    why = {
+        "verdict": "the model said no revision is needed",
+        "eos": "the model ended",
+        "max_revisions": "the maximum number of revisions was reached",
+        "budget": "the token budget was spent",
+    }.get(selfee.get("finish_reason", ""), "")
+    counts = f"{selfee.get('revisions_count', 0)} revisions, {selfee.get('forced_rewrites', 0)} forced"
+    return {"role": "assistant", "content": f"**Final answer** ({counts}; {why})\n\n{answer}"}
+
+
+def build_demo(cfg: DemoConfig) -> Any:
+    import gradio as gr
+    import openai
+
+    client = openai.OpenAI(
+        base_url=cfg.endpoint, api_key=os.environ.get(cfg.api_key_env) or "none", max_retries=1
+    )
+    models: list[str] = []
+
+    def respond(
+        message: str, shown: list[Message], history: list[Message], temperature: float,
+        max_tokens: float, min_revisions: float, max_revisions: float,
+    ) -> Iterator[tuple[list[Message], list[Message], str]]:  # fmt: skip
+        if not message.strip():
+            yield shown, history, ""
+            return
+        shown = [*shown, {"role": "user", "content": message}]
+        asked = [*history, {"role": "user", "content": message}]
+        yield shown, history, ""
+        text, answer, selfee = "", "", {}
+        try:
+            if not models:
+                models.extend(m.id for m in client.models.list().data)
+            with client.chat.completions.create(
+                model=models[0], messages=asked, stream=True, temperature=temperature,  # type: ignore[arg-type]
+                max_tokens=int(max_tokens),
+                extra_body={"min_revisions": int(min_revisions), "max_revisions": int(max_revisions)},
+            ) as stream:  # fmt: skip
+                for chunk in stream:
+                    selfee = (chunk.model_extra or {}).get("selfee") or selfee
+                    text = selfee.get("text", text)
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        answer += chunk.choices[0].delta.content
+                    yield [*shown, *chain_bubbles(text)], history, ""
+        except openai.APIStatusError as e:
+            detail = (e.body or {}).get("message", e.message) if isinstance(e.body, dict) else e.message
+            yield [*shown, {"role": "assistant", "content": f"**Error** (HTTP {e.status_code}): {detail}"}], history, ""
+            return
+        except openai.APIConnectionError:
+            yield [*shown, {"role": "assistant", "content": f"**Error**: cannot reach {cfg.endpoint}"}], history, ""
+            return
+        shown = [*shown, *chain_bubbles(text), final_bubble(answer, selfee)]
+        yield shown, [*asked, {"role": "assistant", "content": answer}], ""
+
+    with gr.Blocks(title="SelFee") as demo:
+        gr.Markdown(
+            "# SelFee\nThe model answers, critiques its answer and revises it until the critique "
+            f"says *Revision is not needed.* Endpoint: `{cfg.endpoint}`"
+        )
+        chatbot = gr.Chatbot(
+            label="SelFee", height=560, group_consecutive_messages=False, elem_id="selfee-chat"
+        )
+        history = gr.State([])
+        with gr.Row():
+            box = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5)
+            send = gr.Button("Send", variant="primary", scale=1)
+            stop = gr.Button("Stop", scale=1)
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature")
+            max_tokens = gr.Slider(16, 2048, value=512, step=16, label="Max new tokens")
+            min_revisions = gr.Slider(0, 10, value=0, step=1, label="Minimum revisions")
+            max_revisions = gr.Slider(0, 10, value=10, step=1, label="Maximum revisions")
+        inputs = [box, chatbot, history, temperature, max_tokens, min_revisions, max_revisions]
+        outputs = [chatbot, history, box]
+        sent = send.click(respond, inputs, outputs)
+        submitted = box.submit(respond, inputs, outputs)
+        stop.click(None, None, None, cancels=[sent, submitted])
+    return demo
+
+
+def run_demo(cfg: DemoConfig) -> None:
+    demo = build_demo(cfg)
+    print(f"[demo] talking to {cfg.endpoint}; open http://{cfg.host}:{cfg.port}", flush=True)
+    demo.queue().launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)

@@ -1,0 +1,67 @@
+"""The Gradio demo in a real browser: headless Chromium (Debian's package) via Playwright,
+talking to the SelFee endpoint on a local Ray Serve."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from ray import serve
+
+from conftest import deploy_selfee, free_port
+from selfee.config import DemoConfig
+from selfee.serve.demo import build_demo, chain_bubbles
+from selfee_model import QUESTIONS
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium package is missing: `make test` installs it (apt-get)")
+    return path
+
+
+def test_chain_bubbles_follow_the_selfee_headers() -> None:
+    text = "Red.\n\n### Feedback 1:\nWhy? Revision is needed.\n\n### Revision 1:\nBlood red."
+    assert [b["content"].split("\n")[0] for b in chain_bubbles(text)] == [
+        "**Answer**", "**Feedback 1**", "**Revision 1**",
+    ]  # fmt: skip
+    assert chain_bubbles(text)[2]["content"].endswith("Blood red.")
+
+
+def test_demo_shows_answer_feedback_and_revision_bubbles(
+    ray_session: None, selfee_model_dir: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    endpoint = deploy_selfee(selfee_model_dir)
+    port = free_port()
+    demo = build_demo(DemoConfig(endpoint=endpoint, port=port))
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium(), headless=True, args=["--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.get_by_placeholder("Ask something…").fill(QUESTIONS[0])
+            page.get_by_role("button", name="Send").click()
+            page.get_by_text("Final answer").wait_for(timeout=60_000)
+            chat = page.locator("#selfee-chat").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "demo-chat.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+        serve.shutdown()
+    assert QUESTIONS[0] in chat
+    for title in ["Answer", "Feedback 1", "Revision 1", "Feedback 2", "Final answer"]:
+        assert title in chat
+    assert "because it was painted" in chat  # the revision's text made it to the page
+    assert (ARTIFACTS / "demo-chat.png").stat().st_size > 10_000

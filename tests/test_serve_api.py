@@ -1,0 +1,63 @@
+"""The OpenAI wire format for SelFee, without Ray: prompts and request checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfee.chain import render_prompt
+from selfee.serve.openai_api import APIError, Limits, chat_prompt, parse_request
+
+LIMITS = Limits("selfee-13b", max_context=2048)
+
+
+def test_multi_turn_keeps_only_final_answers_of_earlier_turns() -> None:
+    chain = "Red.\n\n### Feedback 1:\nWhy? Revision is needed.\n\n### Revision 1:\nBlood red.\n\n### Feedback 2:\nOk. Revision is not needed."
+    prompt = chat_prompt([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name a color."},
+        {"role": "assistant", "content": chain},
+        {"role": "user", "content": "And another?"},
+    ])  # fmt: skip
+    assert prompt == (
+        render_prompt("Name a color.") + "Blood red."
+        + "\n\n### Instruction:\nAnd another?\n\n### Answer:\n"
+    )  # fmt: skip
+    assert "Feedback" not in prompt and "terse" not in prompt
+
+
+def test_a_request_becomes_revision_settings() -> None:
+    wanted = parse_request(
+        {"model": "selfee-13b", "messages": [{"role": "user", "content": "Hi"}],
+         "min_revisions": 2, "max_revisions": 3, "max_tokens": 100, "temperature": 0.5,
+         "top_p": 0.9, "seed": 4, "stream": True},
+        LIMITS, chat=True,
+    )  # fmt: skip
+    s = wanted.settings
+    assert (s.min_revisions, s.max_revisions, s.max_new_tokens) == (2, 3, 100)
+    assert (s.temperature, s.top_p, s.seed, wanted.stream) == (0.5, 0.9, 4, True)
+    assert wanted.prompt == render_prompt("Hi")
+    defaults = parse_request({"prompt": "Hi"}, LIMITS, chat=False).settings
+    assert (defaults.min_revisions, defaults.max_revisions, defaults.max_new_tokens) == (
+        0,
+        None,
+        512,
+    )
+    selfee_prompt = render_prompt("Hi") + "Hello."
+    assert parse_request({"prompt": selfee_prompt}, LIMITS, chat=False).prompt == selfee_prompt
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ([], None),
+        ({"messages": [{"role": "user", "content": "x"}], "min_revisions": True}, "min_revisions"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4096}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+    ],
+)
+def test_bad_requests_are_api_errors_naming_the_field(body: object, param: str | None) -> None:
+    with pytest.raises(APIError) as caught:
+        parse_request(body, LIMITS, chat=True)
+    assert caught.value.status == 400 and caught.value.param == param
+    assert caught.value.body()["error"]["message"]

@@ -1,0 +1,166 @@
+"""The SelFee endpoint on a real local Ray Serve, over HTTP, with the openai client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from ray import serve
+
+from conftest import deploy_selfee as deploy
+from selfee.chain import final_answer, parse
+from selfee_model import QUESTIONS
+
+USER = [{"role": "user", "content": QUESTIONS[0]}]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session: None, selfee_model_dir: Path) -> Iterator[str]:
+    yield deploy(selfee_model_dir)
+    serve.shutdown()
+
+
+def client(base: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=60)
+
+
+def test_chat_completion_with_forced_revisions(endpoint: str) -> None:
+    done = client(endpoint).chat.completions.create(
+        model="model", messages=USER, extra_body={"min_revisions": 2}, max_tokens=300
+    )
+    selfee = done.model_extra["selfee"]
+    assert selfee["revisions_count"] >= 2 and selfee["forced_rewrites"] >= 1
+    content = done.choices[0].message.content
+    assert content == final_answer(selfee["text"]) and content
+    assert selfee["answer"] == parse(selfee["text"]).answer
+    assert len(selfee["feedbacks"]) >= 2 and len(selfee["revisions"]) == selfee["revisions_count"]
+    assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 10
+    assert done.choices[0].finish_reason == "stop"
+
+
+def test_autonomous_and_capped(endpoint: str) -> None:
+    autonomous = client(endpoint).chat.completions.create(model="model", messages=USER)
+    assert autonomous.model_extra["selfee"]["finish_reason"] == "verdict"
+    capped = client(endpoint).chat.completions.create(
+        model="model", messages=USER, extra_body={"max_revisions": 0}
+    )
+    selfee = capped.model_extra["selfee"]
+    assert (selfee["revisions_count"], selfee["finish_reason"]) == (0, "max_revisions")
+    assert capped.choices[0].message.content == selfee["answer"]
+
+
+def test_streaming_chat_sends_the_chain_then_the_final_answer(endpoint: str) -> None:
+    stream = client(endpoint).chat.completions.create(
+        model="model", messages=USER, stream=True, extra_body={"min_revisions": 2}
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    texts = [c.model_extra["selfee"]["text"] for c in chunks]
+    assert len(texts) >= 4 and texts[-1]  # the chain grows step by step
+    last = chunks[-1].model_extra["selfee"]
+    assert last["revisions_count"] >= 2 and chunks[-1].choices[0].finish_reason == "stop"
+    assert content == final_answer(last["text"]) and content
+
+
+def test_completions_endpoint_and_multi_turn_chat(endpoint: str) -> None:
+    done = client(endpoint).completions.create(
+        model="model", prompt=QUESTIONS[1], max_tokens=200, extra_body={"min_revisions": 1}
+    )
+    assert done.choices[0].text == final_answer(done.model_extra["selfee"]["text"])
+    first = client(endpoint).chat.completions.create(model="model", messages=USER)
+    history = [*USER, {"role": "assistant", "content": first.model_extra["selfee"]["text"]},
+               {"role": "user", "content": QUESTIONS[2]}]  # fmt: skip
+    second = client(endpoint).chat.completions.create(model="model", messages=history)
+    assert second.choices[0].message.content
+    # earlier turns keep only their final answer: the prompt grew by it, not by the chain
+    assert second.usage.prompt_tokens < first.usage.prompt_tokens * 2 + 30
+
+
+def test_models_and_health(endpoint: str) -> None:
+    assert [m.id for m in client(endpoint).models.list().data] == ["model"]
+    assert httpx.get(endpoint.removesuffix("/v1") + "/healthz").json() == {"status": "ok"}
+
+
+def test_concurrent_requests_share_batches(endpoint: str) -> None:
+    async def go() -> None:
+        async with openai.AsyncOpenAI(
+            base_url=endpoint, api_key="x", max_retries=0, timeout=60
+        ) as c:
+            await asyncio.gather(*(
+                c.chat.completions.create(model="model", messages=[{"role": "user", "content": q}],
+                                          extra_body={"min_revisions": 1})
+                for q in QUESTIONS[:8]
+            ))  # fmt: skip
+
+    asyncio.run(go())
+    handle = serve.get_deployment_handle("SelFeeModel", app_name="selfee")
+    assert max(handle.batch_sizes.remote().result()) > 1
+
+
+LONG = "word " * 6000
+BAD = [
+    ({"model": "model"}, 400, "'messages' must be a non-empty list"),
+    ({"messages": "hi"}, 400, "'messages' must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content must be a string"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 400, "needs a 'role' among"),
+    (
+        {"messages": [{"role": "assistant", "content": "x"}]},
+        400,
+        "last message must come from the user",
+    ),
+    ({"messages": USER, "min_revisions": -1}, 400, "'min_revisions' must be between 0 and 20"),
+    ({"messages": USER, "min_revisions": "2"}, 400, "'min_revisions' must be an integer"),
+    ({"messages": USER, "min_revisions": 10**9}, 400, "'min_revisions' must be between 0 and 20"),
+    ({"messages": USER, "max_revisions": 1.5}, 400, "'max_revisions' must be an integer"),
+    ({"messages": USER, "min_revisions": 3, "max_revisions": 1}, 400, "min_revisions (3) is above"),
+    ({"messages": USER, "max_tokens": 0}, 400, "'max_tokens' must be between 1"),
+    ({"messages": USER, "temperature": 9}, 400, "'temperature' must be between 0 and 2"),
+    ({"messages": USER, "stream": "yes"}, 400, "'stream' must be true or false"),
+    ({"messages": USER, "n": 3}, 400, "'n' must be 1"),
+    ({"messages": [{"role": "user", "content": LONG}]}, 400, "this model's context is 4096"),
+    ({"messages": USER, "model": "gpt-4"}, 404, "model 'gpt-4' does not exist"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_gets_a_4xx_that_says_what_is_wrong(
+    endpoint: str, body: dict, status: int, message: str
+) -> None:
+    response = httpx.post(f"{endpoint}/chat/completions", json=body, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error["message"] and error["type"]
+
+
+def test_malformed_json_and_bad_completion_prompt(endpoint: str) -> None:
+    raw = httpx.post(f"{endpoint}/chat/completions", content=b"{not json", timeout=30)
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    empty = httpx.post(f"{endpoint}/completions", json={"prompt": ""}, timeout=30)
+    assert empty.status_code == 400 and "'prompt'" in empty.json()["error"]["message"]
+
+
+def test_bearer_token_auth(
+    ray_session: None, selfee_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve.shutdown()  # the module's app is redeployed by its fixture only once; run last
+    monkeypatch.setenv("SELFEE_API_KEY", "sk-test-secret-1")
+    base = deploy(selfee_model_dir)
+    try:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            client(base, "sk-wrong").chat.completions.create(model="model", messages=USER)
+        assert "sk-wrong" not in str(refused.value) and "sk-test-secret-1" not in str(refused.value)
+        missing = httpx.post(f"{base}/chat/completions", json={"messages": USER}, timeout=30)
+        assert missing.status_code == 401
+        done = client(base, "sk-test-secret-1").chat.completions.create(
+            model="model", messages=USER
+        )
+        assert done.choices[0].message.content
+        app_args = json.dumps(serve.status().applications["selfee"].deployments, default=str)
+        assert "sk-test-secret-1" not in app_args
+    finally:
+        serve.shutdown()
