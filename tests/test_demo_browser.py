@@ -50,7 +50,7 @@ def test_demo_shows_answer_feedback_and_revision_bubbles(
                 executable_path=chromium(), headless=True, args=["--no-sandbox"]
             )
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
             page.get_by_placeholder("Ask something…").fill(QUESTIONS[0])
             page.get_by_role("button", name="Send").click()
             page.get_by_text("Final answer").wait_for(timeout=60_000)

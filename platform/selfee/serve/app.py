@@ -6,9 +6,10 @@ completion step, batched with ``@serve.batch`` across all requests that arrive t
 it (the same code as batch inference) and sends each step to the model deployment, so the
 steps of many requests share forward passes. A client that disconnects stops its chain at
 the next step. Replicas of the model deployment autoscale on ongoing requests.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself, not a
+string, in the signatures of the ingress's methods.
+"""
 
 import asyncio
 import hashlib
