@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -295,3 +296,41 @@ def test_unfinished_controller_has_no_result() -> None:
     controller = RevisionController(PROMPT, RevisionSettings())
     with pytest.raises(RuntimeError, match="not finished"):
         controller.result()
+
+
+class ContinuingEngine(ScriptedEngine):
+    """A model that always writes the same chain: each call continues it from the prompt."""
+
+    def __init__(self, whole: str) -> None:
+        super().__init__([])
+        self.whole = whole
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        done = request.prompt[len(PROMPT) :]
+        assert request.prompt.startswith(PROMPT) and self.whole.startswith(done)
+        self.script.append(self.whole[len(done) :])
+        return super().complete(request)
+
+
+@pytest.mark.parametrize("max_revisions", [None, 1])
+def test_stream_segments_stop_at_every_header_and_change_nothing_else(max_revisions) -> None:
+    chain = (
+        "Red."
+        + fb(1, "Why? Revision is needed.")
+        + rev(1, "Blood red.")
+        + fb(2, "Vague. Revision is needed.")
+        + rev(2, "Crimson.")
+        + fb(3, "Good. Revision is not needed." + EOS)
+    )
+    settings = RevisionSettings(max_revisions=max_revisions)
+    whole = generate(ScriptedEngine([chain]), PROMPT, settings)
+    engine = ContinuingEngine(chain)
+    controller = RevisionController(PROMPT, settings, stream_segments=True)
+    seen = []
+    while (request := controller.next_request()) is not None:
+        controller.feed(engine.complete(request))
+        seen.append(controller.text)
+    streamed = controller.result()
+    assert (streamed.text, streamed.finish_reason) == (whole.text, whole.finish_reason)
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
+    assert len(seen) == (6 if max_revisions is None else 4)  # one step per segment

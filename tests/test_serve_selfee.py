@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,6 +101,22 @@ def test_concurrent_requests_share_batches(endpoint: str) -> None:
     asyncio.run(go())
     handle = serve.get_deployment_handle("SelFeeModel", app_name="selfee")
     assert max(handle.batch_sizes.remote().result()) > 1
+
+
+def test_a_client_that_disconnects_stops_its_generation(endpoint: str) -> None:
+    handle = serve.get_deployment_handle("SelFeeModel", app_name="selfee")
+    before = handle.steps_taken.remote().result()
+    body = {"messages": USER, "stream": True, "min_revisions": 20, "max_tokens": 3000}
+    with httpx.stream("POST", f"{endpoint}/chat/completions", json=body, timeout=60) as response:
+        events = (line for line in response.iter_lines() if line)
+        assert next(events).startswith("data: ")
+        assert "selfee" in next(events)  # the first step is done: the chain is under way
+    time.sleep(1.0)  # the ingress notices at its next step
+    stopped_at = handle.steps_taken.remote().result()
+    time.sleep(1.5)
+    assert handle.steps_taken.remote().result() == stopped_at
+    # the whole chain would have taken 20 forced revisions, several steps each
+    assert stopped_at - before < 40
 
 
 LONG = "word " * 6000

@@ -41,6 +41,7 @@ FinishReason = Literal["eos", "verdict", "max_revisions", "budget"]
 EngineFinish = Literal["stop", "eos", "length"]
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
+SEGMENT_STOPS = ("\n\n### Feedback", "\n\n### Revision")  # with stream_segments
 
 
 def revision_stop(k: int) -> str:
@@ -133,8 +134,13 @@ class RevisionResult:
 class RevisionController:
     """One chain, step by step: ``next_request`` says what to generate, ``feed`` takes it."""
 
-    def __init__(self, prompt: str, settings: RevisionSettings, key: str = "") -> None:
+    def __init__(
+        self, prompt: str, settings: RevisionSettings, key: str = "", stream_segments: bool = False
+    ) -> None:
+        """``stream_segments``: also stop at every header, so a streaming client sees each
+        answer, feedback and revision as soon as it is written (more, shorter steps)."""
         self.prompt = prompt
+        self.stream_segments = stream_segments
         self.settings = settings
         self.key = key
         self.text = ""
@@ -162,6 +168,8 @@ class RevisionController:
         stops = [VERDICT_STOP]
         if self.settings.max_revisions is not None:
             stops.append(revision_stop(self.settings.max_revisions + 1))
+        if self.stream_segments:
+            stops += SEGMENT_STOPS
         self._stops = tuple(stops)
         return CompletionRequest(
             prompt=self.prompt + self.text,
@@ -217,6 +225,13 @@ class RevisionController:
 
     def _after_stop(self, stop: str) -> None:
         chain = self.chain()
+        if stop in SEGMENT_STOPS:  # a segment is complete: keep the header and go on
+            cap = self.settings.max_revisions
+            if stop == SEGMENT_STOPS[1] and cap is not None and len(chain.revisions) >= cap:
+                self.finish_reason = "max_revisions"
+            else:
+                self.text += stop
+            return
         if stop != VERDICT_STOP:  # the header of the revision past max_revisions
             self.finish_reason = "max_revisions"
             return

@@ -44,10 +44,12 @@ class SelFeeModel:
         self.step.set_max_batch_size(cfg.max_batch_size)
         self.step.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
+        self.steps = 0
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def step(self, requests: list[CompletionRequest]) -> list[Completion | str]:
         self.batches = [*self.batches[-99:], len(requests)]
+        self.steps += len(requests)
         try:
             return await asyncio.to_thread(self.engine.complete_batch, requests)
         except ValueError:  # one request is at fault: run them one by one to find it
@@ -67,6 +69,9 @@ class SelFeeModel:
 
     def batch_sizes(self) -> list[int]:
         return self.batches
+
+    def steps_taken(self) -> int:
+        return self.steps
 
 
 app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
@@ -148,7 +153,9 @@ class OpenAIIngress:
         except api.APIError as e:
             return JSONResponse(e.body(), status_code=e.status)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        controller = RevisionController(wanted.prompt, wanted.settings, key=request_id)
+        controller = RevisionController(
+            wanted.prompt, wanted.settings, key=request_id, stream_segments=wanted.stream
+        )
         if wanted.stream:
             events = self._stream(request, controller, request_id, chat, prompt_tokens)
             return StreamingResponse(events, media_type="text/event-stream")

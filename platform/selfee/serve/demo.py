@@ -38,7 +38,9 @@ def final_bubble(answer: str, selfee: dict[str, Any]) -> Message:
         "max_revisions": "the maximum number of revisions was reached",
         "budget": "the token budget was spent",
     }.get(selfee.get("finish_reason", ""), "")
-    counts = f"{selfee.get('revisions_count', 0)} revisions, {selfee.get('forced_rewrites', 0)} forced"
+    counts = (
+        f"{selfee.get('revisions_count', 0)} revisions, {selfee.get('forced_rewrites', 0)} forced"
+    )
     return {"role": "assistant", "content": f"**Final answer** ({counts}; {why})\n\n{answer}"}
 
 
@@ -77,11 +79,27 @@ def build_demo(cfg: DemoConfig) -> Any:
                         answer += chunk.choices[0].delta.content
                     yield [*shown, *chain_bubbles(text)], history, ""
         except openai.APIStatusError as e:
-            detail = (e.body or {}).get("message", e.message) if isinstance(e.body, dict) else e.message
-            yield [*shown, {"role": "assistant", "content": f"**Error** (HTTP {e.status_code}): {detail}"}], history, ""
+            detail = (
+                (e.body or {}).get("message", e.message) if isinstance(e.body, dict) else e.message
+            )
+            yield (
+                [
+                    *shown,
+                    {"role": "assistant", "content": f"**Error** (HTTP {e.status_code}): {detail}"},
+                ],
+                history,
+                "",
+            )
             return
         except openai.APIConnectionError:
-            yield [*shown, {"role": "assistant", "content": f"**Error**: cannot reach {cfg.endpoint}"}], history, ""
+            yield (
+                [
+                    *shown,
+                    {"role": "assistant", "content": f"**Error**: cannot reach {cfg.endpoint}"},
+                ],
+                history,
+                "",
+            )
             return
         shown = [*shown, *chain_bubbles(text), final_bubble(answer, selfee)]
         yield shown, [*asked, {"role": "assistant", "content": answer}], ""
