@@ -3,10 +3,12 @@ talking to the SelFee endpoint on a local Ray Serve."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from ray import serve
 
 from conftest import deploy_selfee, free_port
@@ -14,7 +16,8 @@ from selfee.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
 from selfee_model import QUESTIONS
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
 
 
 def chromium() -> str:
@@ -32,36 +35,64 @@ def test_chain_bubbles_follow_the_selfee_headers() -> None:
     assert chain_bubbles(text)[2]["content"].endswith("Blood red.")
 
 
-def test_demo_shows_answer_feedback_and_revision_bubbles(
-    ray_session: None, selfee_model_dir: Path
-) -> None:
+def chat_in_browser(url: str, screenshot: Path) -> str:
+    """Send one question through the page; returns the chat's text once the final answer shows."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium(), headless=True, args=["--no-sandbox"]
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        page.goto(url, wait_until="load")
+        page.get_by_placeholder("Ask something…").fill(QUESTIONS[0])
+        page.get_by_role("button", name="Send").click()
+        page.get_by_text("Final answer").wait_for(timeout=60_000)
+        chat = page.locator("#selfee-chat").inner_text()
+        screenshot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return chat
+
+
+def check_bubbles(chat: str, screenshot: Path) -> None:
+    assert QUESTIONS[0] in chat
+    for title in ["Answer", "Feedback 1", "Revision 1", "Feedback 2", "Final answer"]:
+        assert title in chat
+    assert "because it was painted" in chat  # the revision's text made it to the page
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_selfee_demo_shows_answer_feedback_and_revision_bubbles(
+    ray_session: None, selfee_model_dir: Path
+) -> None:
+    """``selfee demo --endpoint URL``: Gradio's own server, talking to the Serve endpoint."""
     endpoint = deploy_selfee(selfee_model_dir)
     port = free_port()
     demo = build_demo(DemoConfig(endpoint=endpoint, port=port))
     demo.queue().launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
-    ARTIFACTS.mkdir(exist_ok=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium(), headless=True, args=["--no-sandbox"]
-            )
-            page = browser.new_page(viewport={"width": 1200, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
-            page.get_by_placeholder("Ask something…").fill(QUESTIONS[0])
-            page.get_by_role("button", name="Send").click()
-            page.get_by_text("Final answer").wait_for(timeout=60_000)
-            chat = page.locator("#selfee-chat").inner_text()
-            page.screenshot(path=str(ARTIFACTS / "demo-chat.png"), full_page=True)
-            browser.close()
+        chat = chat_in_browser(f"http://127.0.0.1:{port}/", ARTIFACTS / "demo-chat.png")
     finally:
         demo.close()
         serve.shutdown()
-    assert QUESTIONS[0] in chat
-    for title in ["Answer", "Feedback 1", "Revision 1", "Feedback 2", "Final answer"]:
-        assert title in chat
-    assert "because it was painted" in chat  # the revision's text made it to the page
-    assert (ARTIFACTS / "demo-chat.png").stat().st_size > 10_000
+    check_bubbles(chat, ARTIFACTS / "demo-chat.png")
+
+
+def test_demo_deployed_next_to_the_serve_app(ray_session: None, selfee_model_dir: Path) -> None:
+    """The demo application of ``configs/serve/selfee.yaml``, at /demo on the same port."""
+    endpoint = deploy_selfee(selfee_model_dir)
+    spec = yaml.safe_load((REPO / "configs" / "serve" / "selfee.yaml").read_text())
+    app_spec = next(a for a in spec["applications"] if a["name"] == "demo")
+    module, attr = app_spec["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    serve.run(builder({**app_spec["args"], "endpoint": endpoint}), name="demo",
+              route_prefix=app_spec["route_prefix"])  # fmt: skip
+    try:
+        url = endpoint.removesuffix("/v1") + app_spec["route_prefix"] + "/"
+        chat = chat_in_browser(url, ARTIFACTS / "demo-on-serve.png")
+    finally:
+        serve.shutdown()
+    check_bubbles(chat, ARTIFACTS / "demo-on-serve.png")

@@ -181,3 +181,41 @@ def test_bearer_token_auth(
         assert "sk-test-secret-1" not in app_args
     finally:
         serve.shutdown()
+
+
+def test_selfee_serve_command_serves_until_interrupted(
+    selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    """``selfee serve --model DIR`` in its own process, on its own embedded Ray."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "selfee.cli", "serve", "--model", str(selfee_model_dir),
+               "--port", str(port), "--ray.num-cpus", "2", "--no-ray.dashboard",
+               "--cpus-per-replica", "0.5", "--max-replicas", "1"]  # fmt: skip
+    log = tmp_path / "serve.log"  # a file, not a pipe: Ray's log lines would fill a pipe
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                if models.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, log.read_text()
+            time.sleep(1)
+        assert models.json()["data"][0]["id"] == "model"
+        done = client(f"http://127.0.0.1:{port}/v1").chat.completions.create(
+            model="model", messages=USER, extra_body={"min_revisions": 1}
+        )
+        assert done.model_extra["selfee"]["revisions_count"] >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert f"[serve] model at http://127.0.0.1:{port}/v1" in log.read_text()

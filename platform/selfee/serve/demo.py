@@ -134,3 +134,25 @@ def run_demo(cfg: DemoConfig) -> None:
     demo = build_demo(cfg)
     print(f"[demo] talking to {cfg.endpoint}; open http://{cfg.host}:{cfg.port}", flush=True)
     demo.queue().launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
+
+
+def demo_application(cfg: DemoConfig) -> Any:
+    """The demo as a Ray Serve app, next to the SelFee app (``configs/serve/selfee.yaml``):
+    the Gradio app mounted in a FastAPI app, served by one replica."""
+    from ray import serve
+
+    def build_asgi_app() -> Any:  # a plain function: Serve calls it on the replica
+        import gradio as gr
+        from fastapi import FastAPI
+
+        return gr.mount_gradio_app(FastAPI(), build_demo(cfg).queue(), path="/")
+
+    deployment = serve.deployment(
+        name="SelFeeDemo", num_replicas=1, ray_actor_options={"num_cpus": 0}
+    )(serve.ingress(build_asgi_app)())
+    return deployment.bind()
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Builder for ``serve run``: args are ``DemoConfig`` keys (``endpoint``)."""
+    return demo_application(DemoConfig.model_validate(args))
