@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# extra options for the quickstart, e.g. make quickstart ARGS=--serve
+ARGS ?=
 
 .PHONY: install quickstart test bench lint format clean chromium
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 quickstart: install
-	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml
+	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml $(ARGS)
 
 test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)

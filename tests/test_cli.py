@@ -93,3 +93,11 @@ def test_missing_instructions_file_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "nope.jsonl" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_configuration_docs_are_current() -> None:
+    from selfee.config_docs import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), (
+        "regenerate: python -m selfee.config_docs > docs/configuration.md"
+    )

@@ -100,26 +100,6 @@ class RayConfig(StageConfig):
     )
 
 
-class QuickstartConfig(StageConfig):
-    """The end-to-end slice that exists today: the offline teacher on Ray Serve writes
-    SelFee chains for a small instruction set, rendered and checked in the SelFee format."""
-
-    output_dir: Path = Field(Path("outputs/quickstart"), description="where results go")
-    instructions: Path | None = Field(
-        None, description="Instruction JSONL; empty uses the samples shipped with selfee"
-    )
-    max_iterations: int = Field(3, ge=1, le=20, description="answer + revisions per chain")
-    concurrency: int = Field(4, ge=1, le=256, description="records in flight at once")
-    serve_port: int = Field(
-        8000, ge=1, le=65535, description="Ray Serve HTTP port; the teacher is at /teacher/v1"
-    )
-    ray: RayConfig = Field(default_factory=RayConfig)
-    teacher: TeacherConfig = Field(
-        default_factory=TeacherConfig,
-        description="offline teacher settings (host and port are unused under Serve)",
-    )
-
-
 SourceName = Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # one list: collect.sources
 
 
@@ -438,6 +418,43 @@ class TrainConfig(StageConfig):
 
     def bf16(self) -> bool:
         return self.precision == "bf16" or (self.precision == "auto" and self.use_gpu)
+
+
+class QuickstartConfig(StageConfig):
+    """SelFee end to end on embedded Ray: the offline teacher on Ray Serve augments the
+    sample instructions, a tiny model trains on the chains, answers the sample questions
+    autonomously and with forced revisions, the teacher judges the two, the report compares."""
+
+    output_dir: Path = Field(Path("outputs/quickstart"), description="where results go")
+    instructions: Path | None = Field(
+        None, description="Instruction JSONL; empty uses the samples shipped with selfee"
+    )
+    questions: Path | None = Field(
+        None, description="evaluation questions (question.jsonl format); empty: the shipped ones"
+    )
+    max_iterations: int = Field(3, ge=1, le=20, description="answer + revisions per chain")
+    concurrency: int = Field(4, ge=1, le=256, description="records in flight at once")
+    tiny: TinyModelConfig = Field(
+        default_factory=lambda: TinyModelConfig(hidden_size=128, num_layers=2, vocab_size=1024),
+        description="the tiny model trained on the chains",
+    )
+    train_steps: int = Field(60, ge=1, description="optimizer steps of the tiny model")
+    learning_rate: float = Field(3e-3, gt=0, description="peak learning rate of the tiny model")
+    forced_revisions: int = Field(
+        3, ge=1, le=20, description="min_revisions of the second answer set"
+    )
+    max_new_tokens: int = Field(256, ge=16, description="tokens per answer, all revisions")
+    serve: bool = Field(
+        False, description="leave the model's endpoint and the Gradio demo running (Ctrl-C stops)"
+    )
+    serve_port: int = Field(
+        8000, ge=1, le=65535, description="Ray Serve HTTP port; the teacher is at /teacher/v1"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig,
+        description="offline teacher settings (host and port are unused under Serve)",
+    )
 
 
 class GenerationConfig(StageConfig):

@@ -1,8 +1,12 @@
-"""The end-to-end slice that exists today, on embedded Ray or a cluster.
+"""SelFee end to end on one machine (embedded Ray) or a cluster (``--ray.address``).
 
-Deploys the offline teacher as a Ray Serve app, has it answer, critique and revise a small
-instruction set (SelFee chains), renders every chain in the exact SelFee training format and
-checks that it parses back. Stages join this slice as they are built.
+The offline teacher runs as a Ray Serve app; it answers, critiques and revises the sample
+instructions (augment); a tiny LLaMA learns the chains (train, Ray Train + DeepSpeed); the
+model answers the sample questions twice — deciding by itself, then with forced revisions
+(infer, revision control); the teacher judges the two answer sets in both orders (judge)
+and the report compares them (table and plot). Each stage writes a manifest beside its
+output and is skipped when its inputs and config have not changed. ``--serve`` leaves the
+model's OpenAI-compatible endpoint and the Gradio demo running on Ray Serve.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ from typing import Any
 import httpx
 from ray import serve
 
+from selfee import lineage
 from selfee.augment.job import run_augment
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
-from selfee.config import AugmentConfig, QuickstartConfig, dump_config
+from selfee.config import (
+    AugmentConfig,
+    DemoConfig,
+    InferConfig,
+    JudgeConfig,
+    QuickstartConfig,
+    ServeConfig,
+    TrainConfig,
+    dump_config,
+)
 from selfee.ray_runtime import ray_runtime
-from selfee.records import read_jsonl, write_jsonl
+from selfee.records import read_jsonl
 from selfee.teacher.deployment import teacher_application
 
 TEACHER_APP = "offline-teacher"
@@ -31,8 +45,12 @@ def log(message: str) -> None:
     print(f"[quickstart] {message}", flush=True)
 
 
+def sample_path(name: str) -> Path:
+    return Path(str(resources.files("selfee") / "samples" / name))
+
+
 def sample_instructions_path() -> Path:
-    return Path(str(resources.files("selfee") / "samples" / "instructions.jsonl"))
+    return sample_path("instructions.jsonl")
 
 
 def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[str, Any]:
@@ -45,97 +63,205 @@ def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[s
         if c["outputs"] and not c["error"]:
             text = render_prompt(c["instruction"], c["input"]) + render_target(c["outputs"])
             round_trip_ok += parse(text).steps == c["outputs"]
-    usage = augmented["usage"]
     return {
-        "chains": augmented["rows"],
-        "errors": augmented["errors"],
-        "iterations": augmented["iterations"],
-        "stopped_at_max_iterations": augmented["stop_reasons"].get("max_iterations", 0),
+        "chains": augmented.get("rows", len(chains)),
+        "errors": augmented.get("errors", 0),
         "verdicts": dict(verdicts),
-        "requests": usage.get("requests", 0),
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "completion_tokens": usage.get("completion_tokens", 0),
         "round_trip_ok": round_trip_ok,
     }
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
-    source = cfg.instructions or sample_instructions_path()
-    if not any(True for _ in read_jsonl(source)):  # a bad file fails here, before Ray starts
-        raise ValueError(f"{source} holds no instructions")
+    instructions = cfg.instructions or sample_instructions_path()
+    questions = cfg.questions or sample_path("questions.jsonl")
+    for path, what in ((instructions, "instructions"), (questions, "questions")):
+        if not any(True for _ in read_jsonl(path)):  # a bad file fails before Ray starts
+            raise ValueError(f"{path} holds no {what}")
     out = Path(cfg.output_dir)
     t0 = time.monotonic()
+    stages: dict[str, dict[str, Any]] = {}
     with ray_runtime(cfg.ray) as started_ray:
+        quiet = {"log_level": "WARNING", "enable_access_log": False}
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": cfg.serve_port}, logging_config=quiet
+        )
         try:
-            quiet = {"log_level": "WARNING", "enable_access_log": False}
-            serve.start(
-                http_options={"host": "127.0.0.1", "port": cfg.serve_port}, logging_config=quiet
+            serve.run(teacher_application(cfg.teacher), name=TEACHER_APP,
+                      route_prefix="/teacher", logging_config=quiet)  # fmt: skip
+            teacher = f"http://127.0.0.1:{cfg.serve_port}/teacher/v1"
+            log(
+                f"1/6 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
             )
-            serve.run(
-                teacher_application(cfg.teacher),
-                name=TEACHER_APP,
-                route_prefix="/teacher",
-                logging_config=quiet,
-            )
-            base = f"http://127.0.0.1:{cfg.serve_port}/teacher"
-            log(f"offline teacher on Ray Serve at {base}/v1 (synthetic replies, not a real LLM)")
-            augment_cfg = AugmentConfig(
-                input=source,
-                output=out / "augment",
-                base_url=f"{base}/v1",
-                model=cfg.teacher.model,
-                max_iterations=cfg.max_iterations,
-                concurrency=cfg.concurrency,
-                progress_interval_s=5,
-                ray=cfg.ray,
-            )
-            augmented = run_augment(augment_cfg)
-            chains = list(read_jsonl(out / "augment" / "chains.jsonl"))
-            teacher_stats = httpx.get(f"{base}/stats", timeout=10).json()
+            stages = run_stages(cfg, out, instructions, questions, teacher)
+            teacher_stats = httpx.get(teacher.removesuffix("/v1") + "/stats", timeout=10).json()
+            if cfg.serve:
+                serve_model(cfg, out / "train" / "model", quiet)
         finally:
             if not started_ray:  # a Ray we joined keeps running: leave it as we found it
                 serve.delete(TEACHER_APP)
-
-    write_jsonl(
-        out / "sft_preview.jsonl",
-        (
-            {
-                "id": c["id"],
-                "prompt": render_prompt(c["instruction"], c["input"]),
-                "target": render_target(c["outputs"]),
-            }
-            for c in chains
-            if c["outputs"]
-        ),
-    )
+    chains = list(read_jsonl(out / "augment" / "chains.jsonl"))
     summary = {
-        **summarize(chains, augmented),
+        **summarize(chains, stages["augment"]["counts"]),
+        "stages": {
+            k: {"reused": v["reused"], "seconds": v["seconds"], "counts": v["counts"]}
+            for k, v in stages.items()
+        },
         "teacher": teacher_stats,
         "seconds": round(time.monotonic() - t0, 1),
         "config": dump_config(cfg),
-        "artifacts": {
-            "chains": str(out / "augment" / "chains.jsonl"),
-            "sft_preview": str(out / "sft_preview.jsonl"),
-            "summary": str(out / "summary.json"),
-        },
+        "artifacts": artifacts(out),
+        "lineage": [str(out / s / lineage.MANIFEST) for s in stages],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print_summary(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print_summary(summary, stages)
     return summary
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    log("done: the offline teacher wrote every chain (model 'offline-teacher': synthetic data)")
+def run_stages(
+    cfg: QuickstartConfig, out: Path, instructions: Path, questions: Path, teacher: str
+) -> dict[str, dict[str, Any]]:
+    stages: dict[str, dict[str, Any]] = {}
+    augment = AugmentConfig(
+        input=instructions, output=out / "augment", base_url=teacher, model=cfg.teacher.model,
+        max_iterations=cfg.max_iterations, concurrency=cfg.concurrency, progress_interval_s=5,
+        ray=cfg.ray,
+    )  # fmt: skip
+    chains = out / "augment" / "chains.jsonl"
+    log("2/6 augment: the teacher answers, critiques and revises every instruction")
+    stages["augment"] = lineage.run_stage(
+        "augment", out / "augment", {"instructions": instructions},
+        {**dump_config(augment), "teacher": dump_config(cfg.teacher)}, {"chains": chains},
+        lambda: _augment_counts(run_augment(augment)), log,
+    )  # fmt: skip
+
+    train = TrainConfig(
+        data=chains, model="tiny", tiny=cfg.tiny, output=out / "train", max_steps=cfg.train_steps,
+        global_batch_size=8, micro_batch_size=4, num_workers=2, max_length=1024,
+        learning_rate=cfg.learning_rate, warmup_ratio=0.05, checkpoint_every_steps=cfg.train_steps,
+        keep_checkpoints=1, overwrite=True, log_every_steps=10, ray=cfg.ray,
+    )  # fmt: skip
+    model = out / "train" / "model"
     log(
-        f"chains: {summary['chains']}  errors: {summary['errors']}  "
-        f"stopped at max_iterations: {summary['stopped_at_max_iterations']}"
+        f"3/6 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
     )
-    log(f"outputs per chain (answer + revisions): {summary['iterations']}")
-    log(f"verdicts: {summary['verdicts']}")
+    stages["train"] = lineage.run_stage(
+        "train", out / "train", {"chains": chains}, dump_config(train), {"model": model},
+        lambda: _train_counts(train), log,
+    )  # fmt: skip
+
+    answers = {}
+    for name, forced in (
+        ("autonomous", 0),
+        (f"{cfg.forced_revisions}-revisions", cfg.forced_revisions),
+    ):
+        answers[name] = out / "answers" / f"selfee-tiny-{name}.jsonl"
+        infer = InferConfig(
+            model=str(model), questions=questions, output=answers[name],
+            model_id=f"selfee-tiny-{name}", min_revisions=forced, max_new_tokens=cfg.max_new_tokens,
+            batch_size=8, concurrency=1, progress_interval_s=5, ray=cfg.ray,
+        )  # fmt: skip
+        log(f"4/6 infer ({name}): the model answers {questions.name} with revision control")
+        stages[f"infer-{name}"] = lineage.run_stage(
+            f"infer-{name}", out / "answers" / name, {"model": model, "questions": questions},
+            dump_config(infer), {"answers": answers[name]}, lambda infer=infer: _infer_counts(infer),
+            log,
+        )  # fmt: skip
+
+    judge = JudgeConfig(
+        questions=questions, answers=list(answers.values()), out_dir=out / "judge",
+        base_url=teacher, model=cfg.teacher.model, progress_interval_s=5, ray=cfg.ray,
+    )  # fmt: skip
+    names = [p.name.removesuffix(".jsonl") for p in answers.values()]
+    reviews = [out / "judge" / f"{a}_vs_{b}.jsonl" for a, b in (names, names[::-1])]
+    log("5/6 judge: the teacher compares the two answer sets, every question in both orders")
+    stages["judge"] = lineage.run_stage(
+        "judge", out / "judge", dict(zip(names, answers.values(), strict=True)),
+        dump_config(judge), {"reviews_ab": reviews[0], "reviews_ba": reviews[1]},
+        lambda: _judge_counts(judge), log,
+    )  # fmt: skip
+    log("6/6 report")
+    _report(reviews, questions, out / "judge" / "report.png")
+    return stages
+
+
+def _augment_counts(done: dict[str, Any]) -> dict[str, Any]:
+    return {k: done[k] for k in ("rows", "errors", "iterations") if k in done}
+
+
+def _train_counts(train: TrainConfig) -> dict[str, Any]:
+    from selfee.train.job import run_train
+
+    done = run_train(train)
+    return {k: done[k] for k in ("examples", "steps", "first_loss", "final_loss", "tokens_per_s")}
+
+
+def _infer_counts(infer: InferConfig) -> dict[str, Any]:
+    from selfee.infer.job import run_infer
+
+    done = run_infer(infer)
+    return {
+        k: done[k] for k in ("answers", "revisions", "forced_rewrites", "finish_reasons", "tokens")
+    }
+
+
+def _judge_counts(judge: JudgeConfig) -> dict[str, Any]:
+    from selfee.judge.job import run_judge
+
+    reports = run_judge(judge)
+    return {"reports": len(reports)}
+
+
+def _report(reviews: list[Path], questions: Path, plot: Path) -> None:
+    from selfee.judge import report
+
+    reports = report.build_report(reviews, questions)
+    print(report.format_table(reports), flush=True)
+    report.plot(reports, plot)
+
+
+def serve_model(cfg: QuickstartConfig, model: Path, quiet: dict[str, Any]) -> None:
+    """Leave the trained model's endpoint and the demo running until Ctrl-C."""
+    from selfee.serve.app import selfee_application
+    from selfee.serve.demo import demo_application
+
+    serve_cfg = ServeConfig(
+        model=model, model_name="selfee-tiny", max_replicas=1, cpus_per_replica=1
+    )
+    serve.run(selfee_application(serve_cfg), name="selfee", route_prefix="/", logging_config=quiet)
+    endpoint = f"http://127.0.0.1:{cfg.serve_port}/v1"
+    serve.run(demo_application(DemoConfig(endpoint=endpoint)), name="demo", route_prefix="/demo",
+              logging_config=quiet)  # fmt: skip
+    log(f"serving: OpenAI-compatible endpoint {endpoint} (model 'selfee-tiny')")
+    log(f"serving: Gradio demo http://127.0.0.1:{cfg.serve_port}/demo/ ; Ctrl-C stops both")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log("stopping the endpoint and the demo")
+
+
+def artifacts(out: Path) -> dict[str, str]:
+    names = {
+        "chains": out / "augment" / "chains.jsonl",
+        "model": out / "train" / "model",
+        "answers": out / "answers",
+        "reviews": out / "judge",
+        "report plot": out / "judge" / "report.png",
+        "summary": out / "summary.json",
+    }
+    return {k: str(v) for k, v in names.items()}
+
+
+def print_summary(summary: dict[str, Any], stages: dict[str, dict[str, Any]]) -> None:
+    log("done (teacher and judge: the OFFLINE TEACHER, synthetic replies — not real scores)")
     log(
-        f"teacher requests: {summary['requests']}  tokens: {summary['prompt_tokens']} prompt, "
-        f"{summary['completion_tokens']} completion"
+        f"chains: {summary['chains']}  errors: {summary['errors']}  verdicts: {summary['verdicts']}"
     )
     log(f"SelFee format round trip: {summary['round_trip_ok']}/{summary['chains']} chains")
+    for name, stage in stages.items():
+        how = "reused" if stage["reused"] else f"{stage['seconds']} s"
+        log(f"stage {name:22s} {how:>8s}  {json.dumps(stage['counts'], default=str)[:110]}")
+    log(f"total {summary['seconds']} s")
     for name, path in summary["artifacts"].items():
         log(f"{name:12s} {path}")
+    log("lineage (a manifest beside each stage's output): " + " → ".join(summary["lineage"]))

@@ -1,0 +1,85 @@
+"""Lineage: a manifest beside each stage's output, and reuse of outputs that are current.
+
+A manifest names the stage's inputs with their content hashes, its config, the code version,
+counts and timings. A stage whose inputs (by hash) and config are unchanged since its
+manifest was written, and whose outputs still exist, is not run again. Manifests chain:
+a stage's inputs are earlier stages' outputs, so the report can list the chain from raw
+data to reviews.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selfee import __version__
+
+MANIFEST = "manifest.json"
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"selfee {__version__}" + (f" ({commit})" if commit else "")
+
+
+def describe_inputs(inputs: dict[str, Path]) -> dict[str, dict[str, str]]:
+    return {name: {"path": str(p), "sha256": content_hash(p)} for name, p in inputs.items()}
+
+
+def run_stage(
+    name: str,
+    folder: Path,
+    inputs: dict[str, Path],
+    config: dict[str, Any],
+    outputs: dict[str, Path],
+    work: Callable[[], dict[str, Any]],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run ``work`` unless the manifest in ``folder`` says its outputs are current; write
+    the manifest after a run. Returns the manifest (``reused`` says which happened)."""
+    path = folder / MANIFEST
+    described = describe_inputs(inputs)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        same = old.get("inputs") == described and old.get("config") == config
+        if same and all(p.exists() for p in outputs.values()):
+            say(f"{name}: inputs and config unchanged since {old['finished']}, reusing {folder}")
+            return {**old, "reused": True}
+    started = time.time()
+    counts = work()
+    manifest = {
+        "stage": name,
+        "inputs": described,
+        "config": config,
+        "code": code_version(),
+        "outputs": {k: {"path": str(p), "sha256": content_hash(p)} for k, p in outputs.items()},
+        "counts": counts,
+        "seconds": round(time.time() - started, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return {**manifest, "reused": False}
