@@ -67,7 +67,7 @@ def run_stage(
         same = old.get("inputs") == described and old.get("config") == config
         if same and all(p.exists() for p in outputs.values()):
             say(f"{name}: inputs and config unchanged since {old['finished']}, reusing {folder}")
-            return {**old, "reused": True}
+            return {**old, "reused": True, "manifest": str(path)}
     started = time.time()
     counts = work()
     manifest = {
@@ -82,4 +82,4 @@ def run_stage(
     }
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return {**manifest, "reused": False}
+    return {**manifest, "reused": False, "manifest": str(path)}

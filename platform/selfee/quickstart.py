@@ -110,7 +110,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         "seconds": round(time.monotonic() - t0, 1),
         "config": dump_config(cfg),
         "artifacts": artifacts(out),
-        "lineage": [str(out / s / lineage.MANIFEST) for s in stages],
+        "lineage": [stage["manifest"] for stage in stages.values()],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print_summary(summary, stages)
