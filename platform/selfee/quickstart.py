@@ -180,7 +180,7 @@ def run_stages(
         lambda: _judge_counts(judge), log,
     )  # fmt: skip
     log("6/6 report")
-    _report(reviews, questions, out / "judge" / "report.png")
+    _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     return stages
 
 
@@ -211,12 +211,14 @@ def _judge_counts(judge: JudgeConfig) -> dict[str, Any]:
     return {"reports": len(reports)}
 
 
-def _report(reviews: list[Path], questions: Path, plot: Path) -> None:
+def _report(reviews: list[Path], questions: Path, plot: Path, judge_reused: bool) -> None:
     from selfee.judge import report
 
     reports = report.build_report(reviews, questions)
-    print(report.format_table(reports), flush=True)
+    if judge_reused:  # otherwise the judge job has just printed the table
+        print(report.format_table(reports), flush=True)
     report.plot(reports, plot)
+    log(f"plot: {plot}")
 
 
 def serve_model(cfg: QuickstartConfig, model: Path, quiet: dict[str, Any]) -> None:
