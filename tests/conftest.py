@@ -69,20 +69,25 @@ def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")
 
 
-def deploy_selfee(model_dir: Path, **args: object) -> str:
-    """Deploy the app the way ``serve run configs/serve/selfee.yaml`` does; returns /v1."""
+def deploy_from_serve_config(config_file: str, app: str, port: int, **overrides: object) -> str:
+    """Deploy one application of ``configs/serve/<config_file>`` the way ``serve run`` does
+    (its builder, args and route prefix; ``overrides`` win); returns its base URL."""
     import importlib
 
     import yaml
     from ray import serve
 
-    spec = yaml.safe_load((REPO / "configs" / "serve" / "selfee.yaml").read_text())
-    app_spec = spec["applications"][0]
+    spec = yaml.safe_load((REPO / "configs" / "serve" / config_file).read_text())
+    app_spec = next(a for a in spec["applications"] if a["name"] == app)
     module, attr = app_spec["import_path"].split(":")
     builder = getattr(importlib.import_module(module), attr)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = {**app_spec["args"], "model": str(model_dir), "max_replicas": 1,
-                "cpus_per_replica": 0.5, **args}  # fmt: skip
-    serve.run(builder(settings), name="selfee", route_prefix=app_spec["route_prefix"])
-    return f"http://127.0.0.1:{port}/v1"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})  # kept when Serve runs
+    serve.run(builder({**app_spec["args"], **overrides}), name=app,
+              route_prefix=app_spec["route_prefix"])  # fmt: skip
+    return f"http://127.0.0.1:{port}{app_spec['route_prefix'].rstrip('/')}"
+
+
+def deploy_selfee(model_dir: Path, **args: object) -> str:
+    """The SelFee app of ``configs/serve/selfee.yaml`` with a small replica; returns /v1."""
+    settings = {"model": str(model_dir), "max_replicas": 1, "cpus_per_replica": 0.5, **args}
+    return deploy_from_serve_config("selfee.yaml", "selfee", free_port(), **settings) + "/v1"

@@ -3,15 +3,13 @@ talking to the SelFee endpoint on a local Ray Serve."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from ray import serve
 
-from conftest import deploy_selfee, free_port
+from conftest import deploy_from_serve_config, deploy_selfee, free_port
 from selfee.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
 from selfee_model import QUESTIONS
@@ -84,15 +82,10 @@ def test_selfee_demo_shows_answer_feedback_and_revision_bubbles(
 def test_demo_deployed_next_to_the_serve_app(ray_session: None, selfee_model_dir: Path) -> None:
     """The demo application of ``configs/serve/selfee.yaml``, at /demo on the same port."""
     endpoint = deploy_selfee(selfee_model_dir)
-    spec = yaml.safe_load((REPO / "configs" / "serve" / "selfee.yaml").read_text())
-    app_spec = next(a for a in spec["applications"] if a["name"] == "demo")
-    module, attr = app_spec["import_path"].split(":")
-    builder = getattr(importlib.import_module(module), attr)
-    serve.run(builder({**app_spec["args"], "endpoint": endpoint}), name="demo",
-              route_prefix=app_spec["route_prefix"])  # fmt: skip
+    port = int(endpoint.split(":")[-1].split("/")[0])
+    demo_url = deploy_from_serve_config("selfee.yaml", "demo", port, endpoint=endpoint)
     try:
-        url = endpoint.removesuffix("/v1") + app_spec["route_prefix"] + "/"
-        chat = chat_in_browser(url, ARTIFACTS / "demo-on-serve.png")
+        chat = chat_in_browser(demo_url + "/", ARTIFACTS / "demo-on-serve.png")
     finally:
         serve.shutdown()
     check_bubbles(chat, ARTIFACTS / "demo-on-serve.png")

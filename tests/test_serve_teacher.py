@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
-from ray import serve
 
-from conftest import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import deploy_from_serve_config, free_port
 
 
 def test_serve_config_deploys_the_teacher(serve_cleanup: None) -> None:
-    spec = yaml.safe_load((REPO / "configs" / "serve" / "teacher.yaml").read_text())
-    app_spec = spec["applications"][0]
-    module, attr = app_spec["import_path"].split(":")
-    builder = getattr(importlib.import_module(module), attr)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(
-        builder({**app_spec["args"], "rpm": 3}),
-        name="teacher",
-        route_prefix=app_spec["route_prefix"],
-    )
-    base = f"http://127.0.0.1:{port}{app_spec['route_prefix']}"
+    base = deploy_from_serve_config("teacher.yaml", "offline-teacher", free_port(), rpm=3)
 
     async def go() -> None:
         client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=30)

@@ -218,8 +218,9 @@ COMMANDS = [
     ),
     Command(
         "quickstart",
-        "run the end-to-end slice on embedded Ray (or --ray.address): offline teacher on "
-        "Ray Serve, SelFee chains, format checks",
+        "SelFee end to end on embedded Ray (or --ray.address): offline teacher on Ray Serve, "
+        "augment, train a tiny model, infer autonomous and with forced revisions, judge, "
+        "report; --serve leaves the endpoint and the demo running",
         QuickstartConfig,
         _run_quickstart,
     ),

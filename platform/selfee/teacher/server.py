@@ -269,6 +269,20 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             "total_tokens": prompt_tokens + completion_tokens,
         }
 
+    def reply_json(
+        prefix: str, kind: str, choice: dict[str, Any], finish: str, used: dict[str, int]
+    ) -> JSONResponse:
+        body = {
+            "id": f"{prefix}-offline-{state.received}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": config.model,
+            "system_fingerprint": "offline-teacher",
+            "choices": [{"index": 0, **choice, "finish_reason": finish}],
+            "usage": used,
+        }
+        return JSONResponse(body, headers={"X-Offline-Teacher": "1"})
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body, refused = await gate(request, _validate_chat_body, lambda b: b["messages"])
@@ -279,24 +293,9 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             reply(messages, settings), body.get("max_tokens", body.get("max_completion_tokens"))
         )
         prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-offline-{state.received}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": config.model,
-                "system_fingerprint": "offline-teacher",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish_reason,
-                    }
-                ],
-                "usage": usage(prompt_tokens, count_tokens(content)),
-            },
-            headers={"X-Offline-Teacher": "1"},
-        )
+        choice = {"message": {"role": "assistant", "content": content}}
+        return reply_json("chatcmpl", "chat.completion", choice, finish_reason,
+                          usage(prompt_tokens, count_tokens(content)))  # fmt: skip
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -318,26 +317,9 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         text, finish_reason = truncate_tokens(text, body.get("max_tokens", 16))
         if finish_reason == "length":
             stop_reason = None
-        return JSONResponse(
-            {
-                "id": f"cmpl-offline-{state.received}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": config.model,
-                "system_fingerprint": "offline-teacher",
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": finish_reason,
-                        "stop_reason": stop_reason,
-                    }
-                ],
-                "usage": usage(count_tokens(prompt), count_tokens(text)),
-            },
-            headers={"X-Offline-Teacher": "1"},
-        )
+        choice = {"text": text, "logprobs": None, "stop_reason": stop_reason}
+        return reply_json("cmpl", "text_completion", choice, finish_reason,
+                          usage(count_tokens(prompt), count_tokens(text)))  # fmt: skip
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
