@@ -8,15 +8,13 @@ from pathlib import Path
 
 from conftest import free_port
 from selfee.chain import final_answer, parse, render_prompt, render_target
+from selfee.collect.sources import SOURCES
 from selfee.config import QuickstartConfig, TeacherConfig, TinyModelConfig
 from selfee.quickstart import run_quickstart, sample_instructions_path, sample_path
-from selfee.records import make_instruction, read_jsonl, write_jsonl
+from selfee.records import make_instruction, read_jsonl
 
 
 def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path: Path) -> None:
-    instructions = tmp_path / "instructions.jsonl"
-    rows = [make_instruction("alpaca", f"Explain idea number {i}.") for i in range(12)]
-    write_jsonl(instructions, rows)
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(
         json.dumps({"question_id": i, "text": f"Explain idea number {i}.", "category": c}) + "\n"
@@ -24,7 +22,9 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
     ))  # fmt: skip
     cfg = QuickstartConfig(
         output_dir=tmp_path / "out",
-        instructions=instructions,
+        instructions=None,  # collect from the sample sources
+        sample_rows=30,
+        collect_cap=2,
         questions=questions,
         max_iterations=2,
         tiny=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
@@ -37,13 +37,18 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
     summary = run_quickstart(cfg)
     out = tmp_path / "out"
 
+    rows = list(read_jsonl(out / "collect" / "instructions.jsonl"))  # Instruction contract
+    assert {r["dataset"] for r in rows} == set(SOURCES) and len(rows) == 2 * len(SOURCES)
+    for row in rows:
+        assert row == make_instruction(row["dataset"], row["instruction"], row["input"],
+                                       row["output"], **row["meta"])  # fmt: skip
     chains = list(read_jsonl(out / "augment" / "chains.jsonl"))  # Chain contract
     assert [c["id"] for c in chains] == [r["id"] for r in rows]
     for chain in chains:
         assert chain["error"] is None and chain["iteration"] == len(chain["outputs"]) >= 1
         text = render_prompt(chain["instruction"]) + render_target(chain["outputs"])
         assert parse(text).steps == chain["outputs"]
-    assert summary["round_trip_ok"] == 12
+    assert summary["round_trip_ok"] == len(rows)
 
     model = out / "train" / "model"  # a Hugging Face directory with our metadata
     assert (model / "config.json").is_file() and (model / "selfee.json").is_file()
@@ -67,7 +72,7 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
 
     manifests = [json.loads(Path(p).read_text()) for p in summary["lineage"]]
     assert [m["stage"] for m in manifests] == [
-        "augment", "train", "infer-autonomous", "infer-3-revisions", "judge",
+        "collect", "augment", "train", "infer-autonomous", "infer-3-revisions", "judge",
     ]  # fmt: skip
     # each stage's inputs are the outputs of the one before, by content hash
     produced = {o["sha256"] for m in manifests for o in m["outputs"].values()}

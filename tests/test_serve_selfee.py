@@ -199,17 +199,13 @@ def test_selfee_serve_command_serves_until_interrupted(
                "--cpus-per-replica", "0.5", "--max-replicas", "1"]  # fmt: skip
     log = tmp_path / "serve.log"  # a file, not a pipe: Ray's log lines would fill a pipe
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    ready = f"[serve] model at http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                if models.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log.read_text()
+        while ready not in log.read_text():  # printed once serve.run has returned
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(1)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30)
         assert models.json()["data"][0]["id"] == "model"
         done = client(f"http://127.0.0.1:{port}/v1").chat.completions.create(
             model="model", messages=USER, extra_body={"min_revisions": 1}
@@ -218,4 +214,4 @@ def test_selfee_serve_command_serves_until_interrupted(
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
-    assert f"[serve] model at http://127.0.0.1:{port}/v1" in log.read_text()
+    assert "selfee serve: interrupted" in log.read_text()

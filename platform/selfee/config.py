@@ -427,7 +427,13 @@ class QuickstartConfig(StageConfig):
 
     output_dir: Path = Field(Path("outputs/quickstart"), description="where results go")
     instructions: Path | None = Field(
-        None, description="Instruction JSONL; empty uses the samples shipped with selfee"
+        None,
+        description="Instruction JSONL to augment; empty: collect from the sample source files "
+        "(all ten formats) that selfee writes",
+    )
+    sample_rows: int = Field(200, ge=1, le=10000, description="rows written per sample source file")
+    collect_cap: int = Field(
+        6, ge=1, description="instructions kept per source (they are augmented and trained on)"
     )
     questions: Path | None = Field(
         None, description="evaluation questions (question.jsonl format); empty: the shipped ones"
@@ -438,7 +444,7 @@ class QuickstartConfig(StageConfig):
         default_factory=lambda: TinyModelConfig(hidden_size=128, num_layers=2, vocab_size=1024),
         description="the tiny model trained on the chains",
     )
-    train_steps: int = Field(60, ge=1, description="optimizer steps of the tiny model")
+    train_steps: int = Field(200, ge=1, description="optimizer steps of the tiny model")
     learning_rate: float = Field(3e-3, gt=0, description="peak learning rate of the tiny model")
     forced_revisions: int = Field(
         3, ge=1, le=20, description="min_revisions of the second answer set"

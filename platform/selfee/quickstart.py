@@ -1,7 +1,7 @@
 """SelFee end to end on one machine (embedded Ray) or a cluster (``--ray.address``).
 
-The offline teacher runs as a Ray Serve app; it answers, critiques and revises the sample
-instructions (augment); a tiny LLaMA learns the chains (train, Ray Train + DeepSpeed); the
+Sample source files in all ten formats are collected into instructions (collect, Ray Data);
+the offline teacher runs as a Ray Serve app and answers, critiques and revises them (augment); a tiny LLaMA learns the chains (train, Ray Train + DeepSpeed); the
 model answers the sample questions twice — deciding by itself, then with forced revisions
 (infer, revision control); the teacher judges the two answer sets in both orders (judge)
 and the report compares them (table and plot). Each stage writes a manifest beside its
@@ -24,13 +24,16 @@ from ray import serve
 from selfee import lineage
 from selfee.augment.job import run_augment
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
+from selfee.collect.samples import write_sample_sources
 from selfee.config import (
     AugmentConfig,
+    CollectConfig,
     DemoConfig,
     InferConfig,
     JudgeConfig,
     QuickstartConfig,
     ServeConfig,
+    SourceSpec,
     TrainConfig,
     dump_config,
 )
@@ -72,10 +75,9 @@ def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[s
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
-    instructions = cfg.instructions or sample_instructions_path()
     questions = cfg.questions or sample_path("questions.jsonl")
-    for path, what in ((instructions, "instructions"), (questions, "questions")):
-        if not any(True for _ in read_jsonl(path)):  # a bad file fails before Ray starts
+    for path, what in ((cfg.instructions, "instructions"), (questions, "questions")):
+        if path is not None and not any(True for _ in read_jsonl(path)):  # before Ray starts
             raise ValueError(f"{path} holds no {what}")
     out = Path(cfg.output_dir)
     t0 = time.monotonic()
@@ -90,9 +92,9 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                       route_prefix="/teacher", logging_config=quiet)  # fmt: skip
             teacher = f"http://127.0.0.1:{cfg.serve_port}/teacher/v1"
             log(
-                f"1/6 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
+                f"1/7 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
             )
-            stages = run_stages(cfg, out, instructions, questions, teacher)
+            stages = run_stages(cfg, out, questions, teacher)
             teacher_stats = httpx.get(teacher.removesuffix("/v1") + "/stats", timeout=10).json()
             if cfg.serve:
                 serve_model(cfg, out / "train" / "model", quiet)
@@ -118,16 +120,33 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def run_stages(
-    cfg: QuickstartConfig, out: Path, instructions: Path, questions: Path, teacher: str
+    cfg: QuickstartConfig, out: Path, questions: Path, teacher: str
 ) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, Any]] = {}
+    instructions = cfg.instructions
+    if instructions is None:
+        sources = write_sample_sources(out / "sources", cfg.sample_rows, cfg.teacher.seed)
+        collect = CollectConfig(
+            sources=[SourceSpec(name=name, path=path, cap=cfg.collect_cap)
+                     for name, path in sources.items()],
+            output=out / "collect", jsonl=True, seed=cfg.teacher.seed, ray=cfg.ray,
+        )  # fmt: skip
+        instructions = out / "collect" / "instructions.jsonl"
+        log(f"2/7 collect: {len(sources)} sample sources in their own formats -> instructions "
+            f"({cfg.collect_cap} per source)")  # fmt: skip
+        stages["collect"] = lineage.run_stage(
+            "collect", out / "collect", {"sources": out / "sources"}, dump_config(collect),
+            {"instructions": instructions}, lambda: _collect_counts(collect), log,
+        )  # fmt: skip
+    else:
+        log(f"2/7 collect: skipped, augmenting {instructions}")
     augment = AugmentConfig(
         input=instructions, output=out / "augment", base_url=teacher, model=cfg.teacher.model,
         max_iterations=cfg.max_iterations, concurrency=cfg.concurrency, progress_interval_s=5,
         ray=cfg.ray,
     )  # fmt: skip
     chains = out / "augment" / "chains.jsonl"
-    log("2/6 augment: the teacher answers, critiques and revises every instruction")
+    log("3/7 augment: the teacher answers, critiques and revises every instruction")
     stages["augment"] = lineage.run_stage(
         "augment", out / "augment", {"instructions": instructions},
         {**dump_config(augment), "teacher": dump_config(cfg.teacher)}, {"chains": chains},
@@ -142,7 +161,7 @@ def run_stages(
     )  # fmt: skip
     model = out / "train" / "model"
     log(
-        f"3/6 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
+        f"4/7 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
     )
     stages["train"] = lineage.run_stage(
         "train", out / "train", {"chains": chains}, dump_config(train), {"model": model},
@@ -160,7 +179,7 @@ def run_stages(
             model_id=f"selfee-tiny-{name}", min_revisions=forced, max_new_tokens=cfg.max_new_tokens,
             batch_size=8, concurrency=1, progress_interval_s=5, ray=cfg.ray,
         )  # fmt: skip
-        log(f"4/6 infer ({name}): the model answers {questions.name} with revision control")
+        log(f"5/7 infer ({name}): the model answers {questions.name} with revision control")
         stages[f"infer-{name}"] = lineage.run_stage(
             f"infer-{name}", out / "answers" / name, {"model": model, "questions": questions},
             dump_config(infer), {"answers": answers[name]}, lambda infer=infer: _infer_counts(infer),
@@ -173,15 +192,22 @@ def run_stages(
     )  # fmt: skip
     names = [p.name.removesuffix(".jsonl") for p in answers.values()]
     reviews = [out / "judge" / f"{a}_vs_{b}.jsonl" for a, b in (names, names[::-1])]
-    log("5/6 judge: the teacher compares the two answer sets, every question in both orders")
+    log("6/7 judge: the teacher compares the two answer sets, every question in both orders")
     stages["judge"] = lineage.run_stage(
         "judge", out / "judge", dict(zip(names, answers.values(), strict=True)),
         dump_config(judge), {"reviews_ab": reviews[0], "reviews_ba": reviews[1]},
         lambda: _judge_counts(judge), log,
     )  # fmt: skip
-    log("6/6 report")
+    log("7/7 report")
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     return stages
+
+
+def _collect_counts(collect: CollectConfig) -> dict[str, Any]:
+    from selfee.collect.job import run_collect
+
+    done = run_collect(collect)
+    return {"rows_in": done["rows_in"], "instructions": done["rows_out"]}
 
 
 def _augment_counts(done: dict[str, Any]) -> dict[str, Any]:
@@ -244,6 +270,7 @@ def serve_model(cfg: QuickstartConfig, model: Path, quiet: dict[str, Any]) -> No
 
 def artifacts(out: Path) -> dict[str, str]:
     names = {
+        "instructions": out / "collect" / "instructions.jsonl",
         "chains": out / "augment" / "chains.jsonl",
         "model": out / "train" / "model",
         "answers": out / "answers",

@@ -234,7 +234,8 @@ def serve_forever(cfg: ServeConfig) -> None:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
-        print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)")
+        print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)",
+              flush=True)  # fmt: skip
         print(f"[serve] try: curl {base}/chat/completions -H 'Content-Type: application/json' "
               """-d '{"messages": [{"role": "user", "content": "Hi"}], "min_revisions": 1}'""")  # fmt: skip
         if os.environ.get(API_KEY_ENV):
