@@ -91,3 +91,17 @@ def deploy_selfee(model_dir: Path, **args: object) -> str:
     """The SelFee app of ``configs/serve/selfee.yaml`` with a small replica; returns /v1."""
     settings = {"model": str(model_dir), "max_replicas": 1, "cpus_per_replica": 0.5, **args}
     return deploy_from_serve_config("selfee.yaml", "selfee", free_port(), **settings) + "/v1"
+
+
+def check_manifest(path: Path, stage: str) -> dict:
+    """A stage's manifest names its inputs and outputs with hashes that match the files."""
+    import json
+
+    from selfee.lineage import content_hash
+
+    manifest = json.loads(path.read_text())
+    assert manifest["stage"] == stage and manifest["inputs"] and manifest["outputs"]
+    assert manifest["code"].startswith("selfee ") and manifest["config"]
+    for entry in [*manifest["inputs"].values(), *manifest["outputs"].values()]:
+        assert content_hash(Path(entry["path"])) == entry["sha256"]
+    return manifest

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import check_manifest
 from selfee.augment.job import run_augment
 from selfee.augment.loop import STOP_MAX_ITERATIONS, STOP_NOT_NEEDED
 from selfee.chain import Verdict, detect_verdict, parse, render_prompt, render_target
@@ -53,6 +54,7 @@ def test_chains_meet_the_contract(ray_session, start_teacher, tmp_path: Path, ca
     teacher = start_teacher(needed_fraction=0.5, later_needed_fraction=0.5, latency_ms=20)
     path, rows = instructions(tmp_path)
     summary = run_augment(config(teacher, path, tmp_path / "out"))
+    check_manifest(tmp_path / "out" / "manifest.json", "augment")
     got = chains(tmp_path / "out")
     assert [c["id"] for c in got] == [r["id"] for r in rows]  # each input once, in order
     for chain, row in zip(got, rows, strict=True):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from collect_data import write_sources
+from conftest import check_manifest
 from selfee.collect.job import CollectError, run_collect
 from selfee.config import CollectConfig
 from selfee.records import read_rows
@@ -29,6 +30,8 @@ def config(sources: dict[str, Path], out: Path, **kwargs) -> CollectConfig:
 
 def test_all_sources_through_ray(ray_session: None, sources, tmp_path: Path) -> None:
     summary = run_collect(config(sources, tmp_path / "a", jsonl=True, flan_per_task=10))
+    manifest = check_manifest(tmp_path / "a" / "manifest.json", "collect")
+    assert manifest["counts"]["rows_out"] == summary["rows_out"]
     rows = read_rows(tmp_path / "a" / "instructions.parquet")
     assert rows == read_rows(tmp_path / "a" / "instructions.jsonl")
     assert {r["dataset"] for r in rows} == set(sources)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_manifest
 from selfee.chain import final_answer, parse
 from selfee.cli import main
 from selfee.config import ConfigError, InferConfig
@@ -46,6 +47,8 @@ def test_answers_in_the_fastchat_format_with_forced_revisions(
         assert meta["settings"]["min_revisions"] == 2 and meta["latency_s"] > 0
         assert meta["device"].startswith("cpu")
     assert summary["answers"] == 6 and summary["generated"] == 6 and not summary["failed"]
+    manifest = check_manifest(cfg.output.with_name("selfee-tiny.manifest.json"), "infer")
+    assert set(manifest["inputs"]) == {"questions", "model"}
     written = json.loads(cfg.output.with_name("selfee-tiny.summary.json").read_text())
     assert written["revisions"] == summary["revisions"]
 

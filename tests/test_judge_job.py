@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import check_manifest
 from selfee.config import ConfigError, JudgeConfig, RetryConfig
 from selfee.judge import parse_score
 from selfee.judge.job import run_judge
@@ -51,6 +52,9 @@ def test_both_orders_routing_failures_and_cache(ray_session, start_teacher, tmp_
         judge_unparseable_fraction=0.2, fault_rate=0.15, fault_kinds=["500"], seed=5
     )
     reports = run_judge(config(flaky, paths, out))
+    assert set(check_manifest(out / "manifest.json", "judge")["outputs"]) == {
+        "terse_vs_verbose", "verbose_vs_terse",
+    }  # fmt: skip
 
     ab = list(read_jsonl(out / "terse_vs_verbose.jsonl"))
     ba = list(read_jsonl(out / "verbose_vs_terse.jsonl"))

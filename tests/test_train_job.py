@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import check_manifest
 from selfee import chain
 from selfee.config import ConfigError, JobFailed, TrainConfig
 from selfee.records import write_jsonl
@@ -69,6 +70,8 @@ def test_zero3_run_learns_exports_and_generates(
         checkpoint_every_steps=18,
     )
     summary = run_train(cfg)
+    manifest = check_manifest(cfg.output / "manifest.json", "train")
+    assert manifest["counts"]["steps"] == 36 and set(manifest["outputs"]) == {"model"}
 
     assert summary["chains"] == 48 and summary["skipped_error_rows"] == 1
     assert summary["examples"] == 48 and summary["steps"] == 36

@@ -22,12 +22,20 @@ from selfee import __version__
 MANIFEST = "manifest.json"
 
 
+BIG_FILE = 256 << 20  # larger files (model weights) are fingerprinted by size and time
+
+
 def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, in order)."""
+    """sha256 of a file, or of a folder's files (names and contents, in order). Files over
+    256 MB count by size and modification time: hashing a 13B model would take minutes."""
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        stat = file.stat()
+        if stat.st_size > BIG_FILE:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -45,7 +53,7 @@ def code_version() -> str:
     return f"selfee {__version__}" + (f" ({commit})" if commit else "")
 
 
-def describe_inputs(inputs: dict[str, Path]) -> dict[str, dict[str, str]]:
+def describe_inputs(inputs: dict[str, Path]) -> dict[str, dict[str, str]]:  # also outputs
     return {name: {"path": str(p), "sha256": content_hash(p)} for name, p in inputs.items()}
 
 
@@ -70,16 +78,30 @@ def run_stage(
             return {**old, "reused": True, "manifest": str(path)}
     started = time.time()
     counts = work()
+    manifest = write_manifest(path, name, inputs, config, outputs, counts, time.time() - started)
+    return {**manifest, "reused": False, "manifest": str(path)}
+
+
+def write_manifest(
+    path: Path,
+    stage: str,
+    inputs: dict[str, Path],
+    config: dict[str, Any],
+    outputs: dict[str, Path],
+    counts: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """What a stage read (with hashes), how, and what it wrote; every job writes one."""
     manifest = {
-        "stage": name,
-        "inputs": described,
+        "stage": stage,
+        "inputs": describe_inputs({k: Path(v) for k, v in inputs.items() if Path(v).exists()}),
         "config": config,
         "code": code_version(),
-        "outputs": {k: {"path": str(p), "sha256": content_hash(p)} for k, p in outputs.items()},
+        "outputs": describe_inputs({k: Path(v) for k, v in outputs.items() if Path(v).exists()}),
         "counts": counts,
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    folder.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return {**manifest, "reused": False, "manifest": str(path)}
+    return manifest

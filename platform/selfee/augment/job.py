@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfee import journal
+from selfee import journal, lineage
 from selfee.augment import resume
 from selfee.augment.loop import LoopSettings, augment_record
 from selfee.config import AugmentConfig, ConfigError, dump_config
@@ -144,6 +144,11 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     }
     summary["config"] = dump_config(cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lineage.write_manifest(
+        out / lineage.MANIFEST, "augment", {"instructions": Path(str(cfg.input))},
+        summary["config"], {"chains": out / "chains.jsonl"},
+        {"rows": summary.get("rows"), "errors": summary.get("errors")}, summary["run"]["seconds"],
+    )  # fmt: skip
     print_summary(summary, out)
     if fatal:
         raise ConfigError(f"the endpoint refused the job: {fatal}; fix it and re-run to continue")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from selfee import lineage
 from selfee.collect import filters
 from selfee.collect.sources import SOURCES, BadRow, Skip, data_files, read_records
 from selfee.config import CollectConfig, dump_config
@@ -129,6 +130,12 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     write_outputs(instructions, summary, cfg)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     (cfg.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lineage.write_manifest(
+        cfg.output / lineage.MANIFEST, "collect",
+        {f"{i}:{spec.name}": spec.path for i, spec in enumerate(cfg.sources)}, summary["config"],
+        {k: Path(v) for k, v in summary["artifacts"].items() if k != "summary"},
+        {"rows_in": summary["rows_in"], "rows_out": summary["rows_out"]}, summary["seconds"],
+    )  # fmt: skip
     print_summary(summary)
     return summary
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from selfee import journal
+from selfee import journal, lineage
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
 from selfee.progress import format_duration
@@ -213,6 +213,15 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     (cfg.output.with_name(cfg.output.stem + ".summary.json")).write_text(
         json.dumps(summary, indent=2) + "\n"
     )
+    inputs = {"questions": cfg.questions} | (
+        {} if cfg.base_url else {"model": Path(str(cfg.model))}
+    )
+    lineage.write_manifest(
+        cfg.output.with_name(cfg.output.stem + ".manifest.json"), "infer", inputs,
+        summary["config"], {"answers": cfg.output},
+        {k: summary[k] for k in ("answers", "revisions", "forced_rewrites", "tokens")},
+        summary["seconds"],
+    )  # fmt: skip
     log(
         f"answers: {cfg.output} ({len(rows)} of {len(questions)}); revisions "
         f"{summary['revisions']}; finish reasons {summary['finish_reasons']}"

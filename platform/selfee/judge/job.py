@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from selfee import journal
+from selfee import journal, lineage
 from selfee.config import ConfigError, JudgeConfig, dump_config
 from selfee.judge import report
 from selfee.judge.scores import parse_score
@@ -155,6 +156,7 @@ def review_row(task: dict[str, Any], result: dict[str, Any], model: str, cached:
 
 
 def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
+    started = time.monotonic()
     out = Path(cfg.out_dir)
     with resolve_endpoint(cfg, log) as ep:
         tasks, (name_a, name_b), skipped = plan(cfg, ep.model)
@@ -193,6 +195,12 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
     print(report.format_table(reports), flush=True)
     summary = {"reports": reports, "offline_teacher": ep.offline, "config": dump_config(cfg)}
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    inputs = {"questions": Path(str(cfg.questions)), name_a: cfg.answers[0], name_b: cfg.answers[1]}
+    lineage.write_manifest(
+        out / lineage.MANIFEST, "judge", inputs, summary["config"],
+        {f.stem: f for f in files}, {"judgments": len(tasks), "unscored": len(unscored)},
+        time.monotonic() - started,
+    )  # fmt: skip
     if ep.offline:
         log("*** judged by the OFFLINE TEACHER: synthetic scores, not a real judge")
     return reports

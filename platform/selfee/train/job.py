@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from selfee import lineage
 from selfee.config import ConfigError, JobFailed, TrainConfig, dump_config
 from selfee.ray_runtime import ray_runtime
 from selfee.train import sft
@@ -127,6 +128,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "config": dump_config(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    inputs = {"chains": Path(cfg.data)} | ({} if cfg.model == "tiny" else {"base": Path(cfg.model)})
+    lineage.write_manifest(
+        out / lineage.MANIFEST, "train", inputs, summary["config"], {"model": Path(model_dir)},
+        {k: summary[k] for k in ("examples", "steps", "first_loss", "final_loss")},
+        summary["seconds"],
+    )  # fmt: skip
     log(
         f"done in {summary['seconds']} s: loss {summary['first_loss']:.3f} → "
         f"{summary['final_loss']:.3f} over {summary['steps']} steps"
