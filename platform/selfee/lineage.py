@@ -78,7 +78,9 @@ def run_stage(
             return {**old, "reused": True, "manifest": str(path)}
     started = time.time()
     counts = work()
-    manifest = write_manifest(path, name, inputs, config, outputs, counts, time.time() - started)
+    manifest = write_manifest(
+        path, name, inputs, config, outputs, counts, time.time() - started, described
+    )
     return {**manifest, "reused": False, "manifest": str(path)}
 
 
@@ -90,11 +92,16 @@ def write_manifest(
     outputs: dict[str, Path],
     counts: dict[str, Any],
     seconds: float,
+    described_inputs: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """What a stage read (with hashes), how, and what it wrote; every job writes one."""
+    """What a stage read (with hashes), how, and what it wrote; every job writes one.
+    ``described_inputs``: the inputs' hashes when the caller has them already."""
+    if described_inputs is None:
+        present = {k: Path(v) for k, v in inputs.items() if Path(v).exists()}
+        described_inputs = describe_inputs(present)
     manifest = {
         "stage": stage,
-        "inputs": describe_inputs({k: Path(v) for k, v in inputs.items() if Path(v).exists()}),
+        "inputs": described_inputs,
         "config": config,
         "code": code_version(),
         "outputs": describe_inputs({k: Path(v) for k, v in outputs.items() if Path(v).exists()}),

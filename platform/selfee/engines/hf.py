@@ -17,7 +17,6 @@ reference the cache-reusing path must match token for token.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,12 +127,6 @@ class HFEngine:
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         return cls(model.to(device), tokenizer)
-
-    @staticmethod
-    def metadata(path: str | Path) -> dict[str, Any]:
-        """``selfee.json`` of a model we trained ({} for other models)."""
-        file = Path(path) / "selfee.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
