@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,20 +21,14 @@ import ray
 from results import append_rows, machine
 from selfee.config import InferConfig
 from selfee.infer.job import run_infer
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny SelFee model recipe lives with the tests
-
-from selfee_model import QUESTIONS, train_selfee_model  # noqa: E402
+from tiny_model import QUESTIONS, add_model_option, model_dir
 
 RUNS = [(1, 1), (1, 8), (2, 8)]  # (actors, batch size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", type=Path, help="a SelFee model dir (default: train the tiny one)"
-    )
+    add_model_option(parser)
     parser.add_argument("--questions", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
@@ -43,7 +36,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = args.model or train_selfee_model(work / "model")
+        model = model_dir(args.model, work)
         questions = work / "question.jsonl"
         texts = [QUESTIONS[i % len(QUESTIONS)] + f" ({i})" for i in range(args.questions)]
         questions.write_text(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +29,7 @@ from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED, revision_header
 from selfee.engines.hf import HFEngine
 from selfee.revision import CompletionRequest, RevisionSettings, generate
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny SelFee model recipe lives with the tests
-
-from selfee_model import prompt, train_selfee_model  # noqa: E402
+from tiny_model import add_model_option, model_dir, prompt
 
 
 class NoEOSEngine(HFEngine):
@@ -102,15 +97,13 @@ def best(fn, repeats: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", type=Path, help="a SelFee model dir (default: train the tiny one)"
-    )
+    add_model_option(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or train_selfee_model(Path(tmp) / "model")
-        engine = HFEngine.load(model_dir, device="cpu", dtype="float32")
+        model = model_dir(args.model, Path(tmp))
+        engine = HFEngine.load(model, device="cpu", dtype="float32")
         text = prompt(0)
         rows = []
         for n in args.lengths:

@@ -26,9 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny SelFee model recipe lives with the tests
-
 QUESTION = "What color is the car?"
 MALFORMED = [
     {"model": "selfee"},
@@ -112,19 +109,17 @@ def main() -> None:
     from selfee.engines.hf import HFEngine
     from selfee.revision import CompletionRequest
     from selfee.serve.app import selfee_application
-    from selfee_model import train_selfee_model
+    from tiny_model import add_model_option, model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", type=Path, help="a SelFee model dir (default: train the tiny one)"
-    )
+    add_model_option(parser)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     today, where = datetime.date.today(), machine()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or train_selfee_model(Path(tmp) / "model")
+        model = model_dir(args.model, Path(tmp))
 
         def deploy(batch: int) -> str:
             serve.shutdown()
