@@ -33,8 +33,13 @@ def log(message: str) -> None:
     print(f"[infer] {message}", flush=True)
 
 
+def generation_settings(cfg: GenerationConfig) -> dict[str, Any]:
+    """The revision-control and sampling keys of a config, as plain data."""
+    return {key: getattr(cfg, key) for key in SETTINGS_KEYS}
+
+
 def revision_settings(cfg: GenerationConfig, seed_offset: int = 0) -> RevisionSettings:
-    values = {key: getattr(cfg, key) for key in SETTINGS_KEYS}
+    values = generation_settings(cfg)
     values["seed"] += seed_offset
     return RevisionSettings(**values)
 
@@ -58,7 +63,7 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
 
 def model_fingerprint(cfg: InferConfig) -> str:
     """What decides the answers: the model (its files' sizes and times), engine, settings."""
-    parts: dict[str, Any] = {"settings": {k: getattr(cfg, k) for k in SETTINGS_KEYS}}
+    parts: dict[str, Any] = {"settings": generation_settings(cfg)}
     if cfg.base_url:
         parts["endpoint"] = [cfg.base_url, cfg.model]
     else:
@@ -147,7 +152,7 @@ def _result_fields(result: RevisionResult) -> dict[str, Any]:
 
 def answer_row(row: dict[str, Any], cfg: InferConfig, model_id: str, fingerprint: str) -> dict:
     result = row["result"]
-    settings = {k: getattr(cfg, k) for k in SETTINGS_KEYS}
+    settings = generation_settings(cfg)
     answer_id = hashlib.sha256(f"{model_id}:{row['question_id']}:{fingerprint}".encode())
     return {
         "question_id": row["question_id"],
