@@ -127,6 +127,34 @@ def test_faults_lose_nothing_and_errors_can_be_retried(
     )
 
 
+def test_a_damaged_journal_is_resumed_row_by_row(
+    ray_session, start_teacher, tmp_path: Path
+) -> None:
+    """Rows that break the Chain contract, and a line torn inside a UTF-8 character, are
+    skipped, counted and run again; nothing else is asked for twice."""
+    teacher = start_teacher()
+    path, rows = instructions(tmp_path, n=8)
+    out = tmp_path / "out"
+    run_augment(config(teacher, path, out))
+    journal = out / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    broken = [{"id": first["id"]},  # the id alone (a KeyError traceback before)
+              {**second, "outputs": "finished"}]  # wrong type: was trusted as finished
+    journal.write_bytes(b"".join(lines[2:]) + b"".join(
+        json.dumps(b).encode() + b"\n" for b in broken) + "{\"id\": \"日".encode()[:-1])  # fmt: skip
+    asked_before = httpx.get(f"{teacher.url}/stats").json()["requests"]
+    summary = run_augment(config(teacher, path, out))
+    assert summary["run"]["journal_skipped"] == {"unreadable": 1, "invalid": 2}
+    assert summary["run"]["rows_run"] == 2 and summary["complete"] == len(rows)
+    got = chains(out)
+    assert [c["id"] for c in got] == [r["id"] for r in rows]
+    assert all(isinstance(c["outputs"], list) and c["outputs"] for c in got)
+    redone = [c for c in got if c["id"] in {first["id"], second["id"]}]
+    asked = httpx.get(f"{teacher.url}/stats").json()["requests"] - asked_before
+    assert asked == sum(c["usage"]["requests"] for c in redone)
+
+
 def test_long_inputs_fit_the_teachers_context(ray_session, start_teacher, tmp_path: Path) -> None:
     teacher = start_teacher(context_tokens=1200)
     rows = [

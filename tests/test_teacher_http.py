@@ -149,9 +149,10 @@ def test_latency_is_added(start_teacher) -> None:
     [
         ({}, "'messages' must be a non-empty list"),
         ({"messages": "hi"}, "'messages' must be a non-empty list"),
-        ({"messages": [{"role": "user"}]}, "messages[0].content must be a string"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content is required"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content must be a string"),
         ({"messages": USER, "stream": True}, "does not stream"),
-        ({"messages": USER, "max_tokens": 0}, "'max_tokens' must be a positive integer"),
+        ({"messages": USER, "max_tokens": 0}, "'max_tokens' must be between 1 and"),
     ],
 )
 def test_bad_requests_get_openai_style_400(start_teacher, body: dict, message: str) -> None:

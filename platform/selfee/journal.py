@@ -1,8 +1,10 @@
 """Append-only JSON Lines journals: results saved the moment they exist, read back after a crash.
 
 One writer (the driver) appends a row per finished item and flushes it at once; a crash or
-Ctrl-C loses only the items in flight. A line torn by a crash is skipped when read and cut
-off before the next append. Later rows for the same ``id`` win.
+Ctrl-C loses only the items in flight. A line torn by a crash (even inside a multi-byte
+character) is skipped when read and cut off before the next append. Rows are checked
+against their contract (a pydantic model) before they are trusted: a row that fails is
+skipped, counted, and its item runs again. Later rows for the same ``id`` win.
 """
 
 from __future__ import annotations
@@ -10,28 +12,61 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from pydantic import BaseModel, ValidationError
 
 FSYNC_EVERY_S = 2.0
 
 
-def read_journal(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """(id → latest row, number of unreadable lines skipped)."""
-    rows: dict[str, dict[str, Any]] = {}
-    bad = 0
+@dataclass
+class JournalRows:
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # id → latest valid row
+    unreadable: int = 0  # lines that are not JSON (torn by a crash, or not UTF-8)
+    invalid: int = 0  # JSON rows that break the contract: their items run again
+
+    @property
+    def skipped(self) -> int:
+        return self.unreadable + self.invalid
+
+    def describe(self, path: Path) -> str:
+        """One line for the log, or "" when nothing was skipped."""
+        if not self.skipped:
+            return ""
+        return (
+            f"{path}: skipped {self.unreadable} unreadable line(s) (a crash mid-write) and "
+            f"{self.invalid} row(s) that break their contract; their items run again"
+        )
+
+
+def read_journal(path: Path, contract: type[BaseModel] | None = None) -> JournalRows:
+    """The rows of a journal, each checked against ``contract`` when given."""
+    found = JournalRows()
     if not path.exists():
-        return rows, bad
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+        return found
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-                rows[row["id"]] = row
-            except (json.JSONDecodeError, KeyError, TypeError):
-                bad += 1
-    return rows, bad
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                found.unreadable += 1
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                found.invalid += 1
+                continue
+            if contract is not None:
+                try:
+                    contract.model_validate(row)
+                except ValidationError:
+                    found.invalid += 1
+                    found.rows.pop(row["id"], None)  # an earlier valid row is superseded
+                    continue
+            found.rows[row["id"]] = row
+    return found
 
 
 class Journal:

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, model_validator
+
 INSTRUCTION_FIELDS = ("id", "dataset", "instruction", "input", "output", "meta")
 
 
@@ -41,6 +43,38 @@ def make_instruction(
         "output": output,
         "meta": meta,
     }
+
+
+class ChainOutput(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    output: str
+    feedback: str
+
+
+class ChainRow(BaseModel):
+    """The Chain contract (augment's output), checked before a journaled row is trusted."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str
+    dataset: str
+    instruction: str
+    input: str
+    output: str
+    outputs: list[ChainOutput]
+    iteration: NonNegativeInt
+    iteration_truncated: bool
+    usage: dict[str, NonNegativeInt] | None = None
+    error: str | None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChainRow:
+        if self.iteration != len(self.outputs):
+            raise ValueError(f"iteration {self.iteration} != {len(self.outputs)} outputs")
+        if self.error is None and not self.outputs:
+            raise ValueError("a chain without error needs at least one output")
+        return self
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:

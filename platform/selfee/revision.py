@@ -41,6 +41,7 @@ FinishReason = Literal["eos", "verdict", "max_revisions", "budget"]
 EngineFinish = Literal["stop", "eos", "length"]
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM's _SAMPLING_EPS)
 SEGMENT_STOPS = ("\n\n### Feedback", "\n\n### Revision")  # with stream_segments
 
 

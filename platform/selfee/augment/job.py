@@ -23,7 +23,7 @@ from selfee.config import AugmentConfig, ConfigError, dump_config
 from selfee.llm import TeacherCall
 from selfee.llm_job import LLMWorker, ResolvedEndpoint, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress, format_duration
-from selfee.records import instruction_id, read_rows
+from selfee.records import ChainRow, instruction_id, read_rows
 
 
 def log(message: str) -> None:
@@ -112,9 +112,10 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
 
     with resolve_endpoint(cfg, log) as ep:
         resume.check_settings(out, run_settings(cfg, ep.model), cfg.overwrite)
-        done, bad_lines = journal.read_journal(out / resume.JOURNAL)
-        if bad_lines:
-            log(f"skipped {bad_lines} unreadable journal lines (a crash mid-write)")
+        saved = journal.read_journal(out / resume.JOURNAL, ChainRow)
+        if saved.skipped:
+            log(saved.describe(out / resume.JOURNAL))
+        done = saved.rows
         todo = resume.pending(inputs, done, cfg.retry_errors)
         previous = sum(1 for row in inputs if row["id"] in done)
         if previous:
@@ -142,6 +143,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
         "model": ep.model,
         "offline_teacher": ep.offline,
     }
+    summary["run"]["journal_skipped"] = {"unreadable": saved.unreadable, "invalid": saved.invalid}
     summary["config"] = dump_config(cfg)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     lineage.write_manifest(

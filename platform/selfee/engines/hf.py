@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from selfee.revision import Completion, CompletionRequest
+from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
 
@@ -141,6 +141,15 @@ class HFEngine:
         keys = [r.key for r in requests]
         if len(set(keys)) != len(keys):
             raise ValueError("requests in one batch need different keys")
+        try:
+            return self._complete_batch(requests, keys)
+        except BaseException:  # a half-done call leaves the cache unknown: start over
+            self._rows, self._cache = [], None
+            raise
+
+    def _complete_batch(
+        self, requests: Sequence[CompletionRequest], keys: list[str]
+    ) -> list[Completion]:
         self._select_rows(keys)
         steps = [self._plan(i, request) for i, request in enumerate(requests)]
         if not self.reuse_cache:
@@ -244,9 +253,11 @@ class HFEngine:
 
     def _sample(self, logits: torch.Tensor, step: _Step) -> int:
         request = step.request
-        if request.temperature <= 0:
+        if request.temperature < GREEDY_BELOW:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / request.temperature, dim=-1)
+        if not torch.isfinite(probs).all():  # overflow at an extreme temperature: greedy
+            return int(torch.argmax(logits))
         if request.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= request.top_p

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, NonNegativeInt
+
 from selfee import journal, lineage
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
@@ -27,6 +29,32 @@ from selfee.records import read_jsonl, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
 
 SETTINGS_KEYS = tuple(GenerationConfig.model_fields)
+
+
+class JournaledResult(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    text: str
+    whole_generation: str
+    revisions: NonNegativeInt
+    forced_rewrites: NonNegativeInt
+    tokens: NonNegativeInt
+    prompt_tokens: NonNegativeInt
+    finish_reason: str
+    calls: NonNegativeInt
+
+
+class JournaledAnswer(BaseModel):
+    """A journal row, checked before it is trusted (a bad one is generated again)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str
+    question_id: Any
+    result: JournaledResult
+    latency_s: float
+    device: str
+    fingerprint: str
 
 
 def log(message: str) -> None:
@@ -185,12 +213,10 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     journal_path = cfg.output.with_name(cfg.output.stem + ".journal.jsonl")
     if cfg.overwrite:
         journal_path.unlink(missing_ok=True)
-    saved, _ = journal.read_journal(journal_path)
-    done = {
-        key: row
-        for key, row in saved.items()
-        if row.get("fingerprint") == fingerprint and "result" in row
-    }
+    saved = journal.read_journal(journal_path, JournaledAnswer)
+    if saved.skipped:
+        log(saved.describe(journal_path))
+    done = {key: row for key, row in saved.rows.items() if row["fingerprint"] == fingerprint}
     work = []
     for index, q in enumerate(questions):
         key = json.dumps(q["question_id"])
@@ -215,6 +241,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     write_jsonl(cfg.output, rows)
     summary = _summary(rows, len(questions), failed, time.monotonic() - started, cfg)
     summary["generated"] = len(work) - len(failed)
+    summary["journal_skipped"] = {"unreadable": saved.unreadable, "invalid": saved.invalid}
     (cfg.output.with_name(cfg.output.stem + ".summary.json")).write_text(
         json.dumps(summary, indent=2) + "\n"
     )

@@ -14,7 +14,9 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from selfee import journal, lineage
 from selfee.config import ConfigError, JudgeConfig, dump_config
@@ -27,6 +29,17 @@ from selfee.progress import Progress
 from selfee.records import read_jsonl, write_jsonl
 
 CACHE = "judge_cache.jsonl"
+
+
+class CachedJudgment(BaseModel):
+    """A cached judgment, checked before it is reused (a bad one is asked again)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: str
+    text: str
+    score: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
+    error: None = None
 UNSCORED = [-1.0, -1.0]  # what FastChat's review files hold for a failed judgment
 
 
@@ -165,7 +178,10 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
         if not tasks:
             raise ConfigError("no question has an answer in both files")
         out.mkdir(parents=True, exist_ok=True)
-        cache, _ = journal.read_journal(out / CACHE)
+        saved = journal.read_journal(out / CACHE, CachedJudgment)
+        if saved.skipped:
+            log(saved.describe(out / CACHE))
+        cache = saved.rows
         results = {t["id"]: cache[t["id"]] for t in tasks if t["id"] in cache}
         todo = [t for t in tasks if t["id"] not in results]
         log(

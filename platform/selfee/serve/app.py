@@ -12,13 +12,13 @@ string, in the signatures of the ingress's methods.
 """
 
 import asyncio
-import hashlib
-import hmac
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,11 +27,22 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from selfee import openai_wire as wire
 from selfee.config import ServeConfig
 from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
 
 API_KEY_ENV = "SELFEE_API_KEY"
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """A step the engine could not run, for that request alone (its batch goes on)."""
+
+    status: int  # 400: the request's fault (its context is full); 500: ours
+    message: str
+    code: str | None = None
 
 
 class SelFeeModel:
@@ -47,19 +58,21 @@ class SelFeeModel:
         self.steps = 0
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def step(self, requests: list[CompletionRequest]) -> list[Completion | str]:
+    async def step(self, requests: list[CompletionRequest]) -> list[Completion | StepFailed]:
         self.batches = [*self.batches[-99:], len(requests)]
         self.steps += len(requests)
         try:
             return await asyncio.to_thread(self.engine.complete_batch, requests)
-        except ValueError:  # one request is at fault: run them one by one to find it
-            out: list[Completion | str] = []
-            for request in requests:
-                try:
-                    out += await asyncio.to_thread(self.engine.complete_batch, [request])
-                except ValueError as e:
-                    out.append(str(e))
-            return out
+        except Exception as e:  # one request is at fault: run them one by one to find it
+            if len(requests) == 1:
+                return [_step_failed(requests[0], e)]
+        out: list[Completion | StepFailed] = []
+        for request in requests:
+            try:
+                out += await asyncio.to_thread(self.engine.complete_batch, [request])
+            except Exception as e:
+                out.append(_step_failed(request, e))
+        return out
 
     def count_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
@@ -72,6 +85,14 @@ class SelFeeModel:
 
     def steps_taken(self) -> int:
         return self.steps
+
+
+def _step_failed(request: CompletionRequest, error: Exception) -> StepFailed:
+    """What a request that failed alone gets; the traceback goes to the replica's log."""
+    if isinstance(error, ValueError):  # the engine's word: the prompt fills the context
+        return StepFailed(400, str(error), "context_length_exceeded")
+    logger.error("a model step failed (request %s)", request.key, exc_info=error)
+    return StepFailed(500, "the model failed on this request; it was not retried")
 
 
 app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
@@ -87,8 +108,7 @@ class OpenAIIngress:
         self.name = cfg.served_name()
         # the key's hash travels in the app's arguments (the dashboard shows them); the
         # replica's own environment may hold the key too
-        key = os.environ.get(API_KEY_ENV)
-        self.key_sha256 = hashlib.sha256(key.encode()).hexdigest() if key else key_sha256
+        self.key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV)) or key_sha256
         self.limits: api.Limits | None = None
 
     async def _limits(self) -> api.Limits:
@@ -102,8 +122,7 @@ class OpenAIIngress:
     def _refused(self, request: Request) -> JSONResponse | None:
         if self.key_sha256 is None:
             return None
-        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if hmac.compare_digest(hashlib.sha256(sent.encode()).hexdigest(), self.key_sha256):
+        if wire.bearer_matches(request.headers.get("authorization"), self.key_sha256):
             return None
         error = api.APIError(
             401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
@@ -135,10 +154,7 @@ class OpenAIIngress:
         if (refused := self._refused(request)) is not None:
             return refused
         try:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise api.APIError(400, "the request body is not valid JSON") from None
+            body = await wire.read_body(request.stream(), request.headers.get("content-length"))
             limits = await self._limits()
             wanted = api.parse_request(body, limits, chat)
             prompt_tokens = await self.model.count_tokens.remote(wanted.prompt)
@@ -171,29 +187,33 @@ class OpenAIIngress:
 
     async def _feed(self, controller: RevisionController, step: CompletionRequest) -> None:
         done = await self.model.step.remote(step)
-        if isinstance(done, str):  # the engine refused it (the context is full)
-            raise api.APIError(400, done, code="context_length_exceeded")
+        if isinstance(done, StepFailed):
+            raise api.APIError(done.status, done.message, code=done.code)
         controller.feed(done)
 
     async def _stream(
         self, request: Request, controller: RevisionController, request_id: str, chat: bool,
         prompt_tokens: int,
     ) -> AsyncIterator[str]:  # fmt: skip
+        """Every stream ends with its final chunk or an error event, then ``[DONE]``."""
         yield api.chunk(request_id, self.name, chat, "" if chat else None, None, {"text": ""})
         started = time.monotonic()
         try:
             while (step := controller.next_request()) is not None:
                 await self._feed(controller, step)
                 yield api.chunk(request_id, self.name, chat, None, None, {"text": controller.text})
+            result = controller.result()
+            selfee = {**api.selfee_object(result), "usage": api.usage(result, prompt_tokens),
+                      "latency_s": round(time.monotonic() - started, 3)}  # fmt: skip
+            yield api.chunk(
+                request_id, self.name, chat, result.final_answer, api.openai_finish(result), selfee
+            )
         except api.APIError as e:
             yield f"data: {json.dumps(e.body())}\n\n"
-            return
-        result = controller.result()
-        selfee = {**api.selfee_object(result), "latency_s": round(time.monotonic() - started, 3),
-                  "usage": api.usage(result, prompt_tokens)}  # fmt: skip
-        yield api.chunk(
-            request_id, self.name, chat, result.final_answer, api.openai_finish(result), selfee
-        )
+        except Exception:
+            logger.exception("stream %s failed", request_id)
+            failed = api.APIError(500, "the stream failed on the server; it was not retried")
+            yield f"data: {json.dumps(failed.body())}\n\n"
         yield api.DONE
 
 
@@ -210,8 +230,7 @@ def selfee_application(cfg: ServeConfig) -> Application:
         max_ongoing_requests=max(cfg.max_batch_size * 2, 4),
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
     ).bind(cfg)
-    key = os.environ.get(API_KEY_ENV)
-    key_sha256 = hashlib.sha256(key.encode()).hexdigest() if key else None
+    key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV))
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
     ).bind(model, cfg, key_sha256)

@@ -1,8 +1,9 @@
 """The OpenAI wire format for a SelFee model: request checks, prompts, responses, chunks.
 
-Pure functions, so every 4xx case is testable without Ray. A request either becomes a
-``GenerationRequest`` or raises ``APIError`` (status, message naming the field, OpenAI
-error type); nothing a client sends may end in a 500.
+Pure functions, so every 4xx case is testable without Ray. A request is checked by
+``selfee.openai_wire`` (the request models and their bounds, shared with the offline
+teacher) and becomes a ``GenerationRequest``, or raises ``APIError`` (status, message
+naming the field, OpenAI error type); nothing a client sends may end in a 5xx.
 
 ``content`` (``text`` for completions) is the final answer; the ``selfee`` object carries
 the chain. Streaming sends the chain as it grows in ``selfee.text`` (a rewrite may change
@@ -18,27 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from selfee import openai_wire as wire
 from selfee.chain import final_answer, render_prompt
+from selfee.openai_wire import APIError
 from selfee.revision import RevisionResult, RevisionSettings
 
-ROLES = ("system", "user", "assistant")
-
-
-class APIError(Exception):
-    def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "invalid_request_error"}.get(
-            self.status, "invalid_request_error"
-        )
-        return {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        }
-
+__all__ = ["APIError", "GenerationRequest", "Limits", "chat_prompt", "parse_request"]
 
 @dataclass(frozen=True)
 class Limits:
@@ -58,8 +44,9 @@ class GenerationRequest:
 
 def chat_prompt(messages: list[dict[str, str]]) -> str:
     """The SelFee prompt for a conversation: earlier turns keep only their final answer
-    (as upstream did); system messages are not part of SelFee's format and are left out."""
-    turns = [m for m in messages if m["role"] != "system"]
+    (as upstream did); system (and developer) messages are not part of SelFee's format and
+    are left out."""
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
     prompt = ""
     for i, message in enumerate(turns):
         if message["role"] == "user":
@@ -75,85 +62,33 @@ def chat_prompt(messages: list[dict[str, str]]) -> str:
 
 
 def parse_request(body: Any, limits: Limits, chat: bool) -> GenerationRequest:
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and model != limits.model_name:
+    """A checked request (``selfee.openai_wire``'s models and bounds) as revision settings."""
+    model = wire.ChatRequest if chat else wire.CompletionsRequest
+    request = wire.validate(
+        model, body, max_context=limits.max_context, max_revisions=limits.max_revisions
+    )
+    if request.model is not None and request.model != limits.model_name:
         raise APIError(
-            404, f"model '{model}' does not exist; this server has '{limits.model_name}'",
+            404, f"model '{request.model}' does not exist; this server has '{limits.model_name}'",
             "model", "model_not_found",
         )  # fmt: skip
-    prompt = _chat_messages(body) if chat else _completion_prompt(body)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be true or false", "stream")
-    if body.get("n", 1) != 1:
-        raise APIError(400, "'n' must be 1: one chain per request", "n")
-    max_tokens = _integer(body, "max_tokens", limits.max_new_tokens, 1, limits.max_context)
-    if chat and "max_completion_tokens" in body:
-        max_tokens = _integer(body, "max_completion_tokens", max_tokens, 1, limits.max_context)
-    min_revisions = _integer(body, "min_revisions", 0, 0, limits.max_revisions)
-    max_revisions = _integer(body, "max_revisions", None, 0, limits.max_revisions)
-    if max_revisions is not None and min_revisions > max_revisions:
-        raise APIError(
-            400, f"min_revisions ({min_revisions}) is above max_revisions ({max_revisions})",
-            "min_revisions",
-        )  # fmt: skip
-    temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0:
-        raise APIError(400, "'top_p' must be above 0", "top_p")
-    seed = _integer(body, "seed", 0, -(2**63), 2**63 - 1)
-    settings = RevisionSettings(min_revisions, max_revisions, max_tokens, temperature, top_p, seed)
-    return GenerationRequest(prompt, settings, stream, chat)
-
-
-def _chat_messages(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list of messages", "messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise APIError(
-                400, f"messages[{i}] needs a 'role' among {', '.join(ROLES)}", "messages"
-            )
-        if not isinstance(message.get("content"), str):
-            raise APIError(400, f"messages[{i}].content must be a string", "messages")
-    if messages[-1]["role"] != "user":
-        raise APIError(400, "the last message must come from the user", "messages")
-    return chat_prompt(messages)
-
-
-def _completion_prompt(body: dict[str, Any]) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str) or not prompt:
-        raise APIError(400, "'prompt' must be a non-empty string", "prompt")
-    # an instruction alone gets the SelFee prompt; a SelFee prompt is taken as it is
-    return prompt if "### Answer:" in prompt else render_prompt(prompt)
-
-
-def _integer(body: dict[str, Any], key: str, default: Any, low: int, high: int) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"'{key}' must be an integer (got {json.dumps(value)})", key)
-    if not low <= value <= high:
-        raise APIError(400, f"'{key}' must be between {low} and {high} (got {value})", key)
-    return value
-
-
-def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise APIError(400, f"'{key}' must be a number (got {json.dumps(value)})", key)
-    if not low <= value <= high:
-        raise APIError(400, f"'{key}' must be between {low:g} and {high:g} (got {value})", key)
-    return float(value)
+    if isinstance(request, wire.ChatRequest):
+        if request.messages[-1].role != "user":
+            raise APIError(400, "the last message must come from the user", "messages")
+        prompt = chat_prompt([m.model_dump() for m in request.messages])
+    else:
+        # an instruction alone gets the SelFee prompt; a SelFee prompt is taken as it is
+        text = request.prompt_text
+        prompt = text if "### Answer:" in text else render_prompt(text)
+    settings = RevisionSettings(
+        min_revisions=request.min_revisions,
+        max_revisions=request.max_revisions,
+        max_new_tokens=request.wanted_tokens or limits.max_new_tokens,
+        temperature=request.greedy_temperature(),
+        top_p=request.top_p,
+        seed=request.seed or 0,
+    )
+    return GenerationRequest(prompt, settings, request.stream, chat)
 
 
 # --- responses ------------------------------------------------------------------------

@@ -16,13 +16,15 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from selfee import openai_wire as wire
 from selfee.config import TeacherConfig
 from selfee.teacher.replies import (
     ReplySettings,
@@ -33,6 +35,7 @@ from selfee.teacher.replies import (
 )
 
 WINDOW_S = 60.0
+Checked = TypeVar("Checked", bound=wire.SamplingRequest)
 BANNER = (
     "OFFLINE TEACHER: deterministic synthetic replies for tests and demos, not a real LLM. "
     "Configure a real endpoint and API key for real data."
@@ -126,55 +129,16 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _validate_chat_body(body: Any) -> str | None:
-    """A message for the first thing wrong with a chat request, or None."""
-    if not isinstance(body, dict):
-        return "the request body must be a JSON object"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty list"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return f"messages[{i}] must be an object with a string 'role'"
-        if not isinstance(message.get("content"), str):
-            return f"messages[{i}].content must be a string"
-    if body.get("stream"):
-        return "the offline teacher does not stream; send 'stream': false"
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        return "'max_tokens' must be a positive integer"
-    return None
+def _no_stream(request: wire.SamplingRequest) -> wire.SamplingRequest:
+    if request.stream:
+        raise wire.APIError(400, "the offline teacher does not stream; send 'stream': false",
+                            "stream")  # fmt: skip
+    return request
 
 
-def _validate_completion_body(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "the request body must be a JSON object"
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        return "'prompt' must be a string (or a list of one string)"
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
-    ):
-        return "'stop' must be a string or a list of strings"
-    if body.get("stream"):
-        return "the offline teacher does not stream; send 'stream': false"
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        return "'max_tokens' must be a positive integer"
-    return None
-
-
-def _prompt_text(body: dict[str, Any]) -> str:
-    prompt = body["prompt"]
-    return prompt[0] if isinstance(prompt, list) else prompt
-
-
-def context_tokens(messages: list[dict[str, str]]) -> int:
+def context_tokens(texts: list[str]) -> int:
     """What a prompt costs against the context window: 4 bytes a token, as BPE on English."""
-    return sum(math.ceil(len(m["content"].encode("utf-8")) / 4) + 3 for m in messages)
+    return sum(math.ceil(len(text.encode("utf-8")) / 4) + 3 for text in texts)
 
 
 def create_app(config: TeacherConfig | None = None) -> FastAPI:
@@ -193,7 +157,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     def check_key(request: Request) -> JSONResponse | None:
         if required_key is None:
             return None
-        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        sent = wire.bearer_token(request.headers.get("authorization"))
         if sent == required_key:
             return None
         return openai_error(
@@ -204,8 +168,8 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         )
 
     async def gate(
-        request: Request, validate: Any, prompt_of: Any
-    ) -> tuple[dict[str, Any] | None, Response | None]:
+        request: Request, model: type[Checked], prompt_of: Callable[[Checked], list[str]]
+    ) -> tuple[Checked | None, Response | None]:
         """Key, rate limit, body checks, context, latency and injected faults: (body, None)
         when the request may be answered, else (None, the response to send)."""
         now = time.time()
@@ -222,16 +186,12 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             )
         fault = state.draw_fault()
         try:
-            body = await request.json()
-        except ValueError:
-            return None, openai_error(
-                400, "the request body is not valid JSON", "invalid_request_error"
-            )
-        problem = validate(body)
-        if problem:
-            return None, openai_error(400, problem, "invalid_request_error")
+            raw = await wire.read_body(request.stream(), request.headers.get("content-length"))
+            body = _no_stream(wire.validate(model, raw))
+        except wire.APIError as e:
+            return None, JSONResponse(e.body(), status_code=e.status)
         if config.context_tokens is not None:
-            wanted = context_tokens(prompt_of(body)) + (body.get("max_tokens") or 0)
+            wanted = context_tokens(prompt_of(body)) + (body.wanted_tokens or 0)
             if wanted > config.context_tokens:
                 state.context_rejected += 1
                 return None, openai_error(
@@ -285,13 +245,13 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body, refused = await gate(request, _validate_chat_body, lambda b: b["messages"])
+        body, refused = await gate(
+            request, wire.ChatRequest, lambda b: [m.content for m in b.messages]
+        )
         if body is None:
             return refused  # type: ignore[return-value]
-        messages = body["messages"]
-        content, finish_reason = truncate_tokens(
-            reply(messages, settings), body.get("max_tokens", body.get("max_completion_tokens"))
-        )
+        messages = [m.model_dump() for m in body.messages]
+        content, finish_reason = truncate_tokens(reply(messages, settings), body.wanted_tokens)
         prompt_tokens = sum(count_tokens(m["content"]) for m in messages)
         choice = {"message": {"role": "assistant", "content": content}}
         return reply_json("chatcmpl", "chat.completion", choice, finish_reason,
@@ -301,20 +261,16 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
     async def completions(request: Request) -> Response:
         """The teacher as a SelFee model: continues a SelFee prompt (``selfee.revision``'s
         engine protocol: stop strings, and ``stop_reason`` saying which one matched)."""
-        body, refused = await gate(
-            request, _validate_completion_body, lambda b: [{"content": _prompt_text(b)}]
-        )
+        body, refused = await gate(request, wire.CompletionsRequest, lambda b: [b.prompt_text])
         if body is None:
             return refused  # type: ignore[return-value]
-        prompt = _prompt_text(body)
+        prompt = body.prompt_text
         text = selfee_continuation(prompt, settings)
-        stop = body.get("stop") or []
-        stops = [stop] if isinstance(stop, str) else stop
-        hits = sorted((text.find(s), s) for s in stops if s and s in text)
+        hits = sorted((text.find(s), s) for s in body.stops() if s and s in text)
         stop_reason = None
         if hits:
             text, stop_reason = text[: hits[0][0]], hits[0][1]
-        text, finish_reason = truncate_tokens(text, body.get("max_tokens", 16))
+        text, finish_reason = truncate_tokens(text, body.max_tokens or 16)
         if finish_reason == "length":
             stop_reason = None
         choice = {"text": text, "logprobs": None, "stop_reason": stop_reason}
