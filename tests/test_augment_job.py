@@ -139,8 +139,10 @@ def test_a_damaged_journal_is_resumed_row_by_row(
     journal = out / "journal.jsonl"
     lines = journal.read_bytes().splitlines(keepends=True)
     first, second = json.loads(lines[0]), json.loads(lines[1])
-    broken = [{"id": first["id"]},  # the id alone (a KeyError traceback before)
-              {**second, "outputs": "finished"}]  # wrong type: was trusted as finished
+    broken = [
+        {"id": first["id"]},  # the id alone (a KeyError traceback before)
+        {**second, "outputs": "finished"},
+    ]  # wrong type: was trusted as finished
     journal.write_bytes(b"".join(lines[2:]) + b"".join(
         json.dumps(b).encode() + b"\n" for b in broken) + "{\"id\": \"日".encode()[:-1])  # fmt: skip
     asked_before = httpx.get(f"{teacher.url}/stats").json()["requests"]

@@ -127,6 +127,41 @@ def test_cli_user_errors_have_no_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
 
 
+def test_unreadable_source_files_are_one_line_errors_or_counted_skips(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """Binary, Latin-1 and absurdly nested files: one line naming the file and line (no Ray
+    traceback), or with skip_bad_rows a counted skip while the good rows go on."""
+    good = json.dumps({"question": "What is 1+1?", "answer": "2\n#### 2"})
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(
+        (good + "\n" + '{"question": "Café?", "answer": "#### 1"}\n').encode("latin-1")
+    )
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    nested_line = tmp_path / "nested_line.jsonl"
+    nested_line.write_text(good + "\n" + '{"question": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    expected = {binary: f"{binary}: a binary file", latin1: f"{latin1}:2: not UTF-8 text (byte 0xe9",
+                nested: f"{nested}: JSON nested too deeply",
+                nested_line: f"{nested_line}:2: JSON nested too deeply"}  # fmt: skip
+    for path, message in expected.items():
+        done = subprocess.run([sys.executable, "-m", "selfee.cli", "collect", "--source",
+                               f"gsm8k={path}", "--output", str(tmp_path / "o"),
+                               "--ray.num-cpus", "1", "--no-ray.dashboard"],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 1, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if "selfee collect: error:" in line]
+        assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "RayTaskError" not in done.stderr
+    cfg = {"sources": [f"gsm8k={p}" for p in expected], "output": str(tmp_path / "s"),
+           "skip_bad_rows": True}  # fmt: skip
+    summary = run_collect(CollectConfig.model_validate(cfg))
+    assert summary["sources"]["gsm8k"] == {"rows_in": 6, "rows_out": 1,
+                                           "dropped": {"malformed": 4, "duplicate": 1}}  # fmt: skip
+
+
 def test_cap_holds_for_identical_rows_without_dedup(ray_session: None, tmp_path: Path) -> None:
     """Identical rows share an id; a cap counts rows, not ids."""
     same = [{"instruction": "Name a colour.", "input": "", "output": "red"}] * 4

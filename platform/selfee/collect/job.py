@@ -33,17 +33,25 @@ def log(message: str) -> None:
 
 
 def read_file(task: dict[str, Any]) -> list[dict[str, Any]]:
-    """Raw rows of one file, JSON-encoded so that every block has the same Arrow schema."""
+    """Raw rows of one file, JSON-encoded so that every block has the same Arrow schema.
+    What cannot be read becomes a bad row naming its place, never an exception."""
     rows = []
-    for location, raw in read_records(Path(task["file"])):
+
+    def add(location: str, raw: Any) -> None:
+        if not isinstance(raw, BadRow):
+            try:
+                raw = json.dumps(raw, ensure_ascii=False, default=str)
+            except (RecursionError, ValueError):
+                raw = BadRow(f"{location}: a row nested too deeply to read")
         bad = isinstance(raw, BadRow)
-        rows.append({
-            "source": task["source"],
-            "order": task["order"],
-            "location": location,
-            "raw": str(raw) if bad else json.dumps(raw, ensure_ascii=False, default=str),
-            "bad": bad,
-        })  # fmt: skip
+        rows.append({"source": task["source"], "order": task["order"], "location": location,
+                     "raw": str(raw) if bad else raw, "bad": bad})  # fmt: skip
+
+    try:
+        for location, raw in read_records(Path(task["file"])):
+            add(location, raw)
+    except OSError as e:
+        add(task["file"], BadRow(f"{task['file']}: cannot read it ({e.strerror or e})"))
     return rows
 
 
@@ -74,10 +82,15 @@ def shape_batch(batch: pd.DataFrame) -> pd.DataFrame:
         else:
             try:
                 record = json.dumps(shape_row(source, json.loads(raw)), ensure_ascii=False)
+                record.encode("utf-8")  # a lone surrogate ("\ud800" in the JSON) cannot be saved
             except Skip as skip:
                 status, reason = "skip", skip.reason
             except BadRow as e:
                 status, reason = "bad", f"{location}: {e}"
+            except UnicodeEncodeError:
+                status, reason = "bad", f"{location}: text with a lone surrogate (not Unicode)"
+            except (RecursionError, TypeError, AttributeError, KeyError) as e:  # odd shapes
+                status, reason = "bad", f"{location}: not a {source} row ({type(e).__name__})"
         out.append((source, order, location, status, reason, record))
     return pd.DataFrame(out, columns=["source", "order", "location", "status", "reason", "record"])
 

@@ -49,37 +49,70 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, raw row) for a JSON array, JSON Lines, a single JSON object or Parquet.
 
     Unparseable rows come back as ``(location, BadRow)`` so the caller decides whether to
-    stop or count them.
+    stop or count them; a file that is not UTF-8 JSON text (binary, Latin-1, nested past
+    the parser's depth) gives a ``BadRow`` naming the file and line, never an exception.
     """
     for file in data_files(path):
         if file.suffix == ".parquet":
             yield from _read_parquet(file)
             continue
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
+        if b"\x00" in data[:8192]:
+            yield str(file), BadRow(f"{file}: a binary file, not JSON or JSON Lines text")
+            continue
+        text = data.decode("utf-8-sig", errors="surrogateescape")  # bad bytes kept, marked
         stripped = text.lstrip()
-        if stripped.startswith("["):
+        lines = text.splitlines()
+        whole = stripped.startswith("[") or (
+            stripped.startswith("{") and len([ln for ln in lines if ln.strip()]) > 1
+        )  # a JSON array, or one pretty-printed object (MATH's one-file-per-problem layout)
+        if whole:
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
-                yield f"{file}:{e.lineno}", BadRow(f"{file}:{e.lineno}: invalid JSON ({e.msg})")
+                rows = None  # "{" lines: JSON Lines after all
+                if stripped.startswith("["):
+                    yield _not_utf8(file, lines) or (
+                        f"{file}:{e.lineno}",
+                        BadRow(f"{file}:{e.lineno}: invalid JSON ({e.msg})"),
+                    )
+                    continue
+            except RecursionError:
+                yield str(file), BadRow(f"{file}: JSON nested too deeply to read")
                 continue
-            for i, row in enumerate(rows):
-                yield f"{file}[{i}]", row
-            continue
-        lines = text.splitlines()
-        if stripped.startswith("{") and len([ln for ln in lines if ln.strip()]) > 1:
-            try:  # one pretty-printed object, as in MATH's one-file-per-problem layout
-                yield str(file), json.loads(text)
+            if rows is not None:
+                if (bad := _not_utf8(file, lines)) is not None:
+                    yield bad
+                elif isinstance(rows, list):
+                    yield from ((f"{file}[{i}]", row) for i, row in enumerate(rows))
+                else:
+                    yield str(file), rows
                 continue
-            except json.JSONDecodeError:
-                pass
         for n, line in enumerate(lines, 1):
             if not line.strip():
+                continue
+            if (bad := _not_utf8(file, [line], n)) is not None:
+                yield bad
                 continue
             try:
                 yield f"{file}:{n}", json.loads(line)
             except json.JSONDecodeError as e:
                 yield f"{file}:{n}", BadRow(f"{file}:{n}: invalid JSON ({e.msg})")
+            except RecursionError:
+                yield f"{file}:{n}", BadRow(f"{file}:{n}: JSON nested too deeply to read")
+
+
+def _not_utf8(file: Path, lines: list[str], first: int = 1) -> tuple[str, BadRow] | None:
+    """The first line holding bytes that are not UTF-8 (decoded as lone surrogates)."""
+    for n, line in enumerate(lines, first):
+        at = next((i for i, ch in enumerate(line) if "\udc80" <= ch <= "\udcff"), None)
+        if at is not None:
+            byte = ord(line[at]) - 0xDC00
+            return f"{file}:{n}", BadRow(
+                f"{file}:{n}: not UTF-8 text (byte 0x{byte:02x} at column {at + 1}); "
+                "save the file as UTF-8"
+            )
+    return None
 
 
 def _read_parquet(file: Path) -> Iterator[tuple[str, Any]]:

@@ -40,6 +40,8 @@ class CachedJudgment(BaseModel):
     text: str
     score: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
     error: None = None
+
+
 UNSCORED = [-1.0, -1.0]  # what FastChat's review files hold for a failed judgment
 
 

@@ -26,6 +26,7 @@ from selfee.revision import RevisionResult, RevisionSettings
 
 __all__ = ["APIError", "GenerationRequest", "Limits", "chat_prompt", "parse_request"]
 
+
 @dataclass(frozen=True)
 class Limits:
     model_name: str
