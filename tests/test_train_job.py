@@ -133,6 +133,62 @@ def test_a_failed_run_resumes_on_request_and_only_unchanged(
     assert again["checkpoints"] != summary["checkpoints"]  # a new run never restores the old
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_blocks_nothing(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(JobFailed):  # killed at step 1; the first checkpoint is at step 3
+        run_train(tiny_config(chains_file, out, fault_injection_step=1, max_failures=0))
+    assert (out / "run.json").is_file()
+    with pytest.raises(ConfigError, match="holds no run with a checkpoint to continue"):
+        run_train(tiny_config(chains_file, out, resume=True))
+    summary = run_train(tiny_config(chains_file, out, max_steps=3, learning_rate=1e-3))
+    assert summary["steps"] == 3 and summary["restarts"] == 0
+
+
+def test_unusable_data_is_refused_before_ray_starts(
+    chains_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import selfee.train.job
+
+    monkeypatch.setattr(selfee.train.job, "ray_runtime", lambda *a: pytest.fail("Ray started"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    all_errors = tmp_path / "errors.jsonl"
+    write_jsonl(all_errors, [{"id": "a", "instruction": "x", "outputs": [], "error": "timeout"}])
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(
+        chains_file.read_bytes().splitlines()[0]
+        + b"\n"
+        + '{"instruction": "Café"}\n'.encode("latin-1")
+    )
+    for data, message in [
+        (empty, "holds no chains to train on"),
+        (all_errors, "all 1 rows carry an error (re-run augment with --retry-errors)"),
+        (latin1, f"{latin1}:2 is not UTF-8 text (byte 0xe9"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            run_train(tiny_config(data, tmp_path / data.stem))
+        assert not (tmp_path / data.stem / "run.json").exists()  # nothing recorded
+
+
+def test_the_default_deepspeed_config_ships_with_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selfee.train.model import load_deepspeed_config
+
+    monkeypatch.chdir(tmp_path)  # not the repository
+    for stage, name in ((2, TrainConfig().deepspeed), (3, Path("zero3"))):
+        shipped = load_deepspeed_config(name)
+        assert shipped["zero_optimization"]["stage"] == stage
+        # configs/deepspeed/ holds the same files, for users to copy and edit
+        assert shipped == json.loads(
+            (REPO / "configs" / "deepspeed" / f"zero{stage}.json").read_text()
+        )
+    with pytest.raises(FileNotFoundError, match="zero2 / zero3 for the ones the package ships"):
+        load_deepspeed_config("zero9")
+
+
 def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(
     ray_session: None, chains_file: Path, tmp_path: Path
 ) -> None:

@@ -370,7 +370,8 @@ class TrainConfig(StageConfig):
         "auto", description="'auto': bf16 on GPUs, fp32 on CPUs"
     )
     deepspeed: Path = Field(
-        Path("configs/deepspeed/zero2.json"), description="DeepSpeed JSON ('auto' keys are filled)"
+        Path("zero2"),
+        description="DeepSpeed JSON ('auto' keys are filled), or zero2 / zero3: the package's own",
     )
     gradient_checkpointing: bool = Field(True, description="recompute activations (less memory)")
     epochs: int = Field(3, ge=1, description="passes over the data (SelFee: 3)")

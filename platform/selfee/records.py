@@ -78,13 +78,22 @@ class ChainRow(BaseModel):
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n} is not valid JSON: {e.msg}") from None
+    """Rows of a JSON Lines file; a bad line is a ``ValueError`` naming the file and line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}:{n} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the file as UTF-8"
+                ) from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{n} is JSON nested too deeply to read") from None
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -51,23 +51,28 @@ def file_sha256(path: Path) -> str:
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Everything a user can get wrong (data, DeepSpeed config, output folder) is checked
+    before Ray starts and before the output folder records a run."""
     if cfg.data is None:
         raise ConfigError("give the chains to train on: --data outputs/augment/chains.jsonl")
+    rows, skipped = sft.read_chains(cfg.data)
+    if not rows:
+        why = f": all {skipped} rows carry an error (re-run augment with --retry-errors)"
+        raise ConfigError(f"{cfg.data} holds no chains to train on{why if skipped else ''}")
+    raw_ds_config = load_deepspeed_config(cfg.deepspeed)
     out = Path(cfg.output)
     storage = cfg.storage_path or str((out / "checkpoints").resolve())
     fingerprint = {
         "config": {k: v for k, v in dump_config(cfg).items() if k not in RESUMABLE_CHANGES},
-        "data_sha256": file_sha256(Path(cfg.data)) if Path(cfg.data).is_file() else None,
+        "data_sha256": file_sha256(Path(cfg.data)),
     }
-    run_name, resuming = prepare_output(cfg, out, fingerprint)
-    rows, skipped = sft.read_chains(cfg.data)
+    run_name, resuming = prepare_output(cfg, out, fingerprint, storage)
     log(
         f"{len(rows)} chains from {cfg.data}"
         + (f" ({skipped} error rows skipped)" if skipped else "")
     )
 
     tokenizer, spec = make_tokenizer_and_spec(cfg, rows, out, resuming)
-    raw_ds_config = load_deepspeed_config(cfg.deepspeed)
     settings = worker_settings(cfg, spec, raw_ds_config, tokenizer.pad_token_id)
     t0 = time.monotonic()
     with ray_runtime(cfg.ray) as started_ray:
@@ -167,14 +172,25 @@ def worker_settings(
     return TrainSettings(**same_names, **derived)
 
 
-def prepare_output(cfg: TrainConfig, out: Path, fingerprint: dict[str, Any]) -> tuple[str, bool]:
+def prepare_output(
+    cfg: TrainConfig, out: Path, fingerprint: dict[str, Any], storage: str
+) -> tuple[str, bool]:
     """(the Ray Train run name, whether an earlier run is being resumed).
 
     One run per output folder. A new run gets a new name, so a shared ``storage_path``
-    never hands it the checkpoints of a run that ``--overwrite`` discarded.
+    never hands it the checkpoints of a run that ``--overwrite`` discarded. A run that
+    ended before its first checkpoint left nothing to resume: the next run starts over.
     """
     run_file = out / RUN_FILE
-    earlier = json.loads(run_file.read_text()) if run_file.is_file() else None
+    earlier = _read_run_file(run_file)
+    if earlier is not None and not cfg.overwrite and not _has_checkpoint(storage, earlier):
+        log(f"the earlier run in {out} ended before its first checkpoint: starting over")
+        earlier = None
+    if earlier is None and cfg.resume:
+        raise ConfigError(
+            f"--resume: {out} holds no run with a checkpoint to continue; leave out --resume "
+            "to start one"
+        )
     if earlier is not None and cfg.overwrite:
         for part in ("checkpoints", "model", "tokenizer", RUN_FILE, "summary.json"):
             target = out / part
@@ -207,6 +223,21 @@ def prepare_output(cfg: TrainConfig, out: Path, fingerprint: dict[str, Any]) -> 
     run_name = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_file.write_text(json.dumps({**fingerprint, "run_name": run_name}, indent=2) + "\n")
     return run_name, False
+
+
+def _read_run_file(path: Path) -> dict[str, Any] | None:
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or torn by a crash: no run to continue
+        return None
+    return earlier if isinstance(earlier, dict) and "run_name" in earlier else None
+
+
+def _has_checkpoint(storage: str, earlier: dict[str, Any]) -> bool:
+    """Whether the run saved a checkpoint; a remote storage_path is taken on trust."""
+    if "://" in storage:
+        return True
+    return any((Path(storage) / earlier["run_name"]).glob("checkpoint_*"))
 
 
 def make_tokenizer_and_spec(

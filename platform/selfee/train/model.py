@@ -75,14 +75,23 @@ def build_model(spec: dict[str, Any], seed: int) -> Any:
     return model
 
 
+SHIPPED_DEEPSPEED = ("zero2", "zero3")  # inside the package: found from any directory
+
+
 def load_deepspeed_config(path: str | Path) -> dict[str, Any]:
+    """A DeepSpeed JSON file, or the name of one the package ships (``zero2``, ``zero3``)."""
     path = Path(path)
+    if not path.is_file() and str(path) in SHIPPED_DEEPSPEED:
+        path = Path(__file__).with_name("deepspeed") / f"{path}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config {path} not found (see configs/deepspeed/)")
+        raise FileNotFoundError(
+            f"DeepSpeed config {path} not found (give a JSON file, or "
+            f"{' / '.join(SHIPPED_DEEPSPEED)} for the ones the package ships)"
+        )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {e.msg}") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {e}") from None
 
 
 def fill_deepspeed_config(

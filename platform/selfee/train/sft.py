@@ -43,6 +43,8 @@ def read_chains(path: str | Path) -> tuple[list[dict[str, Any]], int]:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ChainFileError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+        except UnicodeDecodeError as e:
+            raise ChainFileError(f"{path} is not UTF-8 text (at byte {e.start})") from None
         if not isinstance(rows, list):
             raise ChainFileError(f"{path}: expected a JSON array of chains")
     else:
