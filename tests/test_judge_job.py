@@ -131,3 +131,9 @@ def test_user_mistakes(tmp_path: Path, start_teacher) -> None:
         run_judge(config(teacher, (paths[0], paths[1], paths[1]), tmp_path / "j"))
     with pytest.raises(ValueError, match="both --prompts and --reviewers"):
         JudgeConfig(prompts=paths[0])
+    bare = paths[2].read_text() + "42\n"  # a bare number where an answer should be
+    paths[2].write_text(bare)
+    with pytest.raises(
+        ConfigError, match=rf"{paths[2]}:{bare.count(chr(10))} is not a JSON object"
+    ):
+        run_judge(config(teacher, paths, tmp_path / "j"))

@@ -97,3 +97,80 @@ def test_bad_review_files_are_clear_errors(tmp_path: Path) -> None:
         build_report([tmp_path / "a_vs_b.jsonl"])
     done = selfee("report")
     assert done.returncode == 1 and "--reviews" in done.stderr and "Traceback" not in done.stderr
+
+
+def published_rows(reference: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (reference / "review" / name).read_text().splitlines()]
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def broken_pairs(reference: Path, tmp: Path) -> dict[str, tuple[list[Path], str]]:
+    """Review files that would have printed wrong numbers with exit 0, and what is said."""
+    a_rows, b_rows = (
+        published_rows(reference, SELFEE_FIRST),
+        published_rows(reference, CHATGPT_FIRST),
+    )
+    a, b = tmp / "ok" / SELFEE_FIRST, tmp / "ok" / CHATGPT_FIRST
+    write_rows(a, a_rows), write_rows(b, b_rows)
+    shifted = write_rows(
+        tmp / "shifted" / CHATGPT_FIRST,
+        [{**r, "question_id": r["question_id"] + 1000} for r in b_rows],
+    )
+    dup = write_rows(tmp / "dup" / SELFEE_FIRST, [*a_rows, a_rows[5]])
+    nan = tmp / "nan" / SELFEE_FIRST
+    nan.parent.mkdir()
+    nan.write_text(
+        "".join(json.dumps(r) + "\n" for r in a_rows[:3])
+        + json.dumps(a_rows[3]).replace(json.dumps(a_rows[3]["score"]), "[NaN, 7]")
+        + "\n"
+    )
+    other_dir_same_order = write_rows(tmp / "again" / SELFEE_FIRST, a_rows)
+    empty_a, empty_b = (
+        write_rows(tmp / "empty" / SELFEE_FIRST, []),
+        write_rows(tmp / "empty" / CHATGPT_FIRST, []),
+    )
+    bare = tmp / "bare" / SELFEE_FIRST
+    bare.parent.mkdir()
+    bare.write_text(json.dumps(a_rows[0]) + "\n42\n")
+    return {
+        "itself": ([a, a], "is given twice"),
+        "no common question": ([a, shifted], "judge different questions (none in common)"),
+        "duplicate row": ([dup, b], f"{dup}:81: question 6 is judged again (first on line 6)"),
+        "three files": (
+            [a, b, other_dir_same_order],
+            "both show selfee_13b_enforce_3_revisions's answer first",
+        ),
+        "NaN score": ([nan, b], f"{nan}:4: the score [nan, 7] is not two numbers"),
+        "two empty files": ([empty_a, empty_b], "no judgments to compare"),
+        "a bare number": ([bare, b], f"{bare}:2 is not a JSON object (got int)"),
+    }
+
+
+def test_review_files_that_cannot_be_compared_are_refused(reference: Path, tmp_path: Path) -> None:
+    for case, (files, message) in broken_pairs(reference, tmp_path).items():
+        with pytest.raises(ReportError) as refused:
+            build_report(files)
+        assert message in str(refused.value), case
+        done = selfee("report", "--reviews", *map(str, files))
+        assert done.returncode == 2 and message in done.stderr, (case, done.stderr)
+        assert "Traceback" not in done.stderr and not done.stdout
+
+
+def test_a_partial_overlap_compares_the_common_questions_and_says_so(
+    reference: Path, tmp_path: Path
+) -> None:
+    a = write_rows(tmp_path / SELFEE_FIRST, published_rows(reference, SELFEE_FIRST)[:70])
+    b = write_rows(tmp_path / CHATGPT_FIRST, published_rows(reference, CHATGPT_FIRST)[10:])
+    report = build_report([a, b])[0]
+    assert report["questions"] == 60 and report["judgments"] == 120
+    assert report["warnings"] == [
+        "20 question(s) are judged in one order only and are left out; 60 questions compared"
+    ]
+    done = selfee("report", "--reviews", str(a), str(b), "--json")
+    assert done.returncode == 0 and "warning: 20 question(s)" in done.stderr
+    assert json.loads(done.stdout)["judgments"] == 120

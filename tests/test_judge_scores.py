@@ -40,6 +40,20 @@ def test_every_published_review_parses_to_its_recorded_score(reference: Path) ->
             (10, 10),
         ),
         ("Assistant 1 and Assistant 2 both answered.\n(3, 7)", (3, 7)),
+        # a judge that solves the problem first writes coordinates long before its scores
+        (
+            "The vertices are (0, 0), (10, 4) and (3, 2).\nThe area is 14.\n\nAssistant 1: 8/10\n"
+            "Assistant 2: 6/10",
+            (8, 6),
+        ),
+        (
+            "Midpoint of (2, 4) and (6, 8) is (4, 6).\nI would give Assistant 1 a score of 9 and "
+            "Assistant 2 a score of 3.",
+            (9, 3),
+        ),
+        ("Point (1, 2) lies on it. I give both of them a score of 7.", (7, 7)),
+        # and the statement nearest the end still wins when it is the pair
+        ("Assistant 1: 8/10\nAssistant 2: 6/10\nOn reflection, final scores: (5, 9)", (5, 9)),
     ],
 )
 def test_forms_judges_write(text: str, expected: tuple[float, float]) -> None:

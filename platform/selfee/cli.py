@@ -110,7 +110,15 @@ def _run_report(cfg: ReportConfig) -> None:
 
     if not cfg.reviews:
         raise ConfigError("give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl")
-    reports = report.build_report(cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers)
+    try:
+        reports = report.build_report(
+            cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers
+        )
+    except report.ReportError as e:  # files that cannot be compared: a usage error
+        print(f"selfee report: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for warning in (w for r in reports for w in r["warnings"]):
+        print(f"selfee report: warning: {warning}", file=sys.stderr)
     print(report.to_json(reports) if cfg.print_json else report.format_table(reports))
     if cfg.plot is not None:
         written = report.plot(reports, cfg.plot)

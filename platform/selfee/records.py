@@ -79,12 +79,25 @@ class ChainRow(BaseModel):
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a JSON Lines file; a bad line is a ``ValueError`` naming the file and line."""
+    for _, row in _numbered_rows(path):
+        yield row
+
+
+def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSON Lines file whose every row must be a JSON object."""
+    for n, row in _numbered_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n} is not a JSON object (got {type(row).__name__})")
+        yield n, row
+
+
+def _numbered_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
-                yield json.loads(raw.decode("utf-8"))
+                yield n, json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise ValueError(
                     f"{path}:{n} is not UTF-8 text (byte 0x{raw[e.start]:02x} at column "

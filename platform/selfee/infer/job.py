@@ -25,7 +25,7 @@ from selfee import journal, lineage
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
 from selfee.progress import format_duration
-from selfee.records import read_jsonl, write_jsonl
+from selfee.records import read_objects, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
 
 SETTINGS_KEYS = tuple(GenerationConfig.model_fields)
@@ -72,21 +72,26 @@ def revision_settings(cfg: GenerationConfig, seed_offset: int = 0) -> RevisionSe
     return RevisionSettings(**values)
 
 
-def read_questions(path: Path) -> list[dict[str, Any]]:
+def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
+    """Rows of a question file (or a FastChat answer file): each an object with a
+    ``question_id`` (a string or number, once per file) and a string ``text``."""
     try:
-        rows = list(read_jsonl(path))
+        rows = list(read_objects(path))
     except FileNotFoundError:
-        raise ConfigError(f"questions file {path} does not exist") from None
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     seen = set()
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row.get("text"), str) or "question_id" not in row:
+    for n, row in rows:
+        qid = row.get("question_id")
+        if not isinstance(row.get("text"), str) or not isinstance(qid, str | int | float):
             raise ConfigError(f"{path}: line {n} needs 'question_id' and a string 'text'")
-        if row["question_id"] in seen:
-            raise ConfigError(f"{path}: line {n} repeats question_id {row['question_id']!r}")
-        seen.add(row["question_id"])
+        if qid in seen:
+            raise ConfigError(f"{path}: line {n} repeats question_id {qid!r}")
+        seen.add(qid)
     if not rows:
-        raise ConfigError(f"{path} holds no questions")
-    return rows
+        raise ConfigError(f"{path} holds no {what}")
+    return [row for _, row in rows]
 
 
 def model_fingerprint(cfg: InferConfig) -> str:

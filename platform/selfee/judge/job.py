@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from selfee import journal, lineage
 from selfee.config import ConfigError, JudgeConfig, dump_config
+from selfee.infer.job import read_questions
 from selfee.judge import report
 from selfee.judge.scores import parse_score
 from selfee.judge.templates import load_upstream, our_reviewers, reviewer_for
 from selfee.llm import CallFailed, TeacherCall
 from selfee.llm_job import LLMWorker, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress
-from selfee.records import read_jsonl, write_jsonl
+from selfee.records import write_jsonl
 
 CACHE = "judge_cache.jsonl"
 
@@ -89,16 +90,7 @@ def model_name(path: Path) -> str:
 
 
 def _by_question(path: Path, what: str) -> dict[Any, dict[str, Any]]:
-    try:
-        rows = list(read_jsonl(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path} does not exist") from None
-    table = {}
-    for n, row in enumerate(rows, 1):
-        if "question_id" not in row or not isinstance(row.get("text"), str):
-            raise ConfigError(f"{path}: row {n} needs 'question_id' and 'text'")
-        table[row["question_id"]] = row
-    return table
+    return {row["question_id"]: row for row in read_questions(path, what)}
 
 
 def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:

@@ -9,12 +9,13 @@ judgment. Judgments without a readable score are left out and counted, never gue
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfee.records import read_jsonl
+from selfee.records import read_objects
 
 VS = "_vs_"
 
@@ -53,9 +54,13 @@ def names_from_path(path: Path) -> tuple[str, str]:
     return first, second
 
 
-def _score(row: dict[str, Any]) -> tuple[float, float] | None:
+def _score(row: dict[str, Any], where: str) -> tuple[float, float] | None:
     score = row.get("score")
     meta = row.get("metadata") or {}
+    if isinstance(score, list) and any(
+        isinstance(s, float) and not math.isfinite(s) for s in score
+    ):
+        raise ReportError(f"{where}: the score {score} is not two numbers (a broken file?)")
     if meta.get("parsed") is False or meta.get("error") or not isinstance(score, list | tuple):
         return None
     if len(score) != 2 or any(not isinstance(s, int | float) or s < 0 for s in score):
@@ -74,13 +79,22 @@ def load_judgments(
         raise ReportError(f"{path} does not compare {model_a}")
     a_first = first == model_a
     judgments = []
-    try:
-        rows = list(read_jsonl(path))
-    except FileNotFoundError:
-        raise ReportError(f"review file {path} does not exist") from None
-    for row in rows:
+    if not Path(path).is_file():
+        raise ReportError(f"review file {path} does not exist")
+    rows = _objects(path)
+    seen: dict[Any, int] = {}
+    for n, row in rows:
+        if not isinstance(row.get("question_id"), str | int | float):
+            raise ReportError(f"{path}:{n}: 'question_id' must be a string or a number")
+        qid = json.dumps(row["question_id"])
+        if qid in seen:
+            raise ReportError(
+                f"{path}:{n}: question {qid} is judged again (first on line {seen[qid]}); "
+                "one judgment per question and order"
+            )
+        seen[qid] = n
         meta = row.get("metadata") or {}
-        score = _score(row)
+        score = _score(row, f"{path}:{n}")
         s1, s2 = score if score else (None, None)
         w1 = meta.get("answer1_words", (words or {}).get(str(row.get("answer1_id"))))
         w2 = meta.get("answer2_words", (words or {}).get(str(row.get("answer2_id"))))
@@ -147,21 +161,61 @@ def _consistency(parsed: list[Judgment]) -> dict[str, Any]:
 
 def pair_reviews(paths: list[Path]) -> list[tuple[str, str, list[Path]]]:
     """Group review files into comparisons: (model A, model B, its files); A is named first
-    in the first file of each pair, as given."""
+    in the first file of each pair, as given. One file per order, at most."""
     pairs: dict[frozenset[str], tuple[str, str, list[Path]]] = {}
-    for path in paths:
+    given: set[Path] = set()
+    for path in map(Path, paths):
+        if path.resolve() in given:
+            raise ReportError(f"{path} is given twice: give one review file per order")
+        given.add(path.resolve())
         first, second = names_from_path(path)
         key = frozenset((first, second))
         if key not in pairs:
             pairs[key] = (first, second, [])
-        pairs[key][2].append(Path(path))
+        files = pairs[key][2]
+        if any(names_from_path(f) == (first, second) for f in files):
+            raise ReportError(
+                f"{files[0]} and {path} both show {first}'s answer first: the other order is "
+                f"{second}{VS}{first}.jsonl"
+            )
+        files.append(path)
     return list(pairs.values())
+
+
+def questions_in_both_orders(
+    judgments: list[Judgment], files: list[Path]
+) -> tuple[list[Judgment], list[str]]:
+    """Only questions judged in both orders are compared (when both orders are given);
+    returns them and the warnings to show."""
+    if not judgments:
+        raise ReportError(f"{' and '.join(map(str, files))}: no judgments to compare")
+    if len(files) < 2:
+        return judgments, []
+    orders = [{j.question_id for j in judgments if j.a_first == side} for side in (True, False)]
+    both = orders[0] & orders[1]
+    if not both:
+        raise ReportError(
+            f"{files[0]} and {files[1]} judge different questions (none in common): are they "
+            "the two orders of one comparison?"
+        )
+    alone = len(orders[0] | orders[1]) - len(both)
+    warnings = []
+    if alone:
+        warnings.append(
+            f"{alone} question(s) are judged in one order only and are left out; "
+            f"{len(both)} questions compared"
+        )
+    return [j for j in judgments if j.question_id in both], warnings
 
 
 def read_categories(questions: Path | None) -> dict[Any, str]:
     if questions is None:
         return {}
-    return {q["question_id"]: q.get("category", "all") for q in read_jsonl(questions)}
+    return {
+        q.get("question_id"): q.get("category", "all")
+        for _, q in _objects(questions)
+        if isinstance(q.get("question_id"), str | int | float)
+    }
 
 
 def read_answer_words(answers: list[Path]) -> dict[str, int]:
@@ -169,9 +223,18 @@ def read_answer_words(answers: list[Path]) -> dict[str, int]:
     return {
         str(row["answer_id"]): len(str(row.get("text", "")).split())
         for path in answers
-        for row in read_jsonl(path)
+        for _, row in _objects(path)
         if "answer_id" in row
     }
+
+
+def _objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        return list(read_objects(path))
+    except FileNotFoundError:
+        raise ReportError(f"{path} does not exist") from None
+    except ValueError as e:
+        raise ReportError(str(e)) from None
 
 
 def build_report(
@@ -192,7 +255,10 @@ def build_report(
             if model_b and model_b not in (first, second):
                 raise ReportError(f"no review file compares {model_b}")
         judgments = [j for f in files for j in load_judgments(f, a, categories, words)]
-        reports.append({**summarize(judgments, a, b), "files": [str(f) for f in files]})
+        judgments, warnings = questions_in_both_orders(judgments, files)
+        reports.append({**summarize(judgments, a, b), "files": [str(f) for f in files],
+                        "questions": len({j.question_id for j in judgments}),
+                        "warnings": warnings})  # fmt: skip
     return reports
 
 

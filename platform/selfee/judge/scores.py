@@ -40,26 +40,33 @@ _BOTH_RE = re.compile(
 )
 
 
+Scored = tuple[tuple[float, float], int]  # the scores, and where their statement ends
+
+
 def parse_score(text: str) -> tuple[float, float] | None:
-    """(score of assistant 1, score of assistant 2), each in [0, 10]; None if not readable."""
+    """(score of assistant 1, score of assistant 2), each in [0, 10]; None if not readable.
+
+    The requested first line wins; otherwise the score statement nearest the end of the
+    text (a judge that solves a geometry problem first writes coordinates such as
+    "(10, 4)" long before "Assistant 1: 8/10 ... Assistant 2: 6/10")."""
     if not isinstance(text, str) or not text.strip():
         return None
-    first_line = text.strip().splitlines()[0]
-    for found in (
-        _pair(_FIRST_LINE_RE.match(first_line)),
-        _pair(_last(_TUPLE_RE.finditer(text))),
-        _per_assistant(text),
-        _both(text),
-    ):
-        if found is not None:
-            return found
-    return None
+    first = _pair(_FIRST_LINE_RE.match(text.strip().splitlines()[0]))
+    if first is not None:
+        return first[0]
+    found = [
+        f
+        for f in (_pair(_last(_TUPLE_RE.finditer(text))), _per_assistant(text), _both(text))
+        if f is not None
+    ]
+    return max(found, key=lambda f: f[1])[0] if found else None
 
 
-def _pair(match: re.Match[str] | None) -> tuple[float, float] | None:
+def _pair(match: re.Match[str] | None) -> Scored | None:
     if match is None:
         return None
-    return _valid(float(match.group(1)), float(match.group(2)))
+    scores = _valid(float(match.group(1)), float(match.group(2)))
+    return None if scores is None else (scores, match.end())
 
 
 def _last(matches: object) -> re.Match[str] | None:
@@ -69,19 +76,23 @@ def _last(matches: object) -> re.Match[str] | None:
     return last
 
 
-def _per_assistant(text: str) -> tuple[float, float] | None:
+def _per_assistant(text: str) -> Scored | None:
     found = []
     for k in (1, 2):
         match = _last(_PER_ASSISTANT_RE[k].finditer(text)) or _last(_GIVE_RE[k].finditer(text))
         if match is None:
             return None
-        found.append(float(match.group(1)))
-    return _valid(*found)
+        found.append(match)
+    scores = _valid(float(found[0].group(1)), float(found[1].group(1)))
+    return None if scores is None else (scores, max(m.end() for m in found))
 
 
-def _both(text: str) -> tuple[float, float] | None:
+def _both(text: str) -> Scored | None:
     match = _last(_BOTH_RE.finditer(text))
-    return None if match is None else _valid(float(match.group(1)), float(match.group(1)))
+    if match is None:
+        return None
+    scores = _valid(float(match.group(1)), float(match.group(1)))
+    return None if scores is None else (scores, match.end())
 
 
 def _valid(s1: float, s2: float) -> tuple[float, float] | None:
