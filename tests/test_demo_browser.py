@@ -89,3 +89,44 @@ def test_demo_deployed_next_to_the_serve_app(ray_session: None, selfee_model_dir
     finally:
         serve.shutdown()
     check_bubbles(chat, ARTIFACTS / "demo-on-serve.png")
+
+
+LAUNCH_AND_RECORD = """
+import socket, sys, time
+asked = []
+real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+def getaddrinfo(host, *args, **kwargs):
+    asked.append(str(host))
+    return real_getaddrinfo(host, *args, **kwargs)
+def connect(self, address):
+    asked.append(str(address[0]) if isinstance(address, tuple) else str(address))
+    return real_connect(self, address)
+socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+from selfee.config import DemoConfig
+from selfee.serve.demo import build_demo
+demo = build_demo(DemoConfig(endpoint="http://127.0.0.1:9/v1", port=int(sys.argv[1])))
+demo.queue().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]),
+                    prevent_thread_lock=True, share=False)
+time.sleep(3)  # threads started at launch (analytics, version checks) get their chance
+demo.close()
+print("ASKED", sorted(set(asked)))
+"""
+
+
+def test_the_demo_makes_no_outbound_connection_at_launch() -> None:
+    """Every host the demo's process looks up or connects to while it builds and launches
+    is this machine (Gradio's analytics and version check would call api.gradio.app)."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIO_")}
+    done = subprocess.run([sys.executable, "-c", LAUNCH_AND_RECORD, str(free_port())],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("ASKED"))
+    asked = ast.literal_eval(line.removeprefix("ASKED "))
+    assert asked, "the recorder saw nothing: the demo never listened"
+    local = ("127.", "localhost", "::1", "0.0.0.0")
+    assert [h for h in asked if not h.startswith(local)] == []

@@ -25,10 +25,15 @@ USER = [{"role": "user", "content": "Give two tips for better sleep."}]
 FAST = RetryConfig(max_retries=2, backoff_s=0.01, max_backoff_s=0.05, timeout_s=0.5)
 
 
-def call_once(teacher, policy=FAST, key="sk-unused-0000", messages=USER, max_tokens=50):
+def call_once(
+    teacher, policy=FAST, key="sk-unused-0000", messages=USER, max_tokens=50, base_url=None
+):
     async def go():
         client = openai.AsyncOpenAI(
-            base_url=teacher.base_url, api_key=key, max_retries=0, timeout=policy.timeout_s
+            base_url=base_url or teacher.base_url,
+            api_key=key,
+            max_retries=0,
+            timeout=policy.timeout_s,
         )
         call = TeacherCall(
             client,
@@ -111,3 +116,12 @@ def test_secret_hides_itself() -> None:
     secret = Secret("sk-abcdef123456")
     assert "sk-abcdef" not in repr(secret) and "sk-abcdef" not in f"{secret}"
     assert secret.redact("key sk-abcdef123456 was wrong") == "key *** was wrong"
+
+
+def test_a_404_says_the_url_may_be_wrong_not_only_the_model(start_teacher) -> None:
+    teacher = start_teacher()
+    with pytest.raises(EndpointRejected) as wrong_path:
+        call_once(teacher, base_url=teacher.url)  # /v1 left out: every path is a 404
+    message = str(wrong_path.value)
+    assert "404" in message and f"{teacher.url} is not the API's base URL" in message
+    assert "it usually ends in /v1" in message and "'offline-teacher'" in message

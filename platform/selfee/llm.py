@@ -129,6 +129,14 @@ def _is_context_overflow(error: openai.BadRequestError) -> bool:
     return "context_length" in text or "maximum context length" in text
 
 
+def not_found_hint(base_url: str, model: str) -> str:
+    """What an HTTP 404 from an OpenAI-compatible endpoint can mean: the path or the model."""
+    return (
+        f"either {base_url} is not the API's base URL (it usually ends in /v1, without "
+        f"/chat/completions), or the model '{model}' does not exist there"
+    )
+
+
 @dataclass
 class TeacherCall:
     """Chat calls for one record: shares the worker's client and limiter, counts usage."""
@@ -172,9 +180,8 @@ class TeacherCall:
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise EndpointRejected(self._describe(e)) from None
             except openai.NotFoundError as e:
-                raise EndpointRejected(
-                    f"{self._describe(e)} (is the model name '{self.model}' right?)"
-                ) from None
+                hint = not_found_hint(str(self.client.base_url), self.model)
+                raise EndpointRejected(f"{self._describe(e)} ({hint})") from None
             except openai.BadRequestError as e:
                 if _is_context_overflow(e):
                     raise ContextOverflow(self._describe(e)) from None

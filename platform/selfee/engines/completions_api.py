@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from selfee.llm import Secret
+from selfee.llm import Secret, not_found_hint
 from selfee.revision import Completion, CompletionRequest
 
 
@@ -57,8 +57,10 @@ class CompletionsAPIEngine:
                 **settings,
             )
         except openai.APIStatusError as e:
+            hint = f" ({not_found_hint(str(self.client.base_url), self.model)})"
             raise EndpointError(
                 f"the endpoint answered HTTP {e.status_code}: {self.secret.redact(e.message)}"
+                + (hint if e.status_code == 404 else "")
             ) from None
         except openai.APIConnectionError as e:
             raise EndpointError(

@@ -45,6 +45,10 @@ def final_bubble(answer: str, selfee: dict[str, Any]) -> Message:
 
 
 def build_demo(cfg: DemoConfig) -> Any:
+    """Local only means it: Gradio's analytics and version check (calls to api.gradio.app
+    at launch) are off for the whole process; the only connection is to ``cfg.endpoint``."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     import gradio as gr
     import openai
 
@@ -104,7 +108,7 @@ def build_demo(cfg: DemoConfig) -> Any:
         shown = [*shown, *chain_bubbles(text), final_bubble(answer, selfee)]
         yield shown, [*asked, {"role": "assistant", "content": answer}], ""
 
-    with gr.Blocks(title="SelFee") as demo:
+    with gr.Blocks(title="SelFee", analytics_enabled=False) as demo:
         gr.Markdown(
             "# SelFee\nThe model answers, critiques its answer and revises it until the critique "
             f"says *Revision is not needed.* Endpoint: `{cfg.endpoint}`"
