@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,34 @@ def deploy_selfee(model_dir: Path, **args: object) -> str:
     """The SelFee app of ``configs/serve/selfee.yaml`` with a small replica; returns /v1."""
     settings = {"model": str(model_dir), "max_replicas": 1, "cpus_per_replica": 0.5, **args}
     return deploy_from_serve_config("selfee.yaml", "selfee", free_port(), **settings) + "/v1"
+
+
+@contextlib.contextmanager
+def selfee_serve(model_dir: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``selfee serve --model DIR`` in its own process, on its own embedded Ray; yields the
+    /v1 URL once it says it is ready, and stops it with Ctrl-C (SIGINT)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    command = [sys.executable, "-m", "selfee.cli", "serve", "--model", str(model_dir),
+               "--port", str(port), "--ray.num-cpus", "2", "--no-ray.dashboard",
+               "--cpus-per-replica", "0.5", "--max-replicas", "1"]  # fmt: skip
+    # a file, not a pipe: Ray's log lines would fill a pipe
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               text=True, env=env)  # fmt: skip
+    ready = f"[serve] model at http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while ready not in log.read_text():  # printed once serve.run has returned
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
 
 
 def check_manifest(path: Path, stage: str) -> dict:

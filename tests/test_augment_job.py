@@ -183,6 +183,10 @@ def test_user_mistakes_are_clear_errors(tmp_path: Path, start_teacher) -> None:
     bad.write_text('{"input": "no instruction here"}\n')
     with pytest.raises(ConfigError, match="row 1 has no 'instruction'"):
         run_augment(config(teacher, bad, tmp_path / "out"))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"instruction": "Où est la gare?"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{latin1}:1 is not UTF-8 text \(byte 0xf9"):
+        run_augment(config(teacher, latin1, tmp_path / "out"))
     with pytest.raises(ValueError, match="max_tokens"):
         AugmentConfig(max_tokens=4096, context_tokens=4096)
     with pytest.raises(ValueError, match="either a gold answer or the initial answer"):

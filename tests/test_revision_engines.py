@@ -103,6 +103,17 @@ def test_sampling_is_reproducible_with_a_seed(engine: HFEngine) -> None:
     assert len(others) > 1  # the seed matters
 
 
+def test_extreme_sampling_values_fall_back_to_the_greedy_token(engine: HFEngine) -> None:
+    """temperature 1e-300 would overflow the softmax, top_p 1e-300 is 0 in fp32: both give
+    the greedy tokens, never an exception (a server request must not fail in the step)."""
+    greedy = fresh(engine).complete(CompletionRequest(prompt(0), (), 40, key="g"))
+    for temperature, top_p in [(1e-300, 1.0), (5e-324, 1.0), (1.0, 1e-300), (2.0, 1e-300)]:
+        done = fresh(engine).complete(
+            CompletionRequest(prompt(0), (), 40, temperature=temperature, top_p=top_p, key="x")
+        )
+        assert (done.text, done.tokens) == (greedy.text, greedy.tokens), (temperature, top_p)
+
+
 def test_budget_and_context_limits(engine: HFEngine) -> None:
     result = generate(fresh(engine), prompt(0), RevisionSettings(max_new_tokens=20))
     assert result.finish_reason == "budget" and result.tokens == 20

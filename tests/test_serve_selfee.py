@@ -187,31 +187,14 @@ def test_selfee_serve_command_serves_until_interrupted(
     selfee_model_dir: Path, tmp_path: Path
 ) -> None:
     """``selfee serve --model DIR`` in its own process, on its own embedded Ray."""
-    import signal
-    import subprocess
-    import sys
+    from conftest import selfee_serve
 
-    from conftest import free_port
-
-    port = free_port()
-    command = [sys.executable, "-m", "selfee.cli", "serve", "--model", str(selfee_model_dir),
-               "--port", str(port), "--ray.num-cpus", "2", "--no-ray.dashboard",
-               "--cpus-per-replica", "0.5", "--max-replicas", "1"]  # fmt: skip
-    log = tmp_path / "serve.log"  # a file, not a pipe: Ray's log lines would fill a pipe
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
-    ready = f"[serve] model at http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while ready not in log.read_text():  # printed once serve.run has returned
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(1)
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30)
+    log = tmp_path / "serve.log"
+    with selfee_serve(selfee_model_dir, log) as base:
+        models = httpx.get(f"{base}/models", timeout=30)
         assert models.json()["data"][0]["id"] == "model"
-        done = client(f"http://127.0.0.1:{port}/v1").chat.completions.create(
+        done = client(base).chat.completions.create(
             model="model", messages=USER, extra_body={"min_revisions": 1}
         )
         assert done.model_extra["selfee"]["revisions_count"] >= 1
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
     assert "selfee serve: interrupted" in log.read_text()

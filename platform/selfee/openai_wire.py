@@ -167,7 +167,7 @@ class SamplingRequest(BaseModel):
 
     model: Text | None = None
     stream: StrictBool = False
-    n: Literal[1] = 1
+    n: int = 1
     max_tokens: int | None = None
     temperature: Annotated[float, Ge(0), Le(2), Field(allow_inf_nan=False)] | None = None
     top_p: Annotated[float, Gt(0), Le(1), Field(allow_inf_nan=False)] = 1.0
@@ -182,6 +182,13 @@ class SamplingRequest(BaseModel):
         high = (info.context or {}).get("max_context") or MAX_TOKENS
         if value is not None and not 1 <= value <= high:
             raise ValueError(f"must be between 1 and {high} (got {value})")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _one_chain(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("must be 1: one chain per request")
         return value
 
     @field_validator("min_revisions", "max_revisions")

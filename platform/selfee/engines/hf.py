@@ -261,6 +261,7 @@ class HFEngine:
         if request.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= request.top_p
+            outside[0] = False  # the likeliest token always stays (a tiny top_p is 0 in fp32)
             sorted_probs[outside] = 0
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=step.generator))

@@ -1,0 +1,1 @@
+"""Tools for testing and benchmarking the platform (no test framework inside)."""
