@@ -38,10 +38,13 @@ chromium:
 
 bench: install
 	$(PY) bench/collect_sharegpt.py --rows 200000
+	$(PY) bench/html_to_text.py
 	$(PY) bench/augment_rate.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/revision_speed.py
 	$(PY) bench/infer_throughput.py
+	$(PY) bench/serve_load.py
+	$(PY) bench/serve_abuse.py
 
 lint: install
 	$(VENV)/bin/ruff check platform jobs serve_apps tests bench
