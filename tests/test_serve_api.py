@@ -61,3 +61,59 @@ def test_bad_requests_are_api_errors_naming_the_field(body: object, param: str |
         parse_request(body, LIMITS, chat=True)
     assert caught.value.status == 400 and caught.value.param == param
     assert caught.value.body()["error"]["message"]
+
+
+def test_a_request_that_fails_in_a_model_step_fails_alone() -> None:
+    """The batched step (run here without Serve): the batch fails, each request is tried
+    alone; the failing ones get their own error, their neighbours their completion."""
+    import asyncio
+
+    from selfee.revision import Completion, CompletionRequest
+    from selfee.serve.app import SelFeeModel, StepFailed
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def complete_batch(self, requests: list[CompletionRequest]) -> list[Completion]:
+            self.calls.append([r.key for r in requests])
+            for r in requests:
+                if r.key == "bug":
+                    raise RuntimeError("an engine bug")
+                if r.key == "long":
+                    raise ValueError("the prompt is 5000 tokens; the model's context is 4096")
+            return [Completion(f"ok {r.key}", "eos", 1) for r in requests]
+
+    model = object.__new__(SelFeeModel)
+    model.engine, model.batches, model.steps = Engine(), [], 0
+    requests = [CompletionRequest("p", (), 4, key=k) for k in ("a", "bug", "b", "long")]
+    out = asyncio.run(SelFeeModel.step.__wrapped__(model, requests))
+    assert [o.text for o in (out[0], out[2])] == ["ok a", "ok b"]
+    assert out[1] == StepFailed(500, "the model failed on this request; it was not retried")
+    assert out[3] == StepFailed(400, "the prompt is 5000 tokens; the model's context is 4096",
+                                "context_length_exceeded")  # fmt: skip
+    assert model.engine.calls == [["a", "bug", "b", "long"], ["a"], ["bug"], ["b"], ["long"]]
+
+
+def test_a_stream_that_fails_on_the_server_still_ends_with_done() -> None:
+    import asyncio
+    import json
+
+    from selfee.revision import RevisionController, RevisionSettings
+    from selfee.serve.app import OpenAIIngress
+
+    class Broken:
+        name = "model"
+
+        async def _feed(self, controller: object, step: object) -> None:
+            raise RuntimeError("the replica died")
+
+    async def collect() -> list[str]:
+        controller = RevisionController("### Answer:\n", RevisionSettings(max_new_tokens=8))
+        events = OpenAIIngress._stream(Broken(), None, controller, "chatcmpl-x", True, 3)
+        return [event async for event in events]
+
+    events = asyncio.run(collect())
+    assert events[-1] == "data: [DONE]\n\n"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "the stream failed" in error["message"]
