@@ -9,7 +9,17 @@ PYTEST_ARGS ?=
 # extra options for the quickstart, e.g. make quickstart ARGS=--serve
 ARGS ?=
 
-.PHONY: install quickstart test bench lint format clean chromium
+# llama.cpp (GGUF engine and export): llama-cpp-python builds it from source (no wheel on the
+# index). Not -march=native: that picks up AMX on some CPUs and crashes on quantized models.
+# AVX512 where the CPU has it, else AVX2; override LLAMA_CMAKE_ARGS for other machines.
+LLAMA_CPP_VERSION ?= 0.3.36
+HAS_AVX512 := $(shell grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo yes)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(if $(HAS_AVX512),-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON,-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON) -DLLAVA_BUILD=OFF -DGGML_CCACHE=OFF
+LLAMA_STAMP := $(VENV)/.llama-cpp-stamp
+LLAMA_DIR := $(VENV)/share/llama.cpp
+LLAMA_SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
+
+.PHONY: install install-llama-cpp quickstart test bench lint format clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +32,27 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# the first build takes ~13 CPU-minutes; pip keeps the wheel, so later installs are instant
+$(LLAMA_STAMP): $(STAMP)
+	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) (first time: ~13 CPU-minutes; then pip's cache)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip install -q "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	@# llama.cpp's converter and its gguf-py ship in the source distribution only
+	rm -rf $(LLAMA_DIR) $(VENV)/share/sdist && mkdir -p $(LLAMA_DIR)
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(VENV)/share/sdist \
+	  "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	tar -xzf $(VENV)/share/sdist/$(LLAMA_SDIST).tar.gz -C $(LLAMA_DIR) --strip-components=3 \
+	  $(LLAMA_SDIST)/vendor/llama.cpp/convert_hf_to_gguf.py \
+	  $(LLAMA_SDIST)/vendor/llama.cpp/conversion $(LLAMA_SDIST)/vendor/llama.cpp/gguf-py
+	rm -rf $(VENV)/share/sdist
+	touch $@
+
+install-llama-cpp: $(LLAMA_STAMP)
+
 quickstart: install
 	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml $(ARGS)
 
-test: install chromium
+test: install install-llama-cpp chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo's browser test drives Debian's chromium package through Playwright.
@@ -36,13 +63,14 @@ chromium:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; } || \
 	  echo "could not install chromium: the browser test will fail (apt-get install chromium)"
 
-bench: install
+bench: install install-llama-cpp
 	$(PY) bench/collect_sharegpt.py --rows 200000
 	$(PY) bench/html_to_text.py
 	$(PY) bench/augment_rate.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/revision_speed.py
 	$(PY) bench/infer_throughput.py
+	$(PY) bench/engine_speed.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/serve_abuse.py
 

@@ -61,6 +61,12 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
             assert answer["text"] == final_answer(answer["whole_generation"])
             assert {"revisions", "tokens", "latency_s", "finish_reason"} <= set(answer["metadata"])
 
+    for kind in ["q8_0", "q4_K_M"]:  # the trained model as GGUF files, answering on llama.cpp
+        assert (out / "export" / f"model-{kind}.gguf").stat().st_size > 0
+        answers = list(read_jsonl(out / "answers" / f"selfee-tiny-{kind}.jsonl"))
+        assert [a["question_id"] for a in answers] == [1, 2, 3, 4]
+        assert all(a["metadata"]["device"] == f"llama.cpp model-{kind}.gguf" for a in answers)
+
     reviews = sorted((out / "judge").glob("*_vs_*.jsonl"))  # Review contract, both orders
     assert len(reviews) == 2
     for path in reviews:
@@ -72,7 +78,8 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
 
     manifests = [json.loads(Path(p).read_text()) for p in summary["lineage"]]
     assert [m["stage"] for m in manifests] == [
-        "collect", "augment", "train", "infer-autonomous", "infer-3-revisions", "judge",
+        "collect", "augment", "train", "export", "infer-autonomous", "infer-3-revisions",
+        "infer-q8_0", "infer-q4_K_M", "judge",
     ]  # fmt: skip
     # each stage's inputs are the outputs of the one before, by content hash
     produced = {o["sha256"] for m in manifests for o in m["outputs"].values()}

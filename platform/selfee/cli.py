@@ -21,6 +21,7 @@ from selfee.config import (
     DeltaApplyConfig,
     DeltaMakeConfig,
     DemoConfig,
+    ExportGGUFConfig,
     InferConfig,
     JobFailed,
     JudgeConfig,
@@ -77,6 +78,12 @@ def _run_delta_make(cfg: DeltaMakeConfig) -> None:
             "with 'selfee delta apply' (weights far from the base's)",
             file=sys.stderr,
         )
+
+
+def _run_export_gguf(cfg: ExportGGUFConfig) -> None:
+    from selfee.export.gguf import run_export
+
+    run_export(cfg)
 
 
 def _run_infer(cfg: InferConfig) -> None:
@@ -185,6 +192,21 @@ COMMANDS = [
                 _run_delta_apply,
             ),
             Command("make", "delta = target - base", DeltaMakeConfig, _run_delta_make),
+        ),
+    ),
+    Command(
+        "export",
+        "export a trained model for other runtimes: 'gguf' writes llama.cpp files (f16, q8_0, "
+        "k-quants) with llama.cpp's own converter and quantizer, measured against the model",
+        None,
+        None,
+        children=(
+            Command(
+                "gguf",
+                "GGUF files for llama.cpp, each measured against the source model",
+                ExportGGUFConfig,
+                _run_export_gguf,
+            ),
         ),
     ),
     Command(

@@ -451,6 +451,11 @@ class QuickstartConfig(StageConfig):
         3, ge=1, le=20, description="min_revisions of the second answer set"
     )
     max_new_tokens: int = Field(256, ge=16, description="tokens per answer, all revisions")
+    gguf: list[QuantType] = Field(
+        default_factory=lambda: ["q8_0", "q4_K_M"],
+        description="GGUF files the trained model is exported to and answers with again "
+        "(llama.cpp); `gguf: []` in the config skips it",
+    )
     serve: bool = Field(
         False, description="leave the model's endpoint and the Gradio demo running (Ctrl-C stops)"
     )
@@ -462,6 +467,15 @@ class QuickstartConfig(StageConfig):
         default_factory=TeacherConfig,
         description="offline teacher settings (host and port are unused under Serve)",
     )
+
+
+QuantType = Literal[
+    "f32", "f16", "q8_0", "q6_K", "q5_K_M", "q5_K_S", "q4_K_M", "q4_K_S", "q4_0", "q3_K_M", "q2_K"
+]
+
+
+EngineName = Literal["auto", "hf", "llama_cpp"]
+ENGINE_HELP = "'auto': llama_cpp for a .gguf file, else hf (Hugging Face transformers)"
 
 
 class GenerationConfig(StageConfig):
@@ -494,8 +508,11 @@ class InferConfig(GenerationConfig):
     """Batch inference with revision control: questions in, SelFee/FastChat answers out."""
 
     model: str | None = Field(
-        None, description="a Hugging Face model directory; with base_url, the endpoint's model name"
+        None,
+        description="a Hugging Face model directory or a .gguf file; with base_url, the "
+        "endpoint's model name",
     )
+    engine: EngineName = Field("auto", description=ENGINE_HELP)
     questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
     output: Path | None = Field(None, description="answer file to write (.jsonl)")
     model_id: str | None = Field(
@@ -527,7 +544,10 @@ class InferConfig(GenerationConfig):
 class ServeConfig(StageConfig):
     """The SelFee endpoint on Ray Serve: OpenAI-compatible, revision control per request."""
 
-    model: Path | None = Field(None, description="the Hugging Face model directory to serve")
+    model: Path | None = Field(
+        None, description="the Hugging Face model directory, or the .gguf file, to serve"
+    )
+    engine: EngineName = Field("auto", description=ENGINE_HELP)
     model_name: str | None = Field(
         None, description="the name clients send as 'model' (default: the directory's name)"
     )
@@ -568,7 +588,9 @@ class ServeConfig(StageConfig):
         return self
 
     def served_name(self) -> str:
-        return self.model_name or (Path(self.model).name if self.model else "selfee")
+        return self.model_name or (
+            Path(self.model).name.removesuffix(".gguf") if self.model else "selfee"
+        )
 
 
 class DemoConfig(StageConfig):
@@ -595,6 +617,30 @@ class DeltaMakeConfig(StageConfig):
     base: Path = Field(description="the base model directory")
     target: Path = Field(description="the fine-tuned model directory")
     output: Path = Field(description="where the delta goes")
+
+
+class ExportGGUFConfig(StageConfig):
+    """GGUF files for llama.cpp from a LLaMA-architecture Hugging Face model directory."""
+
+    model: Path = Field(description="the Hugging Face model directory (LLaMA architecture)")
+    quant: list[QuantType] = Field(
+        default_factory=lambda: ["q8_0", "q4_K_M"], min_length=1,
+        description="the types to write, one file each: --quant f16 q8_0 q4_K_M",
+    )  # fmt: skip
+    output: Path = Field(Path("outputs/export"), description="the folder the GGUF files go to")
+    eval_data: Path | None = Field(
+        None, description="chains (JSONL) whose perplexity each file is measured on"
+    )
+    prompts: int = Field(8, ge=1, le=1000, description="fixed prompts for the greedy agreement")
+    max_new_tokens: int = Field(64, ge=1, description="greedy tokens per prompt")
+    threads: int | None = Field(
+        None, ge=1, description="llama.cpp threads; all CPUs when not given"
+    )
+    converter_dir: Path | None = Field(
+        None,
+        description="llama.cpp's convert_hf_to_gguf.py folder (default: $SELFEE_LLAMA_CPP_DIR, "
+        "else <venv>/share/llama.cpp, unpacked by make)",
+    )
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from selfee.config import (
     AugmentConfig,
     CollectConfig,
     DemoConfig,
+    ExportGGUFConfig,
     InferConfig,
     JudgeConfig,
     QuickstartConfig,
@@ -92,7 +93,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                       route_prefix="/teacher", logging_config=quiet)  # fmt: skip
             teacher = f"http://127.0.0.1:{cfg.serve_port}/teacher/v1"
             log(
-                f"1/7 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
+                f"1/8 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
             )
             stages = run_stages(cfg, out, questions, teacher)
             teacher_stats = httpx.get(teacher.removesuffix("/v1") + "/stats", timeout=10).json()
@@ -132,21 +133,21 @@ def run_stages(
             output=out / "collect", jsonl=True, seed=cfg.teacher.seed, ray=cfg.ray,
         )  # fmt: skip
         instructions = out / "collect" / "instructions.jsonl"
-        log(f"2/7 collect: {len(sources)} sample sources in their own formats -> instructions "
+        log(f"2/8 collect: {len(sources)} sample sources in their own formats -> instructions "
             f"({cfg.collect_cap} per source)")  # fmt: skip
         stages["collect"] = lineage.run_stage(
             "collect", out / "collect", {"sources": out / "sources"}, dump_config(collect),
             {"instructions": instructions}, lambda: _collect_counts(collect), log,
         )  # fmt: skip
     else:
-        log(f"2/7 collect: skipped, augmenting {instructions}")
+        log(f"2/8 collect: skipped, augmenting {instructions}")
     augment = AugmentConfig(
         input=instructions, output=out / "augment", base_url=teacher, model=cfg.teacher.model,
         max_iterations=cfg.max_iterations, concurrency=cfg.concurrency, progress_interval_s=5,
         ray=cfg.ray,
     )  # fmt: skip
     chains = out / "augment" / "chains.jsonl"
-    log("3/7 augment: the teacher answers, critiques and revises every instruction")
+    log("3/8 augment: the teacher answers, critiques and revises every instruction")
     stages["augment"] = lineage.run_stage(
         "augment", out / "augment", {"instructions": instructions},
         {**dump_config(augment), "teacher": dump_config(cfg.teacher)}, {"chains": chains},
@@ -161,30 +162,46 @@ def run_stages(
     )  # fmt: skip
     model = out / "train" / "model"
     log(
-        f"4/7 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
+        f"4/8 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
     )
     stages["train"] = lineage.run_stage(
         "train", out / "train", {"chains": chains}, dump_config(train), {"model": model},
         lambda: _train_counts(train), log,
     )  # fmt: skip
 
+    gguf = {}
+    if cfg.gguf:
+        export = ExportGGUFConfig(model=model, quant=cfg.gguf, output=out / "export",
+                                  eval_data=chains, prompts=4)  # fmt: skip
+        gguf = {kind: out / "export" / f"{model.name}-{kind}.gguf" for kind in cfg.gguf}
+        log(f"5/8 export: GGUF files for llama.cpp ({', '.join(cfg.gguf)}), each measured "
+            "against the trained model")  # fmt: skip
+        stages["export"] = lineage.run_stage(
+            "export", out / "export", {"model": model}, dump_config(export),
+            {kind: path for kind, path in gguf.items()}, lambda: _export_counts(export), log,
+        )  # fmt: skip
+
     answers = {}
-    for name, forced in (
-        ("autonomous", 0),
-        (f"{cfg.forced_revisions}-revisions", cfg.forced_revisions),
-    ):
-        answers[name] = out / "answers" / f"selfee-tiny-{name}.jsonl"
+    runs = [
+        ("autonomous", 0, model),
+        (f"{cfg.forced_revisions}-revisions", cfg.forced_revisions, model),
+    ]
+    runs += [(kind, 0, path) for kind, path in gguf.items()]  # the same questions on llama.cpp
+    for name, forced, weights in runs:
+        path = out / "answers" / f"selfee-tiny-{name}.jsonl"
         infer = InferConfig(
-            model=str(model), questions=questions, output=answers[name],
+            model=str(weights), questions=questions, output=path,
             model_id=f"selfee-tiny-{name}", min_revisions=forced, max_new_tokens=cfg.max_new_tokens,
             batch_size=8, concurrency=1, progress_interval_s=5, ray=cfg.ray,
         )  # fmt: skip
-        log(f"5/7 infer ({name}): the model answers {questions.name} with revision control")
+        engine = "llama.cpp" if weights.suffix == ".gguf" else "the HF engine (fp32)"
+        log(f"6/8 infer ({name}): {engine} answers {questions.name} with revision control")
         stages[f"infer-{name}"] = lineage.run_stage(
-            f"infer-{name}", out / "answers" / name, {"model": model, "questions": questions},
-            dump_config(infer), {"answers": answers[name]}, lambda infer=infer: _infer_counts(infer),
-            log,
+            f"infer-{name}", out / "answers" / name, {"model": weights, "questions": questions},
+            dump_config(infer), {"answers": path}, lambda infer=infer: _infer_counts(infer), log,
         )  # fmt: skip
+        if weights == model:
+            answers[name] = path
 
     judge = JudgeConfig(
         questions=questions, answers=list(answers.values()), out_dir=out / "judge",
@@ -192,15 +209,43 @@ def run_stages(
     )  # fmt: skip
     names = [p.name.removesuffix(".jsonl") for p in answers.values()]
     reviews = [out / "judge" / f"{a}_vs_{b}.jsonl" for a, b in (names, names[::-1])]
-    log("6/7 judge: the teacher compares the two answer sets, every question in both orders")
+    log("7/8 judge: the teacher compares the two answer sets, every question in both orders")
     stages["judge"] = lineage.run_stage(
         "judge", out / "judge", dict(zip(names, answers.values(), strict=True)),
         dump_config(judge), {"reviews_ab": reviews[0], "reviews_ba": reviews[1]},
         lambda: _judge_counts(judge), log,
     )  # fmt: skip
-    log("7/7 report")
+    log("8/8 report")
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
+    if gguf:
+        print(engines_table(out, "autonomous", list(gguf)), flush=True)
     return stages
+
+
+def engines_table(out: Path, reference: str, others: list[str]) -> str:
+    """The same questions on each engine: generation time (the answers of one batch share
+    theirs), tokens/s and agreement with the fp32 run."""
+
+    def rows(name: str) -> dict[Any, dict[str, Any]]:
+        path = out / "answers" / f"selfee-tiny-{name}.jsonl"
+        return {r["question_id"]: r for r in read_jsonl(path)}
+
+    base = rows(reference)
+    lines = [
+        "engine          answers  tokens  seconds  tokens/s  same chain as fp32  same final answer"
+    ]
+    for name in [reference, *others]:
+        got = rows(name)
+        tokens = sum(r["metadata"]["tokens"] for r in got.values())
+        seconds = max(sum({r["metadata"]["latency_s"] for r in got.values()}), 1e-9)
+        chains = sum(
+            got[q]["whole_generation"] == base[q]["whole_generation"] for q in got if q in base
+        )
+        finals = sum(got[q]["text"] == base[q]["text"] for q in got if q in base)
+        label = "hf fp32" if name == reference else f"llama.cpp {name}"
+        lines.append(f"{label:15s} {len(got):7d} {tokens:7d} {seconds:8.2f} {tokens / seconds:9.0f}"
+                     f"  {chains:>8d}/{len(got):<9d} {finals:>8d}/{len(got)}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _collect_counts(collect: CollectConfig) -> dict[str, Any]:
@@ -219,6 +264,14 @@ def _train_counts(train: TrainConfig) -> dict[str, Any]:
 
     done = run_train(train)
     return {k: done[k] for k in ("examples", "steps", "first_loss", "final_loss", "tokens_per_s")}
+
+
+def _export_counts(export: ExportGGUFConfig) -> dict[str, Any]:
+    from selfee.export.gguf import run_export
+
+    done = run_export(export)
+    return {f["type"]: {k: f[k] for k in ("size_mb", "bits_per_weight", "greedy_identical_percent")}
+            for f in done["files"]}  # fmt: skip
 
 
 def _infer_counts(infer: InferConfig) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class Completion:
     stop: str | None = None  # which stop string matched (None with "stop": the engine
     # did not say whether a stop string or EOS ended the text)
     prompt_tokens: int = 0  # prompt tokens the engine had to process for this call
+    ids: tuple[int, ...] = ()  # the generated token ids, from engines that know them
 
 
 class CompletionEngine(Protocol):

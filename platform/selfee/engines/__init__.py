@@ -1,1 +1,51 @@
-"""Completion engines for revision control: a local Hugging Face model, or an endpoint."""
+"""Completion engines for revision control: a local Hugging Face model (``hf``), a GGUF file
+through llama.cpp (``llama_cpp``), or an OpenAI-compatible endpoint (``completions_api``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def engine_for(model: str | Path, engine: str = "auto") -> str:
+    """The engine a model path asks for: ``llama_cpp`` for a .gguf file, else ``hf``."""
+    if engine != "auto":
+        return engine
+    return "llama_cpp" if str(model).endswith(".gguf") else "hf"
+
+
+def check_model(model: str | Path, engine: str = "auto") -> str:
+    """The engine for ``model``, or a ``ValueError`` saying what the path should be."""
+    chosen = engine_for(model, engine)
+    path = Path(model)
+    if chosen == "llama_cpp":
+        from selfee.engines.llama_cpp import check_gguf
+
+        check_gguf(path)
+    elif not (path / "config.json").is_file():
+        raise ValueError(
+            f"{path} is not a Hugging Face model directory (no config.json) nor a .gguf file"
+        )
+    return chosen
+
+
+def load_engine(
+    model: str | Path, engine: str = "auto", device: str = "auto", dtype: str = "auto",
+    threads: int | None = None,
+) -> Any:  # fmt: skip
+    """A local engine for a model directory or a GGUF file."""
+    if check_model(model, engine) == "llama_cpp":
+        from selfee.engines.llama_cpp import LlamaCppEngine
+
+        return LlamaCppEngine(model, n_threads=threads)
+    from selfee.engines.hf import HFEngine
+
+    return HFEngine.load(model, device, dtype)
+
+
+def engine_name(engine: Any) -> str:
+    """Where an engine runs, for answer metadata: ``cpu torch.float32``, ``llama.cpp q4_K_M``."""
+    path = getattr(engine, "path", None)
+    if path is not None:
+        return f"llama.cpp {Path(path).name}"
+    return f"{engine.device} {next(engine.model.parameters()).dtype}"

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from selfee.engines.stops import first_stop
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
@@ -164,7 +165,7 @@ class HFEngine:
             logits = self._feed([s.generated[-1:] if s.finish is None else [] for s in steps])
         self._trim_tail()
         return [
-            Completion(s.text, s.finish, len(s.generated), s.stop, len(s.fed))  # type: ignore[arg-type]
+            Completion(s.text, s.finish, len(s.generated), s.stop, len(s.fed), tuple(s.generated))  # type: ignore[arg-type]
             for s in steps
         ]
 
@@ -276,13 +277,8 @@ class HFEngine:
         delta = step.detok.add(token)
         seen = len(step.text)
         step.text += delta
-        hits = []
-        for stop in step.request.stop:
-            at = step.text.find(stop, max(0, seen - len(stop) + 1))
-            if at >= 0:
-                hits.append((at, stop))
-        if hits:
-            at, step.stop = min(hits)
+        if (hit := first_stop(step.text, seen, step.request.stop)) is not None:
+            at, step.stop = hit
             step.text, step.finish = step.text[:at], "stop"
             return
         if len(step.generated) >= step.limit:

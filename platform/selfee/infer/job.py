@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt
 from selfee import journal, lineage
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
+from selfee.engines import check_model, engine_for, engine_name, load_engine
 from selfee.progress import format_duration
 from selfee.records import read_objects, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
@@ -100,12 +101,10 @@ def model_fingerprint(cfg: InferConfig) -> str:
     if cfg.base_url:
         parts["endpoint"] = [cfg.base_url, cfg.model]
     else:
-        folder = Path(str(cfg.model))
-        parts["model"] = sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in folder.iterdir()
-            if f.is_file()
-        )
+        model = Path(str(cfg.model))
+        files = [model] if model.is_file() else [f for f in model.iterdir() if f.is_file()]
+        parts["model"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+        parts["engine"] = engine_for(model, cfg.engine)
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -116,11 +115,11 @@ def check_config(cfg: InferConfig) -> None:
             "give --model DIR (or --base-url URL --model NAME), --questions Q.jsonl and "
             "--output A.jsonl"
         )
-    if not cfg.base_url and not (Path(cfg.model) / "config.json").is_file():
-        raise ConfigError(
-            f"--model {cfg.model} is not a Hugging Face model directory (no config.json); "
-            "to use an endpoint, give --base-url too"
-        )
+    if not cfg.base_url:
+        try:
+            check_model(cfg.model, cfg.engine)
+        except ValueError as e:
+            raise ConfigError(f"--model: {e}; to use an endpoint, give --base-url too") from None
     if cfg.output.suffix != ".jsonl":
         raise ConfigError(f"--output must be a .jsonl file (got {cfg.output})")
 
@@ -142,11 +141,10 @@ class InferWorker:
         else:
             import torch
 
-            from selfee.engines.hf import HFEngine
-
-            torch.set_num_threads(max(1, int(cfg.cpus_per_actor)))
-            self.engine = HFEngine.load(str(cfg.model), cfg.device, cfg.dtype)
-            self.where = f"{self.engine.device} {next(self.engine.model.parameters()).dtype}"
+            threads = max(1, int(cfg.cpus_per_actor))
+            torch.set_num_threads(threads)
+            self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype, threads)
+            self.where = engine_name(self.engine)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         questions = [json.loads(q) for q in batch["question"]]
@@ -213,7 +211,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     check_config(cfg)
     assert cfg.questions is not None and cfg.output is not None
     questions = read_questions(cfg.questions)[: cfg.limit]
-    model_id = cfg.model_id or Path(str(cfg.model)).name
+    model_id = cfg.model_id or Path(str(cfg.model)).name.removesuffix(".gguf")
     fingerprint = model_fingerprint(cfg)
     journal_path = cfg.output.with_name(cfg.output.stem + ".journal.jsonl")
     if cfg.overwrite:

@@ -1,7 +1,8 @@
 """SelFee on Ray Serve: a model deployment that batches, and an OpenAI-compatible ingress.
 
-``SelFeeModel`` holds the model (``HFEngine``) in each replica and exposes one thing: a
-completion step, batched with ``@serve.batch`` across all requests that arrive together.
+``SelFeeModel`` holds the model (``HFEngine``, or ``LlamaCppEngine`` for a .gguf file) in
+each replica and exposes one thing: a completion step, batched with ``@serve.batch``
+across all requests that arrive together.
 ``OpenAIIngress`` (FastAPI) checks each request, runs ``selfee.revision``'s controller for
 it (the same code as batch inference) and sends each step to the model deployment, so the
 steps of many requests share forward passes. A client that disconnects stops its chain at
@@ -49,9 +50,10 @@ class SelFeeModel:
     """One model copy; ``step`` runs the completion steps of concurrent requests as one batch."""
 
     def __init__(self, cfg: ServeConfig) -> None:
-        from selfee.engines.hf import HFEngine
+        from selfee.engines import load_engine
 
-        self.engine = HFEngine.load(str(cfg.model), cfg.device, cfg.dtype)
+        self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
+                                  max(1, int(cfg.cpus_per_replica)))  # fmt: skip
         self.step.set_max_batch_size(cfg.max_batch_size)
         self.step.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
@@ -245,10 +247,15 @@ def build(args: dict[str, Any]) -> Application:
 def serve_forever(cfg: ServeConfig) -> None:
     """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
     from selfee.config import ConfigError
+    from selfee.engines import check_model
     from selfee.ray_runtime import ray_runtime
 
-    if cfg.model is None or not (cfg.model / "config.json").is_file():
-        raise ConfigError(f"--model must be a Hugging Face model directory (got {cfg.model})")
+    if cfg.model is None:
+        raise ConfigError("--model: give a Hugging Face model directory or a .gguf file")
+    try:
+        check_model(cfg.model, cfg.engine)
+    except ValueError as e:
+        raise ConfigError(f"--model: {e}") from None
     with ray_runtime(cfg.ray):
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)

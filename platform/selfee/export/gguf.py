@@ -1,0 +1,235 @@
+"""``selfee export gguf``: GGUF files of a model for llama.cpp, and what each one costs.
+
+1. llama.cpp's converter writes the base file (f16, or f32 when asked for); a tokenizer
+   trained from scratch gets its BPE pre-tokenizer declared (a GPT-2-style byte-level one
+   is llama.cpp's ``gpt-2``), and the declaration is proved: the file's tokenizer must give
+   the Hugging Face tokenizer's ids on 200+ strings, or the export fails.
+2. llama.cpp's quantizer writes every other type from the base file. k-quants need rows
+   that are multiples of 256; smaller tensors fall back to other types, so each file's
+   tensor types are read back and reported.
+3. Each file against the source model: identical greedy tokens on fixed prompts, mean
+   absolute logit difference and perplexity on held chains (both fed the same token ids).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from selfee import chain, lineage
+from selfee.config import ConfigError, ExportGGUFConfig, dump_config
+from selfee.export.tokenizer_check import strings as tokenizer_strings
+
+FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_K": 10, "q3_K_M": 12, "q4_K_S": 14,
+          "q4_K_M": 15, "q5_K_S": 16, "q5_K_M": 17, "q6_K": 18}  # fmt: skip
+INSTRUCTIONS = [
+    "Name a color.", "What is 12 times 7?", "Write a haiku about the sea.",
+    "Explain what a list comprehension is.", "Give two tips for better sleep.",
+    "Translate 'good morning' into French.", "What is the capital of Italy?",
+    "Write a Python function that reverses a string.",
+]  # fmt: skip
+
+
+class ExportError(ValueError):
+    """An export that cannot be done or whose files are wrong; the message says why."""
+
+
+def log(message: str) -> None:
+    print(f"[export] {message}", flush=True)
+
+
+def converter_dir(cfg: ExportGGUFConfig) -> Path:
+    folder = cfg.converter_dir or Path(
+        os.environ.get("SELFEE_LLAMA_CPP_DIR") or Path(sys.prefix) / "share" / "llama.cpp"
+    )
+    if not (folder / "convert_hf_to_gguf.py").is_file():
+        raise ConfigError(
+            f"llama.cpp's converter is not in {folder}: `make install-llama-cpp` unpacks it "
+            "from the llama-cpp-python source distribution (or give --converter-dir)"
+        )
+    return folder
+
+
+def declared_pre_tokenizer(model: Path) -> str | None:
+    """``gpt-2`` for a byte-level BPE with GPT-2's split regex and no prefix space (what the
+    tiny model's tokenizer is); None: let the converter recognize it (sentencepiece LLaMA,
+    known BPE tokenizers)."""
+    path = model / "tokenizer.json"
+    if not path.is_file():
+        return None
+    pre = json.loads(path.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if [p.get("type") for p in parts] == ["ByteLevel"]:
+        p = parts[0]
+        if p.get("use_regex", True) and not p.get("add_prefix_space", False):
+            return "gpt-2"
+    return None
+
+
+def _tools(folder: Path, *args: str, log_file: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "selfee.export.llama_cpp_tools", args[0], str(folder), *args[1:]],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    with open(log_file, "a", encoding="utf-8") as f:
+        f.write(done.stderr)
+    if done.returncode != 0:
+        tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:])
+        raise ExportError(f"llama.cpp's {args[0]} failed: {tail} (log: {log_file})")
+    return done.stdout
+
+
+def quantize(source: Path, target: Path, kind: str) -> int:
+    """llama.cpp's quantizer; returns how many tensors fell back to another type."""
+    from selfee.engines.llama_cpp import _LOG, _llama
+
+    llama_cpp = _llama()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[kind]
+    _LOG.clear()
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
+        raise ExportError(f"llama.cpp could not quantize {source} to {kind}")
+    found = re.search(r"(\d+) of \d+ tensor\(s\) required fallback", "".join(_LOG))
+    return int(found.group(1)) if found else 0
+
+
+def prove_tokenizer(gguf_engine: Any, hf_tokenizer: Any, path: Path) -> int:
+    """The GGUF file's tokenizer gives the Hugging Face ids on every check string."""
+    texts = tokenizer_strings()
+    wrong = [t for t in texts if gguf_engine.tokenize(t) != hf_tokenizer(t)["input_ids"]]
+    if wrong:
+        raise ExportError(
+            f"{path}: its tokenizer differs from the model's on {len(wrong)} of {len(texts)} "
+            f"strings (first: {wrong[0]!r}); the declared pre-tokenizer is wrong for this model"
+        )
+    return len(texts)
+
+
+def held_texts(cfg: ExportGGUFConfig) -> list[str]:
+    if cfg.eval_data is None:
+        return [t for t in tokenizer_strings() if "### Feedback" in t]
+    from selfee.train.sft import read_chains
+
+    rows, _ = read_chains(cfg.eval_data)
+    return [chain.render_prompt(r["instruction"], r.get("input") or "")
+            + chain.render_target(r["outputs"]) for r in rows[:16]]  # fmt: skip
+
+
+def compare(hf: Any, gguf: Any, prompts: list[str], texts: list[str], new_tokens: int) -> dict:
+    """The GGUF engine against the HF engine on the same weights and the same ids."""
+    import numpy as np
+    import torch
+
+    from selfee.revision import CompletionRequest
+
+    identical = 0
+    for i, prompt in enumerate(prompts):
+        request = CompletionRequest(prompt, (), new_tokens, key=f"p{i}")
+        identical += hf.complete(request).ids == gguf.complete(request).ids
+    diffs, nll_hf, nll_gguf, n = [], 0.0, 0.0, 0
+    for text in texts:
+        ids = hf.tokenizer(text)["input_ids"][: hf.max_context]
+        with torch.inference_mode():
+            ours = hf.model(torch.tensor([ids], device=hf.device)).logits[0].float().cpu().numpy()
+        theirs = gguf.score(ids)
+        vocab = min(ours.shape[1], theirs.shape[1])
+        ours, theirs = ours[:, :vocab], theirs[:, :vocab]
+        diffs.append(float(np.abs(ours - theirs).mean()))
+        for logits, total in ((ours, "hf"), (theirs, "gguf")):
+            shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            nll = -float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+            if total == "hf":
+                nll_hf += nll
+            else:
+                nll_gguf += nll
+        n += len(ids) - 1
+    return {
+        "greedy_identical_percent": round(100 * identical / len(prompts), 1),
+        "mean_abs_logit_diff": round(sum(diffs) / len(diffs), 5),
+        "perplexity": round(math.exp(nll_gguf / n), 4),
+        "perplexity_source": round(math.exp(nll_hf / n), 4),
+    }
+
+
+def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
+    started = time.monotonic()
+    model = Path(cfg.model)
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"--model {model} is not a Hugging Face model directory (no config.json)")
+    architectures = json.loads((model / "config.json").read_text()).get("architectures") or []
+    if "LlamaForCausalLM" not in architectures:
+        raise ConfigError(
+            f"--model {model}: a LLaMA-architecture model is needed (got {architectures})"
+        )
+    folder = converter_dir(cfg)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "export.log"
+    log_file.write_text("")
+    name = model.name
+    base_type = "f32" if "f32" in cfg.quant else "f16"
+    base = out / f"{name}-{base_type}.gguf"
+    pre = declared_pre_tokenizer(model)
+    log(f"converting {model} to {base_type} with llama.cpp's converter"
+        + (f" (BPE pre-tokenizer declared: {pre})" if pre else ""))  # fmt: skip
+    _tools(folder, "convert", str(model), str(base), base_type, *(["--pre", pre] if pre else []),
+           log_file=log_file)  # fmt: skip
+
+    from selfee.engines.hf import HFEngine
+    from selfee.engines.llama_cpp import LlamaCppEngine
+
+    hf = HFEngine.load(model, device="cpu", dtype="float32")
+    base_engine = LlamaCppEngine(base, cfg.threads)
+    checked = prove_tokenizer(base_engine, hf.tokenizer, base)
+    base_engine.close()
+    log(f"tokenizer proved: {checked} of {checked} strings give the model's own ids")
+    prompts = [chain.render_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)] + " " * (i // 8))
+               for i in range(cfg.prompts)]  # fmt: skip
+    texts = held_texts(cfg)
+    files = []
+    for kind in dict.fromkeys(cfg.quant):  # in order, each once
+        path = base if kind == base_type else out / f"{name}-{kind}.gguf"
+        fallback = 0 if path == base else quantize(base, path, kind)
+        held = json.loads(_tools(folder, "inspect", str(path), log_file=log_file))
+        engine = LlamaCppEngine(path, cfg.threads)
+        measured = compare(hf, engine, prompts, texts, cfg.max_new_tokens)
+        engine.close()
+        files.append({"type": kind, "file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3),
+                      "fallback_tensors": fallback, **held, **measured})  # fmt: skip
+        log(f"{path.name}: {held['bits_per_weight']} bits/weight, tensors {held['tensor_types']}")
+    if base_type not in cfg.quant:
+        base.unlink()
+    summary = {"model": str(model), "pre_tokenizer": pre or "recognized by the converter",
+               "tokenizer_strings_checked": checked, "files": files,
+               "seconds": round(time.monotonic() - started, 1), "config": dump_config(cfg)}  # fmt: skip
+    (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lineage.write_manifest(
+        out / lineage.MANIFEST, "export", {"model": model}, summary["config"],
+        {f["type"]: Path(f["file"]) for f in files}, {"files": len(files)}, summary["seconds"],
+    )  # fmt: skip
+    print(format_table(summary), flush=True)
+    log(f"summary: {out / 'export.json'}")
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    header = ["type", "tensor types", "bits/weight", "size MB", "greedy identical",
+              "mean |Δlogit|", "perplexity (source)"]  # fmt: skip
+    rows = [header]
+    for f in summary["files"]:
+        types = ", ".join(f"{k} {v}" for k, v in f["tensor_types"].items())
+        rows.append([f["type"], types, f"{f['bits_per_weight']:g}", f"{f['size_mb']:g}",
+                     f"{f['greedy_identical_percent']:g}%", f"{f['mean_abs_logit_diff']:g}",
+                     f"{f['perplexity']:g} ({f['perplexity_source']:g})"])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
