@@ -110,7 +110,7 @@ def selfee_serve(model_dir: Path, log: Path, env: dict[str, str] | None = None) 
     # a file, not a pipe: Ray's log lines would fill a pipe
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                text=True, env=env)  # fmt: skip
-    ready = f"[serve] model at http://127.0.0.1:{port}/v1"
+    ready = f" at http://127.0.0.1:{port}/v1 (chat/completions"  # "[serve] NAME at URL (...)"
     try:
         deadline = time.monotonic() + 180
         while ready not in log.read_text():  # printed once serve.run has returned

@@ -146,6 +146,7 @@ def test_bad_files_are_one_clear_error(exported: dict, tmp_path: Path) -> None:
     data = source.read_bytes()
     at = data.index(b"general.architecture")
     other_arch.write_bytes(data[:at] + data[at:].replace(b"llama", b"llamb", 1))
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "text": "Hi"}\n')
     for path, says in [(not_gguf, "is not a GGUF file"), (truncated, "cannot load it"),
                        (other_arch, "unknown model architecture: 'llamb'")]:  # fmt: skip
         with pytest.raises(GGUFError, match=says) as caught:

@@ -15,13 +15,14 @@ def engine_for(model: str | Path, engine: str = "auto") -> str:
 
 
 def check_model(model: str | Path, engine: str = "auto") -> str:
-    """The engine for ``model``, or a ``ValueError`` saying what the path should be."""
+    """The engine for ``model``, or a ``ValueError`` saying what is wrong with it (a GGUF file
+    is opened and closed, so a broken one is caught before a job starts)."""
     chosen = engine_for(model, engine)
     path = Path(model)
     if chosen == "llama_cpp":
-        from selfee.engines.llama_cpp import check_gguf
+        from selfee.engines.llama_cpp import probe_gguf
 
-        check_gguf(path)
+        probe_gguf(path)
     elif not (path / "config.json").is_file():
         raise ValueError(
             f"{path} is not a Hugging Face model directory (no config.json) nor a .gguf file"

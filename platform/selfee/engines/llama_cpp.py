@@ -87,6 +87,33 @@ def check_gguf(path: str | Path) -> Path:
     return path
 
 
+def _load_model(llama_cpp: Any, path: Path) -> Any:
+    """The model (memory-mapped: opening even a big file is quick), or a ``GGUFError`` with
+    llama.cpp's own reason."""
+    llama_cpp.llama_backend_init()
+    _LOG.clear()
+    model = llama_cpp.llama_model_load_from_file(
+        str(path).encode(), llama_cpp.llama_model_default_params()
+    )
+    if not model:
+        reason = next((line.strip() for line in reversed(_LOG) if "error" in line.lower()),
+                      "no reason given")  # fmt: skip
+        raise GGUFError(
+            f"{path}: llama.cpp cannot load it ({reason}); a truncated file or an "
+            "architecture this llama.cpp does not know"
+        )
+    return model
+
+
+def probe_gguf(path: str | Path) -> Path:
+    """Open a GGUF file the way the engine will, and close it: a bad file is one error
+    naming it before any job starts."""
+    path = check_gguf(path)
+    llama_cpp = _llama()
+    llama_cpp.llama_model_free(_load_model(llama_cpp, path))
+    return path
+
+
 @dataclass
 class _Row:
     """One chain's KV sequence: the token ids it holds."""
@@ -121,17 +148,7 @@ class LlamaCppEngine:
         self.slots = slots
         self.n_batch = n_batch
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
-        llama_cpp.llama_backend_init()
-        model_params = llama_cpp.llama_model_default_params()
-        _LOG.clear()
-        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
-        if not self._model:
-            reason = next((line.strip() for line in reversed(_LOG) if "error" in line.lower()),
-                          "no reason given")  # fmt: skip
-            raise GGUFError(
-                f"{self.path}: llama.cpp cannot load it ({reason}); a truncated file or an "
-                "architecture this llama.cpp does not know"
-            )
+        self._model = _load_model(llama_cpp, self.path)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.max_context = llama_cpp.llama_model_n_ctx_train(self._model)
