@@ -49,7 +49,7 @@ $(LLAMA_STAMP): $(STAMP)
 
 install-llama-cpp: $(LLAMA_STAMP)
 
-quickstart: install
+quickstart: install install-llama-cpp
 	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml $(ARGS)
 
 test: install install-llama-cpp chromium

@@ -26,6 +26,7 @@ def test_only_built_stages_are_subcommands() -> None:
         "augment",
         "train",
         "delta",
+        "export",
         "infer",
         "serve",
         "demo",
@@ -39,10 +40,26 @@ def test_only_built_stages_are_subcommands() -> None:
 
 def test_every_job_module_runs_the_same_parser() -> None:
     jobs = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem != "__init__")
-    assert jobs == ["augment", "collect", "infer", "judge", "quickstart", "report", "train"]
+    assert jobs == [
+        "augment",
+        "collect",
+        "export",
+        "infer",
+        "judge",
+        "quickstart",
+        "report",
+        "train",
+    ]
     done = run("-m", "jobs.quickstart", "--help")
     assert done.returncode == 0
     assert "--teacher.needed-fraction" in done.stdout
+
+
+def test_export_gguf_runs_from_its_job_module() -> None:
+    done = run("-m", "jobs.export", "gguf", "--help")
+    assert done.returncode == 0
+    for option in ["--model", "--quant", "--output", "--eval-data", "--converter-dir"]:
+        assert option in done.stdout
 
 
 def test_train_and_delta_help_name_their_options() -> None:
