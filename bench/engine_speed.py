@@ -11,7 +11,11 @@ would hide everything), with the byte-level BPE tokenizer the tiny models use, e
   so that is one call): the cost of our per-token bookkeeping;
 - enforced revisions on llama.cpp: the same N tokens in continuations of ~100 tokens, each
   continuation's prompt being the text so far plus a rewritten verdict and the next
-  revision header (what revision control sends after a forced rewrite), against one call.
+  revision header (what revision control sends after a forced rewrite), against one call;
+  random weights write tokens the tokenizer would not choose for their text, so the prompt
+  re-tokenized differs from the cache early and much is evaluated again (reported);
+- the real controller forcing revisions on the tests' trained tiny SelFee model (its
+  tokens are the tokenizer's own), llama.cpp f16 and HF, against one uninterrupted call.
 
     .venv/bin/python bench/engine_speed.py [--tokens 256] [--threads 2]
 """
@@ -69,17 +73,49 @@ def timed(fn, *args, **kwargs) -> tuple[float, Any]:  # type: ignore[no-untyped-
     return time.perf_counter() - started, out
 
 
-def enforced_continuations(engine: LlamaCppEngine, n: int, every: int = 100) -> tuple[float, int]:
+def enforced_continuations(
+    engine: LlamaCppEngine, n: int, every: int = 100
+) -> tuple[float, int, float]:
     """N tokens in pieces of ``every``, each continuation adding a rewritten verdict and the
-    next revision header, as revision control does; returns (seconds, tokens)."""
-    text, tokens, k = PROMPT, 0, 1
+    next revision header, as revision control does; returns (seconds, tokens, prompt tokens
+    evaluated per continuation)."""
+    text, tokens, k, evaluated = PROMPT, 0, 1, []
     started = time.perf_counter()
     while tokens < n:
         done = engine.complete(CompletionRequest(text, (), min(every, n - tokens), key="forced"))
         tokens += done.tokens
+        evaluated.append(done.prompt_tokens)
         text += done.text + " " + VERDICT_NEEDED + revision_header(k)
         k += 1
-    return time.perf_counter() - started, tokens
+    continuations = evaluated[1:] or [0]
+    return time.perf_counter() - started, tokens, sum(continuations) / len(continuations)
+
+
+def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, float, int]]:
+    """The real controller on the tests' trained tiny SelFee model (f16 GGUF and HF fp32):
+    ``min_revisions`` far above what fits, so every verdict is rewritten until N tokens are
+    spent, against one call that generates N tokens; returns (engine, overhead, rewrites)."""
+    from selfee.revision import RevisionSettings
+    from tiny_model import model_dir, prompt
+
+    model = model_dir(None, folder)
+    export = run_export(ExportGGUFConfig(model=model, output=folder / "gguf", quant=["f16"],
+                                         prompts=1, max_new_tokens=8))  # fmt: skip
+    engines = [("llama.cpp f16", LlamaCppEngine(export["files"][0]["file"], n_threads=threads)),
+               ("hf fp32", HFEngine.load(model, device="cpu", dtype="float32"))]  # fmt: skip
+    out = []
+    for name, engine in engines:
+        plain_s, plain = timed(engine.complete, CompletionRequest(prompt(0), (), n, key="plain"))
+        forced_s, forced = timed(generate, engine, prompt(0),
+                                 RevisionSettings(min_revisions=1000, max_new_tokens=n))  # fmt: skip
+        overhead = (forced_s / forced.tokens) / (plain_s / plain.tokens) - 1
+        out.append((name, overhead, forced.forced_rewrites))
+        print(
+            f"trained tiny model, {name}: enforced {100 * overhead:+.1f}% "
+            f"({forced.forced_rewrites} rewrites in {forced.tokens} tokens)",
+            flush=True,
+        )
+    return out
 
 
 def main() -> None:
@@ -111,7 +147,7 @@ def main() -> None:
             # our revision controller driving the engine (no verdict in random text: one call)
             seconds, done = timed(generate, engine, PROMPT, RevisionSettings(max_new_tokens=n))
             ours = done.tokens / seconds
-            forced_s, forced_tokens = enforced_continuations(engine, n)
+            forced_s, forced_tokens, reevaluated = enforced_continuations(engine, n)
             overhead = (forced_s / forced_tokens) / (seconds / done.tokens) - 1
             engine.close()
             raw = Llama(file["file"], n_ctx=2048, n_threads=args.threads, verbose=False)
@@ -123,8 +159,9 @@ def main() -> None:
             del raw
             rows.append((f"llama.cpp {file['type']}", file["size_mb"], file["bits_per_weight"],
                          ours, f"{ours / hf_rate:.2f}x", f"{ours / raw_rate:.3f}",
-                         f"{100 * overhead:+.1f}%"))  # fmt: skip
+                         f"{100 * overhead:+.1f}% ({reevaluated:.0f} tokens re-evaluated)"))  # fmt: skip
             print(rows[-1], flush=True)
+        trained = trained_model_overhead(Path(tmp) / "tiny", 2 * n, args.threads)
     today, where = datetime.date.today(), machine()
     append_rows(
         "\n## Engines: HF fp32 against llama.cpp GGUF (`bench/engine_speed.py`)\n\n"
@@ -134,6 +171,14 @@ def main() -> None:
         [f"| {today} | {where}, {args.threads} threads | LLaMA {params / 1e6:.0f}M, {n} tokens | "
          f"{name} | {mb:.1f} | {bpw} | **{rate:.1f}** | {vs} | {raw} | {forced} |"
          for name, mb, bpw, rate, vs, raw, forced in rows],
+    )  # fmt: skip
+    append_rows(
+        "\n## Engines: forced revisions on a trained model (`bench/engine_speed.py`)\n\n"
+        "| date | machine | model | engine | tokens | forced rewrites | enforced vs one call |\n"
+        "|---|---|---|---|---|---|---|\n",
+        [f"| {today} | {where}, {args.threads} threads | the tests' tiny SelFee model (0.2M) | "
+         f"{name} | {2 * n} | {rewrites} | **{100 * overhead:+.1f}%** |"
+         for name, overhead, rewrites in trained],
     )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from selfee.engines.stops import first_stop
+from selfee.engines.rows import RowCall, check_context, kept_prefix
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
@@ -70,20 +70,13 @@ class _Row:
     columns: list[int] = field(default_factory=list)
 
 
-@dataclass
-class _Step:
+@dataclass(kw_only=True)
+class _Step(RowCall):
     """One row's part of a ``complete_batch`` call."""
 
     row: _Row
-    request: CompletionRequest
-    fed: list[int]  # prompt tokens this call feeds
     detok: _Detokenizer
-    limit: int  # tokens this row may generate (max_tokens, or what the context leaves)
     generator: torch.Generator | None
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    finish: str | None = None
-    stop: str | None = None
 
 
 class HFEngine:
@@ -164,10 +157,7 @@ class HFEngine:
                 break
             logits = self._feed([s.generated[-1:] if s.finish is None else [] for s in steps])
         self._trim_tail()
-        return [
-            Completion(s.text, s.finish, len(s.generated), s.stop, len(s.fed), tuple(s.generated))  # type: ignore[arg-type]
-            for s in steps
-        ]
+        return [s.completion() for s in steps]
 
     # --- the steps of a call ----------------------------------------------------------
 
@@ -197,16 +187,8 @@ class HFEngine:
         """Keep the cached tokens the prompt's tokens start with; the rest is fed."""
         row = self._rows[index]
         ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-        if len(ids) >= self.max_context:
-            raise ValueError(
-                f"the prompt is {len(ids)} tokens; the model's context is {self.max_context}"
-            )
-        keep = 0
-        for cached, new in zip(row.ids, ids, strict=False):
-            if cached != new:
-                break
-            keep += 1
-        keep = min(keep, len(ids) - 1)  # feed at least one token: its logits come next
+        check_context(ids, self.max_context)
+        keep = kept_prefix(row.ids, ids)
         self._mask[index, row.columns[keep:]] = 0
         del row.columns[keep:]
         row.ids = list(ids)
@@ -268,23 +250,9 @@ class HFEngine:
         return int(torch.multinomial(probs, 1, generator=step.generator))
 
     def _take(self, step: _Step, token: int) -> None:
-        """Record a sampled token and decide whether the row stops; a token that stops the
-        row is not fed (so it never enters the cache)."""
-        if token in self.eos_ids:
-            step.finish = "eos"
-            return
-        step.generated.append(token)
-        delta = step.detok.add(token)
-        seen = len(step.text)
-        step.text += delta
-        if (hit := first_stop(step.text, seen, step.request.stop)) is not None:
-            at, step.stop = hit
-            step.text, step.finish = step.text[:at], "stop"
-            return
-        if len(step.generated) >= step.limit:
-            step.finish = "length"
-            return
-        step.row.ids.append(token)
+        eos = token in self.eos_ids
+        if step.take(token, eos, "" if eos else step.detok.add(token)):
+            step.row.ids.append(token)
 
     def _trim_tail(self) -> None:
         """Crop cache columns no row uses any more (all of them, for a single chain)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from selfee.engines.stops import first_stop
+from selfee.engines.rows import RowCall, check_context, kept_prefix
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 GGUF_MAGIC = b"GGUF"
@@ -124,18 +124,11 @@ class _Row:
     used: int = 0  # when it last ran (least recently used rows give up their slot)
 
 
-@dataclass
-class _Step:
+@dataclass(kw_only=True)
+class _Step(RowCall):
     row: _Row
-    request: CompletionRequest
-    fed: list[int]
-    limit: int
     rng: np.random.Generator | None
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    finish: str | None = None
-    stop: str | None = None
 
 
 class LlamaCppEngine:
@@ -251,32 +244,21 @@ class LlamaCppEngine:
             if not active:
                 break
             logits = self._decode([(s.row, s.generated[-1:], len(s.row.ids) - 1) for s in active])
-        return [
-            Completion(s.text, s.finish, len(s.generated), s.stop, len(s.fed), tuple(s.generated))  # type: ignore[arg-type]
-            for s in steps
-        ]
+        return [s.completion() for s in steps]
 
     def _plan(self, request: CompletionRequest) -> _Step:
         """Keep the cached tokens the prompt's tokens start with; the rest is evaluated."""
         ids = self.tokenize(request.prompt)
-        if len(ids) >= self.max_context:
-            raise ValueError(
-                f"the prompt is {len(ids)} tokens; the model's context is {self.max_context}"
-            )
+        check_context(ids, self.max_context)
         row = self._row(request.key)
-        keep = 0
-        for cached, new in zip(row.ids, ids, strict=False):
-            if cached != new:
-                break
-            keep += 1
-        keep = min(keep, len(ids) - 1)  # evaluate at least one token: its logits come next
+        keep = kept_prefix(row.ids, ids)
         self._lib.llama_memory_seq_rm(self._memory, row.seq, keep, -1)
         row.ids = list(ids)
         rng = None
         if request.temperature >= GREEDY_BELOW:
             rng = np.random.default_rng(request.seed % 2**64)
-        return _Step(row, request, ids[keep:], min(request.max_tokens, self.max_context - len(ids)),
-                      rng)  # fmt: skip
+        limit = min(request.max_tokens, self.max_context - len(ids))
+        return _Step(row=row, request=request, fed=ids[keep:], limit=limit, rng=rng)
 
     def _row(self, key: str) -> _Row:
         row = self._rows.get(key)
@@ -358,19 +340,6 @@ class LlamaCppEngine:
         return int(step.rng.choice(len(probs), p=probs))
 
     def _take(self, step: _Step, token: int) -> None:
-        """Record a sampled token and decide whether the row stops; a token that stops the
-        row is not evaluated (so it never enters the cache)."""
-        if self._lib.llama_vocab_is_eog(self._vocab, token):
-            step.finish = "eos"
-            return
-        step.generated.append(token)
-        seen = len(step.text)
-        step.text += step.decoder.decode(self.piece(token))
-        if (hit := first_stop(step.text, seen, step.request.stop)) is not None:
-            at, step.stop = hit
-            step.text, step.finish = step.text[:at], "stop"
-            return
-        if len(step.generated) >= step.limit:
-            step.finish = "length"
-            return
-        step.row.ids.append(token)
+        eos = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        if step.take(token, eos, "" if eos else step.decoder.decode(self.piece(token))):
+            step.row.ids.append(token)
