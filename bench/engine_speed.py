@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from revision_speed import without_eos
 
 from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, render_prompt, revision_header
@@ -91,6 +92,15 @@ def enforced_continuations(
     return time.perf_counter() - started, tokens, sum(continuations) / len(continuations)
 
 
+class NoEOSLlamaCpp(LlamaCppEngine):
+    """Never samples EOS (as ``revision_speed.NoEOSEngine``): the trained model would end
+    its text, and both sides must generate exactly N tokens."""
+
+    def _sample(self, logits, step):  # type: ignore[no-untyped-def]
+        logits[self._lib.llama_vocab_eos(self._vocab)] = float("-inf")
+        return super()._sample(logits, step)
+
+
 def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, float, int]]:
     """The real controller on the tests' trained tiny SelFee model (f16 GGUF and HF fp32):
     ``min_revisions`` far above what fits, so every verdict is rewritten until N tokens are
@@ -101,13 +111,21 @@ def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str
     model = model_dir(None, folder)
     export = run_export(ExportGGUFConfig(model=model, output=folder / "gguf", quant=["f16"],
                                          prompts=1, max_new_tokens=8))  # fmt: skip
-    engines = [("llama.cpp f16", LlamaCppEngine(export["files"][0]["file"], n_threads=threads)),
-               ("hf fp32", HFEngine.load(model, device="cpu", dtype="float32"))]  # fmt: skip
+    hf = HFEngine.load(model, device="cpu", dtype="float32")
+    engines = [("llama.cpp f16", NoEOSLlamaCpp(export["files"][0]["file"], n_threads=threads)),
+               ("hf fp32", without_eos(hf))]  # fmt: skip
     out = []
     for name, engine in engines:
-        plain_s, plain = timed(engine.complete, CompletionRequest(prompt(0), (), n, key="plain"))
-        forced_s, forced = timed(generate, engine, prompt(0),
-                                 RevisionSettings(min_revisions=1000, max_new_tokens=n))  # fmt: skip
+        plain_s, plain, forced_s, forced = float("inf"), None, float("inf"), None
+        for i in range(5):  # best of 5: each run is a fraction of a second on a busy machine
+            seconds, done = timed(engine.complete, CompletionRequest(prompt(0), (), n, key=f"p{i}"))
+            if seconds < plain_s:
+                plain_s, plain = seconds, done
+            seconds, result = timed(generate, engine, prompt(0),
+                                    RevisionSettings(min_revisions=1000, max_new_tokens=n),
+                                    key=f"f{i}")  # fmt: skip
+            if seconds < forced_s:
+                forced_s, forced = seconds, result
         overhead = (forced_s / forced.tokens) / (plain_s / plain.tokens) - 1
         out.append((name, overhead, forced.forced_rewrites))
         print(
@@ -161,7 +179,7 @@ def main() -> None:
                          ours, f"{ours / hf_rate:.2f}x", f"{ours / raw_rate:.3f}",
                          f"{100 * overhead:+.1f}% ({reevaluated:.0f} tokens re-evaluated)"))  # fmt: skip
             print(rows[-1], flush=True)
-        trained = trained_model_overhead(Path(tmp) / "tiny", 2 * n, args.threads)
+        trained = trained_model_overhead(Path(tmp) / "tiny", 2048, args.threads)
     today, where = datetime.date.today(), machine()
     append_rows(
         "\n## Engines: HF fp32 against llama.cpp GGUF (`bench/engine_speed.py`)\n\n"
@@ -177,7 +195,7 @@ def main() -> None:
         "| date | machine | model | engine | tokens | forced rewrites | enforced vs one call |\n"
         "|---|---|---|---|---|---|---|\n",
         [f"| {today} | {where}, {args.threads} threads | the tests' tiny SelFee model (0.2M) | "
-         f"{name} | {2 * n} | {rewrites} | **{100 * overhead:+.1f}%** |"
+         f"{name} | 2048 | {rewrites} | **{100 * overhead:+.1f}%** |"
          for name, overhead, rewrites in trained],
     )  # fmt: skip
 

@@ -2,7 +2,9 @@
 
 SelFee's published CPU form is quantized files for llama.cpp; this engine runs them behind
 the same revision control as every other engine. One llama.cpp context holds one KV
-sequence per chain (``slots`` sequences in a unified KV cache). A continuation — after a
+sequence per chain (``slots`` sequences, each its own KV stream: attention reads only its
+own cells, so chains kept for later cost nothing; a unified cache made every decode read
+all of them, +28% on forced revisions). A continuation — after a
 stop string, after a forced rewrite — keeps the tokens its sequence already holds (the
 longest common prefix with the new prompt's tokens), removes the rest from the cache and
 evaluates only the new tokens: the rule of ``selfee.engines.hf``, so ``prompt_tokens``
@@ -149,8 +151,8 @@ class LlamaCppEngine:
         ctx_params.n_ctx = self.max_context * slots
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
-        ctx_params.n_seq_max = slots
-        ctx_params.kv_unified = True  # any sequence may use any cell (up to max_context each)
+        ctx_params.n_seq_max = slots  # with n_ctx = max_context * slots: max_context each
+        ctx_params.kv_unified = False  # a stream per sequence: attention reads its own cells only
         ctx_params.n_threads = ctx_params.n_threads_batch = self.n_threads
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
