@@ -102,3 +102,28 @@ def test_other_settings_are_refused_unless_overwritten(tmp_path: Path) -> None:
         resume.check_settings(tmp_path, {"model": "m2", "max_iterations": 5}, overwrite=False)
     resume.check_settings(tmp_path, {"model": "m2", "max_iterations": 5}, overwrite=True)
     assert not (tmp_path / resume.JOURNAL).exists()
+
+
+def test_infer_and_judge_journal_rows_are_checked_too(tmp_path: Path) -> None:
+    from selfee.infer.job import JournaledAnswer
+    from selfee.judge.job import CachedJudgment
+
+    result = {"text": "Red.", "whole_generation": "...Red.", "revisions": 1, "forced_rewrites": 0,
+              "tokens": 12, "prompt_tokens": 30, "finish_reason": "verdict", "calls": 2}  # fmt: skip
+    answer = {"id": "1", "question_id": 1, "result": result, "latency_s": 0.5, "device": "cpu",
+              "fingerprint": "abc"}  # fmt: skip
+    judgment = {"id": "k", "text": "8 9", "score": [8, 9], "error": None, "asked": 1}
+    cases = [
+        (JournaledAnswer, answer, {**answer, "result": {**result, "tokens": -1}}),
+        (JournaledAnswer, answer, {"id": "1", "question_id": 1}),  # no result: never trusted
+        (CachedJudgment, judgment, {**judgment, "score": [8, float("nan")]}),
+        (CachedJudgment, judgment, {**judgment, "score": [8]}),
+        (CachedJudgment, judgment, {**judgment, "error": "timeout"}),
+    ]
+    for contract, good, bad in cases:
+        path = tmp_path / f"{contract.__name__}.jsonl"
+        other = {**good, "id": "other"}
+        path.write_text(json.dumps(good) + "\n" + json.dumps(other) + "\n"
+                        + json.dumps({**bad, "id": "other"}) + "\n")  # fmt: skip
+        read = journal.read_journal(path, contract)
+        assert read.rows == {good["id"]: good} and read.invalid == 1, bad  # "other" runs again
