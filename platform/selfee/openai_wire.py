@@ -76,6 +76,13 @@ class APIError(Exception):
         }
 
 
+def error_response(error: APIError, headers: dict[str, str] | None = None) -> Any:
+    """The error as an HTTP response (both servers are FastAPI apps)."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
 # --- reading a body -------------------------------------------------------------------
 
 

@@ -129,7 +129,7 @@ class OpenAIIngress:
         error = api.APIError(
             401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
         )
-        return JSONResponse(error.body(), status_code=401)
+        return wire.error_response(error)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -169,7 +169,7 @@ class OpenAIIngress:
                     "context_length_exceeded",
                 )
         except api.APIError as e:
-            return JSONResponse(e.body(), status_code=e.status)
+            return wire.error_response(e)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         controller = RevisionController(
             wanted.prompt, wanted.settings, key=request_id, stream_segments=wanted.stream
@@ -183,7 +183,7 @@ class OpenAIIngress:
                     return Response(status_code=499)
                 await self._feed(controller, step)
         except api.APIError as e:
-            return JSONResponse(e.body(), status_code=e.status)
+            return wire.error_response(e)
         result = controller.result()
         return JSONResponse(api.response(request_id, self.name, result, prompt_tokens, chat))
 

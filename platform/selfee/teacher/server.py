@@ -116,17 +116,10 @@ def _trim(window: deque[float], now: float) -> None:
 
 
 def openai_error(
-    status: int,
-    message: str,
-    kind: str,
-    headers: dict[str, str] | None = None,
-    code: str | None = None,
+    status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None
 ) -> JSONResponse:
-    code = code or {429: "rate_limit_exceeded", 500: "server_error", 400: "invalid_request"}.get(
-        status
-    )
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    code = code or {429: "rate_limit_exceeded", 500: "server_error"}.get(status)
+    return wire.error_response(wire.APIError(status, message, code=code), headers)
 
 
 def _no_stream(request: wire.SamplingRequest) -> wire.SamplingRequest:
@@ -160,12 +153,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
         sent = wire.bearer_token(request.headers.get("authorization"))
         if sent == required_key:
             return None
-        return openai_error(
-            401,
-            f"Incorrect API key provided: {sent}.",
-            "invalid_request_error",
-            code="invalid_api_key",
-        )
+        return openai_error(401, f"Incorrect API key provided: {sent}.", code="invalid_api_key")
 
     async def gate(
         request: Request, model: type[Checked], prompt_of: Callable[[Checked], list[str]]
@@ -181,7 +169,6 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             return None, openai_error(
                 429,
                 f"rate limit of {config.rpm} requests per minute reached",
-                "rate_limit_error",
                 headers={"Retry-After": str(retry_after)},
             )
         fault = state.draw_fault()
@@ -189,7 +176,7 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             raw = await wire.read_body(request.stream(), request.headers.get("content-length"))
             body = _no_stream(wire.validate(model, raw))
         except wire.APIError as e:
-            return None, JSONResponse(e.body(), status_code=e.status)
+            return None, wire.error_response(e)
         if config.context_tokens is not None:
             wanted = context_tokens(prompt_of(body)) + (body.wanted_tokens or 0)
             if wanted > config.context_tokens:
@@ -199,20 +186,17 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
                     f"This model's maximum context length is {config.context_tokens} tokens. "
                     f"However, you requested {wanted} tokens. Please reduce the length of the "
                     "messages or completion.",
-                    "invalid_request_error",
                     code="context_length_exceeded",
                 )
         if config.latency_ms:
             await asyncio.sleep(config.latency_ms / 1000)
         if fault == "429":
-            return None, openai_error(
-                429, "injected rate limit", "rate_limit_error", {"Retry-After": "1"}
-            )
+            return None, openai_error(429, "injected rate limit", {"Retry-After": "1"})
         if fault == "500":
-            return None, openai_error(500, "injected server error", "server_error")
+            return None, openai_error(500, "injected server error")
         if fault == "timeout":
             await asyncio.sleep(config.timeout_fault_s)
-            return None, openai_error(500, "injected timeout", "server_error")
+            return None, openai_error(500, "injected timeout")
         if fault == "malformed":
             return None, Response(
                 '{"id": "cmpl-broken", "choices": [', media_type="application/json"
