@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,40 +123,61 @@ def held_texts(cfg: ExportGGUFConfig) -> list[str]:
             + chain.render_target(r["outputs"]) for r in rows[:16]]  # fmt: skip
 
 
-def compare(hf: Any, gguf: Any, prompts: list[str], texts: list[str], new_tokens: int) -> dict:
-    """The GGUF engine against the HF engine on the same weights and the same ids."""
-    import numpy as np
+@dataclass
+class Reference:
+    """The source model's side of every comparison, computed once for all files."""
+
+    requests: list[Any]  # greedy requests on the fixed prompts
+    greedy: list[tuple[int, ...]]  # the source model's tokens for each
+    ids: list[list[int]]  # the held texts' token ids
+    logits: list[Any]  # the source model's logits after every one of them
+    nll: float  # its negative log-likelihood of the held texts
+
+
+def reference(hf: Any, prompts: list[str], texts: list[str], new_tokens: int) -> Reference:
     import torch
 
     from selfee.revision import CompletionRequest
 
-    identical = 0
-    for i, prompt in enumerate(prompts):
-        request = CompletionRequest(prompt, (), new_tokens, key=f"p{i}")
-        identical += hf.complete(request).ids == gguf.complete(request).ids
-    diffs, nll_hf, nll_gguf, n = [], 0.0, 0.0, 0
-    for text in texts:
-        ids = hf.tokenizer(text)["input_ids"][: hf.max_context]
-        with torch.inference_mode():
-            ours = hf.model(torch.tensor([ids], device=hf.device)).logits[0].float().cpu().numpy()
+    requests = [CompletionRequest(p, (), new_tokens, key=f"p{i}") for i, p in enumerate(prompts)]
+    ids = [hf.tokenizer(text)["input_ids"][: hf.max_context] for text in texts]
+    logits = []
+    with torch.inference_mode():
+        for row in ids:
+            out = hf.model(torch.tensor([row], device=hf.device)).logits[0]
+            logits.append(out.float().cpu().numpy())
+    return Reference(requests, [hf.complete(r).ids for r in requests], ids, logits,
+                     sum(_nll(x, row) for x, row in zip(logits, ids, strict=True)))  # fmt: skip
+
+
+def _nll(logits: Any, ids: list[int]) -> float:
+    """Negative log-likelihood of ``ids[1:]`` under the logits after each earlier token."""
+    import numpy as np
+
+    shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return -float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+
+
+def compare(source: Reference, gguf: Any) -> dict:
+    """A GGUF file's engine against the source model, fed the same token ids."""
+    import numpy as np
+
+    identical = sum(
+        gguf.complete(r).ids == ids for r, ids in zip(source.requests, source.greedy, strict=True)
+    )
+    diffs, nll = [], 0.0
+    for ids, ours in zip(source.ids, source.logits, strict=True):
         theirs = gguf.score(ids)
         vocab = min(ours.shape[1], theirs.shape[1])
-        ours, theirs = ours[:, :vocab], theirs[:, :vocab]
-        diffs.append(float(np.abs(ours - theirs).mean()))
-        for logits, total in ((ours, "hf"), (theirs, "gguf")):
-            shifted = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
-            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            nll = -float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
-            if total == "hf":
-                nll_hf += nll
-            else:
-                nll_gguf += nll
-        n += len(ids) - 1
+        diffs.append(float(np.abs(ours[:, :vocab] - theirs[:, :vocab]).mean()))
+        nll += _nll(theirs[:, :vocab], ids)
+    n = sum(len(ids) - 1 for ids in source.ids)
     return {
-        "greedy_identical_percent": round(100 * identical / len(prompts), 1),
+        "greedy_identical_percent": round(100 * identical / len(source.requests), 1),
         "mean_abs_logit_diff": round(sum(diffs) / len(diffs), 5),
-        "perplexity": round(math.exp(nll_gguf / n), 4),
-        "perplexity_source": round(math.exp(nll_hf / n), 4),
+        "perplexity": round(math.exp(nll / n), 4),
+        "perplexity_source": round(math.exp(source.nll / n), 4),
     }
 
 
@@ -193,14 +215,14 @@ def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
     log(f"tokenizer proved: {checked} of {checked} strings give the model's own ids")
     prompts = [chain.render_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)] + " " * (i // 8))
                for i in range(cfg.prompts)]  # fmt: skip
-    texts = held_texts(cfg)
+    source = reference(hf, prompts, held_texts(cfg), cfg.max_new_tokens)
     files = []
     for kind in dict.fromkeys(cfg.quant):  # in order, each once
         path = base if kind == base_type else out / f"{name}-{kind}.gguf"
         fallback = 0 if path == base else quantize(base, path, kind)
         held = json.loads(_tools(folder, "inspect", str(path), log_file=log_file))
         engine = LlamaCppEngine(path, cfg.threads)
-        measured = compare(hf, engine, prompts, texts, cfg.max_new_tokens)
+        measured = compare(source, engine)
         engine.close()
         files.append({"type": kind, "file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3),
                       "fallback_tensors": fallback, **held, **measured})  # fmt: skip
