@@ -39,7 +39,7 @@ class GGUFError(ValueError):
     """A file this engine cannot run; the message names the file and says why."""
 
 
-def _llama() -> Any:
+def bindings() -> Any:
     try:
         import llama_cpp
     except ImportError:
@@ -51,7 +51,7 @@ def _llama() -> Any:
     return llama_cpp
 
 
-_LOG: collections.deque[str] = collections.deque(maxlen=200)
+LOG_LINES: collections.deque[str] = collections.deque(maxlen=200)  # llama.cpp's latest log
 _CALLBACK: Any = None
 
 
@@ -66,7 +66,7 @@ def _quiet(llama_cpp: Any) -> None:
     @llama_cpp.llama_log_callback
     def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         line = text.decode("utf-8", "replace")
-        _LOG.append(line)
+        LOG_LINES.append(line)
         if verbose:
             print(line, end="", flush=True)
 
@@ -93,12 +93,12 @@ def _load_model(llama_cpp: Any, path: Path) -> Any:
     """The model (memory-mapped: opening even a big file is quick), or a ``GGUFError`` with
     llama.cpp's own reason."""
     llama_cpp.llama_backend_init()
-    _LOG.clear()
+    LOG_LINES.clear()
     model = llama_cpp.llama_model_load_from_file(
         str(path).encode(), llama_cpp.llama_model_default_params()
     )
     if not model:
-        reason = next((line.strip() for line in reversed(_LOG) if "error" in line.lower()),
+        reason = next((line.strip() for line in reversed(LOG_LINES) if "error" in line.lower()),
                       "no reason given")  # fmt: skip
         raise GGUFError(
             f"{path}: llama.cpp cannot load it ({reason}); a truncated file or an "
@@ -111,7 +111,7 @@ def probe_gguf(path: str | Path) -> Path:
     """Open a GGUF file the way the engine will, and close it: a bad file is one error
     naming it before any job starts."""
     path = check_gguf(path)
-    llama_cpp = _llama()
+    llama_cpp = bindings()
     llama_cpp.llama_model_free(_load_model(llama_cpp, path))
     return path
 
@@ -138,7 +138,7 @@ class LlamaCppEngine:
         self, path: str | Path, n_threads: int | None = None, slots: int = 8, n_batch: int = 512
     ) -> None:
         self.path = check_gguf(path)
-        llama_cpp = _llama()
+        llama_cpp = bindings()
         self._lib = llama_cpp
         self.slots = slots
         self.n_batch = n_batch

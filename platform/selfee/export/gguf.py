@@ -89,15 +89,15 @@ def _tools(folder: Path, *args: str, log_file: Path) -> str:
 
 def quantize(source: Path, target: Path, kind: str) -> int:
     """llama.cpp's quantizer; returns how many tensors fell back to another type."""
-    from selfee.engines.llama_cpp import _LOG, _llama
+    from selfee.engines.llama_cpp import LOG_LINES, bindings
 
-    llama_cpp = _llama()
+    llama_cpp = bindings()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[kind]
-    _LOG.clear()
+    LOG_LINES.clear()
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
         raise ExportError(f"llama.cpp could not quantize {source} to {kind}")
-    found = re.search(r"(\d+) of \d+ tensor\(s\) required fallback", "".join(_LOG))
+    found = re.search(r"(\d+) of \d+ tensor\(s\) required fallback", "".join(LOG_LINES))
     return int(found.group(1)) if found else 0
 
 
