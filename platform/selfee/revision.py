@@ -23,9 +23,10 @@ chain, ``generate_batch`` steps many chains together so an engine can batch them
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from selfee.chain import (
     VERDICT_NEEDED,
@@ -37,8 +38,9 @@ from selfee.chain import (
     verdict_span,
 )
 
-FinishReason = Literal["eos", "verdict", "max_revisions", "budget"]
-EngineFinish = Literal["stop", "eos", "length"]
+T = TypeVar("T")
+FinishReason = Literal["eos", "verdict", "max_revisions", "budget", "aborted"]
+EngineFinish = Literal["stop", "eos", "length", "abort"]  # abort: the caller stopped the row
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM's _SAMPLING_EPS)
@@ -101,10 +103,20 @@ class Completion:
     # did not say whether a stop string or EOS ended the text)
     prompt_tokens: int = 0  # prompt tokens the engine had to process for this call
     ids: tuple[int, ...] = ()  # the generated token ids, from engines that know them
+    cached_tokens: int = 0  # prompt tokens the engine took from its cache instead
 
 
 class CompletionEngine(Protocol):
     def complete(self, request: CompletionRequest) -> Completion: ...
+
+
+class AsyncCompletionEngine(Protocol):
+    """An engine that runs many requests at once on its own event loop (vLLM): chains are
+    driven concurrently, none waits at a step barrier for another."""
+
+    async def acomplete(self, request: CompletionRequest) -> Completion: ...
+
+    def run(self, make: Callable[[], Awaitable[T]]) -> T: ...
 
 
 @dataclass
@@ -119,6 +131,8 @@ class RevisionResult:
     finish_reason: FinishReason
     calls: int
     chain: ParsedChain = field(repr=False)
+    cached_tokens: int = 0  # prompt tokens of all calls the engine took from its cache
+    first_call_cached_tokens: int = 0  # of them, in the first call (the request's prompt)
 
     @property
     def whole_generation(self) -> str:
@@ -148,6 +162,8 @@ class RevisionController:
         self.text = ""
         self.tokens = 0
         self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.first_call_cached_tokens = 0
         self.forced_rewrites = 0
         self.calls = 0
         self.finish_reason: FinishReason | None = None
@@ -184,10 +200,16 @@ class RevisionController:
         )
 
     def feed(self, completion: Completion) -> None:
+        if not self.calls:
+            self.first_call_cached_tokens = completion.cached_tokens
         self.calls += 1
         self.tokens += completion.tokens
         self.prompt_tokens += completion.prompt_tokens
+        self.cached_tokens += completion.cached_tokens
         self.text += completion.text
+        if completion.finish_reason == "abort":
+            self.finish_reason = "aborted"
+            return
         stop = completion.stop
         if completion.finish_reason == "stop" and stop is None:
             stop = self._infer_stop()
@@ -221,6 +243,8 @@ class RevisionController:
             finish_reason=self.finish_reason,
             calls=self.calls,
             chain=chain,
+            cached_tokens=self.cached_tokens,
+            first_call_cached_tokens=self.first_call_cached_tokens,
         )
 
     # --- what happens after each kind of ending ---------------------------------------
@@ -304,15 +328,36 @@ def generate(
     return controller.result()
 
 
+async def generate_async(
+    engine: AsyncCompletionEngine, prompt: str, settings: RevisionSettings, key: str = ""
+) -> RevisionResult:
+    controller = RevisionController(prompt, settings, key)
+    while (request := controller.next_request()) is not None:
+        controller.feed(await engine.acomplete(request))
+    return controller.result()
+
+
 def generate_batch(
-    engine: CompletionEngine,
+    engine: CompletionEngine | AsyncCompletionEngine,
     prompts: Sequence[str],
     settings: RevisionSettings | Sequence[RevisionSettings],
 ) -> list[RevisionResult]:
-    """Step all chains together: each round sends every unfinished chain's next request at
-    once (``engine.complete_batch`` when the engine has one). ``settings``: one for all, or
-    one per prompt (e.g. each with its own seed)."""
+    """Generate many chains. On an engine with its own event loop (``acomplete``) every
+    chain runs on its own, all in flight at once; on others all chains step together: each
+    round sends every unfinished chain's next request at once (``engine.complete_batch``
+    when the engine has one). ``settings``: one for all, or one per prompt (e.g. each with
+    its own seed)."""
     each = [settings] * len(prompts) if isinstance(settings, RevisionSettings) else settings
+    if hasattr(engine, "acomplete"):
+        concurrent: Any = engine
+
+        async def all_chains() -> list[RevisionResult]:
+            return list(await asyncio.gather(*(
+                generate_async(concurrent, p, s, str(i))
+                for i, (p, s) in enumerate(zip(prompts, each, strict=True))
+            )))  # fmt: skip
+
+        return concurrent.run(all_chains)
     controllers = [
         RevisionController(p, s, key=str(i))
         for i, (p, s) in enumerate(zip(prompts, each, strict=True))

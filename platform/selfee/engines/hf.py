@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from selfee.engines.rows import RowCall, check_context, kept_prefix
+from selfee.engines.rows import OnText, RowCall, check_context, kept_prefix
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
@@ -131,18 +131,21 @@ class HFEngine:
         return self.complete_batch([request])[0]
 
     @torch.inference_mode()
-    def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+    def complete_batch(
+        self, requests: Sequence[CompletionRequest], on_text: OnText | None = None
+    ) -> list[Completion]:
+        """``on_text``: stream each row's new text after every token (see ``rows.OnText``)."""
         keys = [r.key for r in requests]
         if len(set(keys)) != len(keys):
             raise ValueError("requests in one batch need different keys")
         try:
-            return self._complete_batch(requests, keys)
+            return self._complete_batch(requests, keys, on_text)
         except BaseException:  # a half-done call leaves the cache unknown: start over
             self._rows, self._cache = [], None
             raise
 
     def _complete_batch(
-        self, requests: Sequence[CompletionRequest], keys: list[str]
+        self, requests: Sequence[CompletionRequest], keys: list[str], on_text: OnText | None
     ) -> list[Completion]:
         self._select_rows(keys)
         steps = [self._plan(i, request) for i, request in enumerate(requests)]
@@ -152,7 +155,7 @@ class HFEngine:
         while True:
             for i, step in enumerate(steps):
                 if step.finish is None:
-                    self._take(step, self._sample(logits[i], step))
+                    self._take(i, step, self._sample(logits[i], step), on_text)
             if all(step.finish for step in steps):
                 break
             logits = self._feed([s.generated[-1:] if s.finish is None else [] for s in steps])
@@ -192,13 +195,15 @@ class HFEngine:
         self._mask[index, row.columns[keep:]] = 0
         del row.columns[keep:]
         row.ids = list(ids)
+        fed = ids[keep:] if self.reuse_cache else list(ids)
         generator = None
         if request.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(request.seed)
         return _Step(
             row=row,
             request=request,
-            fed=ids[keep:] if self.reuse_cache else list(ids),
+            fed=fed,
+            cached=len(ids) - len(fed),
             detok=_Detokenizer.after(self.tokenizer, ids),
             limit=min(request.max_tokens, self.max_context - len(ids)),
             generator=generator,
@@ -249,9 +254,9 @@ class HFEngine:
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         return int(torch.multinomial(probs, 1, generator=step.generator))
 
-    def _take(self, step: _Step, token: int) -> None:
+    def _take(self, index: int, step: _Step, token: int, on_text: OnText | None) -> None:
         eos = token in self.eos_ids
-        if step.take(token, eos, "" if eos else step.detok.add(token)):
+        if step.take(token, eos, "" if eos else step.detok.add(token), on_text, index):
             step.row.ids.append(token)
 
     def _trim_tail(self) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from selfee.engines.rows import RowCall, check_context, kept_prefix
+from selfee.engines.rows import OnText, RowCall, check_context, kept_prefix, shifted
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 GGUF_MAGIC = b"GGUF"
@@ -219,29 +219,35 @@ class LlamaCppEngine:
     def complete(self, request: CompletionRequest) -> Completion:
         return self.complete_batch([request])[0]
 
-    def complete_batch(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+    def complete_batch(
+        self, requests: Sequence[CompletionRequest], on_text: OnText | None = None
+    ) -> list[Completion]:
+        """``on_text``: stream each row's new text after every token (see ``rows.OnText``)."""
         keys = [r.key for r in requests]
         if len(set(keys)) != len(keys):
             raise ValueError("requests in one batch need different keys")
         out: list[Completion] = []
         for start in range(0, len(requests), self.slots):  # at most one chain per slot
             group = requests[start : start + self.slots]
+            part = None if on_text is None else shifted(on_text, start)
             try:
-                out += self._complete_group(group)
+                out += self._complete_group(group, part)
             except BaseException:  # a half-done call leaves the cache unknown: start over
                 self._lib.llama_memory_clear(self._memory, True)
                 self._rows.clear()
                 raise
         return out
 
-    def _complete_group(self, requests: Sequence[CompletionRequest]) -> list[Completion]:
+    def _complete_group(
+        self, requests: Sequence[CompletionRequest], on_text: OnText | None
+    ) -> list[Completion]:
         self._clock += 1
         steps = [self._plan(request) for request in requests]
         logits = self._decode([(s.row, s.fed, len(s.row.ids) - len(s.fed)) for s in steps])
         while True:
-            for step in steps:
+            for i, step in enumerate(steps):
                 if step.finish is None:
-                    self._take(step, self._sample(logits[step.row.seq], step))
+                    self._take(i, step, self._sample(logits[step.row.seq], step), on_text)
             active = [s for s in steps if s.finish is None]
             if not active:
                 break
@@ -260,7 +266,7 @@ class LlamaCppEngine:
         if request.temperature >= GREEDY_BELOW:
             rng = np.random.default_rng(request.seed % 2**64)
         limit = min(request.max_tokens, self.max_context - len(ids))
-        return _Step(row=row, request=request, fed=ids[keep:], limit=limit, rng=rng)
+        return _Step(row=row, request=request, fed=ids[keep:], cached=keep, limit=limit, rng=rng)
 
     def _row(self, key: str) -> _Row:
         row = self._rows.get(key)
@@ -341,7 +347,9 @@ class LlamaCppEngine:
             probs[order] = sorted_probs / sorted_probs.sum()
         return int(step.rng.choice(len(probs), p=probs))
 
-    def _take(self, step: _Step, token: int) -> None:
+    def _take(self, index: int, step: _Step, token: int, on_text: OnText | None) -> None:
         eos = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
-        if step.take(token, eos, "" if eos else step.decoder.decode(self.piece(token))):
+        if step.take(
+            token, eos, "" if eos else step.decoder.decode(self.piece(token)), on_text, index
+        ):
             step.row.ids.append(token)

