@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -310,27 +309,3 @@ class ContinuingEngine(ScriptedEngine):
         assert request.prompt.startswith(PROMPT) and self.whole.startswith(done)
         self.script.append(self.whole[len(done) :])
         return super().complete(request)
-
-
-@pytest.mark.parametrize("max_revisions", [None, 1])
-def test_stream_segments_stop_at_every_header_and_change_nothing_else(max_revisions) -> None:
-    chain = (
-        "Red."
-        + fb(1, "Why? Revision is needed.")
-        + rev(1, "Blood red.")
-        + fb(2, "Vague. Revision is needed.")
-        + rev(2, "Crimson.")
-        + fb(3, "Good. Revision is not needed." + EOS)
-    )
-    settings = RevisionSettings(max_revisions=max_revisions)
-    whole = generate(ScriptedEngine([chain]), PROMPT, settings)
-    engine = ContinuingEngine(chain)
-    controller = RevisionController(PROMPT, settings, stream_segments=True)
-    seen = []
-    while (request := controller.next_request()) is not None:
-        controller.feed(engine.complete(request))
-        seen.append(controller.text)
-    streamed = controller.result()
-    assert (streamed.text, streamed.finish_reason) == (whole.text, whole.finish_reason)
-    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(seen))
-    assert len(seen) == (6 if max_revisions is None else 4)  # one step per segment

@@ -65,19 +65,20 @@ def test_bad_requests_are_api_errors_naming_the_field(body: object, param: str |
 
 def test_a_request_that_fails_in_a_model_step_fails_alone() -> None:
     """The batched step (run here without Serve): the batch fails, each request is tried
-    alone; the failing ones get their own error, their neighbours their completion."""
-    import asyncio
-
+    alone; the failing ones get their own error, their neighbours their completion, and
+    text a row streamed before the batch failed is not streamed again."""
     from selfee.revision import Completion, CompletionRequest
-    from selfee.serve.app import SelFeeModel, StepFailed
+    from selfee.serve.models import SelFeeModel, StepFailed
 
     class Engine:
         def __init__(self) -> None:
             self.calls: list[list[str]] = []
 
-        def complete_batch(self, requests: list[CompletionRequest]) -> list[Completion]:
+        def complete_batch(self, requests: list[CompletionRequest], on_text) -> list[Completion]:
             self.calls.append([r.key for r in requests])
-            for r in requests:
+            for i, r in enumerate(requests):
+                on_text(i, f"ok {r.key}"[:2])
+                on_text(i, f"ok {r.key}"[2:])
                 if r.key == "bug":
                     raise RuntimeError("an engine bug")
                 if r.key == "long":
@@ -85,14 +86,22 @@ def test_a_request_that_fails_in_a_model_step_fails_alone() -> None:
             return [Completion(f"ok {r.key}", "eos", 1) for r in requests]
 
     model = object.__new__(SelFeeModel)
-    model.engine, model.batches, model.steps = Engine(), [], 0
+    model.engine, model.tokens = Engine(), 0
     requests = [CompletionRequest("p", (), 4, key=k) for k in ("a", "bug", "b", "long")]
-    out = asyncio.run(SelFeeModel.step.__wrapped__(model, requests))
+    streamed: dict[int, str] = {}
+
+    def on_text(row: int, piece: str) -> bool:
+        streamed[row] = streamed.get(row, "") + piece
+        return True
+
+    out = model._complete(requests, on_text, [True, True, True, False])
     assert [o.text for o in (out[0], out[2])] == ["ok a", "ok b"]
     assert out[1] == StepFailed(500, "the model failed on this request; it was not retried")
     assert out[3] == StepFailed(400, "the prompt is 5000 tokens; the model's context is 4096",
                                 "context_length_exceeded")  # fmt: skip
     assert model.engine.calls == [["a", "bug", "b", "long"], ["a"], ["bug"], ["b"], ["long"]]
+    # each text once, though "a" was streamed by the failed batch and again by its retry
+    assert streamed == {0: "ok a", 1: "ok bug", 2: "ok b", 3: ""}
 
 
 def test_a_stream_that_fails_on_the_server_still_ends_with_done() -> None:
@@ -101,19 +110,21 @@ def test_a_stream_that_fails_on_the_server_still_ends_with_done() -> None:
 
     from selfee.revision import RevisionController, RevisionSettings
     from selfee.serve.app import OpenAIIngress
+    from selfee.serve.openai_api import ChainStream
 
-    class Broken:
-        name = "model"
-
-        async def _feed(self, controller: object, step: object) -> None:
-            raise RuntimeError("the replica died")
+    async def broken_chain():
+        yield "Red"
+        raise RuntimeError("the replica died")
 
     async def collect() -> list[str]:
         controller = RevisionController("### Answer:\n", RevisionSettings(max_new_tokens=8))
-        events = OpenAIIngress._stream(Broken(), None, controller, "chatcmpl-x", True, 3)
-        return [event async for event in events]
+        sse = ChainStream("chatcmpl-x", "model", True, False)
+        chain = broken_chain()
+        first = await anext(chain)
+        return [event async for event in OpenAIIngress._stream(None, sse, controller, chain, first)]
 
     events = asyncio.run(collect())
+    assert json.loads(events[1].removeprefix("data: "))["choices"][0]["delta"]["content"] == "Red"
     assert events[-1] == "data: [DONE]\n\n"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error" and "the stream failed" in error["message"]

@@ -41,6 +41,9 @@ def test_chat_completion_with_forced_revisions(endpoint: str) -> None:
     assert selfee["answer"] == parse(selfee["text"]).answer
     assert len(selfee["feedbacks"]) >= 2 and len(selfee["revisions"]) == selfee["revisions_count"]
     assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 10
+    # each continuation after the first reused the engine's cache for the text so far
+    assert selfee["calls"] >= 2 and selfee["cached_tokens"] >= done.usage.prompt_tokens
+    assert done.usage.prompt_tokens_details.cached_tokens == 0  # a new chain: nothing cached
     assert done.choices[0].finish_reason == "stop"
 
 
@@ -55,17 +58,43 @@ def test_autonomous_and_capped(endpoint: str) -> None:
     assert capped.choices[0].message.content == selfee["answer"]
 
 
-def test_streaming_chat_sends_the_chain_then_the_final_answer(endpoint: str) -> None:
-    stream = client(endpoint).chat.completions.create(
-        model="model", messages=USER, stream=True, extra_body={"min_revisions": 2}
-    )
-    chunks = list(stream)
+def stream_chat(endpoint: str, **extra: object) -> list:
+    return list(client(endpoint).chat.completions.create(
+        model="model", messages=USER, stream=True, extra_body={"min_revisions": 2, **extra}
+    ))  # fmt: skip
+
+
+def test_streaming_sends_the_chain_token_by_token(endpoint: str) -> None:
+    chunks = stream_chat(endpoint)
     content = "".join(c.choices[0].delta.content or "" for c in chunks)
-    texts = [c.model_extra["selfee"]["text"] for c in chunks]
-    assert len(texts) >= 4 and texts[-1]  # the chain grows step by step
     last = chunks[-1].model_extra["selfee"]
     assert last["revisions_count"] >= 2 and chunks[-1].choices[0].finish_reason == "stop"
-    assert content == final_answer(last["text"]) and content
+    assert content == last["text"]  # the whole chain, as written, forced rewrites included
+    assert len(chunks) >= chunks[-1].model_extra["selfee"]["usage"]["completion_tokens"] / 3
+    kinds = [(c.model_extra["selfee"]["segment"], c.model_extra["selfee"]["number"])
+             for c in chunks[1:-1]]  # fmt: skip
+    assert kinds[0] == ("answer", 0) and ("feedback", 1) in kinds and ("revision", 2) in kinds
+    assert kinds == sorted(kinds, key=lambda k: (k[1], k[0] == "revision"))  # in chain order
+    # each segment's text is in the deltas labelled with it
+    by_kind: dict[tuple[str, int], str] = {}
+    for c in chunks[1:-1]:
+        key = (c.model_extra["selfee"]["segment"], c.model_extra["selfee"]["number"])
+        by_kind[key] = by_kind.get(key, "") + c.model_extra["selfee"]["delta"]
+    assert last["answer"] in by_kind[("answer", 0)]
+    assert last["feedbacks"][0] in by_kind[("feedback", 1)]
+    assert last["revisions"][1] in by_kind[("revision", 2)]
+    assert last["final_answer"] and last["final_answer"] in content
+
+
+def test_streaming_the_final_answer_only_joins_to_the_plain_content(endpoint: str) -> None:
+    plain = client(endpoint).chat.completions.create(
+        model="model", messages=USER, extra_body={"min_revisions": 2}
+    )
+    chunks = stream_chat(endpoint, stream_content="final_answer")
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content == plain.choices[0].message.content and content
+    chain = "".join(c.model_extra["selfee"]["delta"] for c in chunks)  # the chain still streams
+    assert chain == plain.model_extra["selfee"]["text"] and len(chunks) > 20
 
 
 def test_completions_endpoint_and_multi_turn_chat(endpoint: str) -> None:
@@ -105,18 +134,18 @@ def test_concurrent_requests_share_batches(endpoint: str) -> None:
 
 def test_a_client_that_disconnects_stops_its_generation(endpoint: str) -> None:
     handle = serve.get_deployment_handle("SelFeeModel", app_name="selfee")
-    before = handle.steps_taken.remote().result()
+    before = handle.tokens_generated.remote().result()
     body = {"messages": USER, "stream": True, "min_revisions": 20, "max_tokens": 3000}
     with httpx.stream("POST", f"{endpoint}/chat/completions", json=body, timeout=60) as response:
         events = (line for line in response.iter_lines() if line)
         assert next(events).startswith("data: ")
-        assert "selfee" in next(events)  # the first step is done: the chain is under way
-    time.sleep(1.0)  # the ingress notices at its next step
-    stopped_at = handle.steps_taken.remote().result()
+        assert "delta" in next(events)  # tokens are arriving: the chain is under way
+    time.sleep(1.0)  # the row is dropped at its next token
+    stopped_at = handle.tokens_generated.remote().result()
     time.sleep(1.5)
-    assert handle.steps_taken.remote().result() == stopped_at
-    # the whole chain would have taken 20 forced revisions, several steps each
-    assert stopped_at - before < 40
+    assert handle.tokens_generated.remote().result() == stopped_at
+    # the whole chain would have taken 20 forced revisions: over 1,000 tokens
+    assert stopped_at - before < 300
 
 
 LONG = "word " * 6000
@@ -139,7 +168,12 @@ BAD = [
     ({"messages": USER, "temperature": 9}, 400, "'temperature' must be between 0 and 2"),
     ({"messages": USER, "stream": "yes"}, 400, "'stream' must be true or false"),
     ({"messages": USER, "n": 3}, 400, "'n' must be 1"),
-    ({"messages": [{"role": "user", "content": LONG}]}, 400, "this model's context is 4096"),
+    ({"messages": [{"role": "user", "content": LONG}]}, 400, "the model's context is 4096"),
+    (  # a stream too: nothing is sent before the first step has run
+        {"messages": [{"role": "user", "content": LONG}], "stream": True}, 400,
+        "is 24028 tokens; the model's context",
+    ),  # fmt: skip
+    ({"messages": USER, "stream": True, "stream_content": "answer"}, 400, "stream_content"),
     ({"messages": USER, "model": "gpt-4"}, 404, "model 'gpt-4' does not exist"),
 ]
 

@@ -474,8 +474,33 @@ QuantType = Literal[
 ]
 
 
-EngineName = Literal["auto", "hf", "llama_cpp"]
-ENGINE_HELP = "'auto': llama_cpp for a .gguf file, else hf (Hugging Face transformers)"
+EngineName = Literal["auto", "hf", "llama_cpp", "vllm"]
+ENGINE_HELP = (
+    "'auto': llama_cpp for a .gguf file; vllm where GPUs are reserved and vLLM is installed; "
+    "else hf (Hugging Face transformers)"
+)
+
+
+class VLLMConfig(StageConfig):
+    """How a vLLM engine starts (``selfee.engines.vllm``); empty: a default for the device."""
+
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size (empty: vLLM's share of GPU memory; 1 GiB on CPU)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="share of GPU memory vLLM may take (weights + KV cache)"
+    )
+    max_num_seqs: int = Field(256, ge=1, description="requests in flight in one engine step")
+    max_context: int | None = Field(
+        None, ge=16, description="vLLM's max_model_len (empty: the model's own context)"
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="tokens per KV block, the unit of prefix caching (empty: 32 on "
+        "CPU, vLLM's default on GPU)",
+    )  # fmt: skip
+    enforce_eager: bool | None = Field(
+        None, description="skip CUDA graphs / torch.compile (empty: on CPU only)"
+    )
 
 
 class GenerationConfig(StageConfig):
@@ -535,6 +560,7 @@ class InferConfig(GenerationConfig):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
     )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
     limit: int | None = Field(None, ge=1, description="only the first N questions (a trial run)")
     overwrite: bool = Field(False, description="discard saved answers and generate all again")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
@@ -560,7 +586,10 @@ class ServeConfig(StageConfig):
     host: str = Field("127.0.0.1", description="HTTP interface (0.0.0.0 to listen on all)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     route_prefix: str = Field("/", description="where the app lives (the API is <prefix>/v1)")
-    max_batch_size: int = Field(8, ge=1, le=256, description="requests' steps run as one batch")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="hf, llama_cpp: requests' steps run as one batch (vllm "
+        "batches continuously)",
+    )  # fmt: skip
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="how long a step waits for others to join its batch"
     )
@@ -577,6 +606,11 @@ class ServeConfig(StageConfig):
     max_revisions_limit: int = Field(
         20, ge=0, le=100, description="the most min_revisions / max_revisions a request may ask for"
     )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
+    prefix_affinity: bool = Field(
+        True, description="vllm: send a chain's continuations to the replica that holds its "
+        "prefix (Ray Serve LLM's PrefixCacheAffinityRouter)",
+    )  # fmt: skip
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ seed           -2^63 … 2^63-1
 n              1                            one chain per request
 stop           a string or up to 4 strings
 stream         true / false
+stream_content "chain" / "final_answer"     what a stream's ``content`` deltas carry
 min_revisions  0 … 100                      SelFee endpoint: 0 … ``max_revisions_limit``
 max_revisions  0 … 100, ≥ min_revisions     likewise
 ============== ============================ =================================================
@@ -174,6 +175,7 @@ class SamplingRequest(BaseModel):
 
     model: Text | None = None
     stream: StrictBool = False
+    stream_content: Literal["chain", "final_answer"] = "chain"
     n: int = 1
     max_tokens: int | None = None
     temperature: Annotated[float, Ge(0), Le(2), Field(allow_inf_nan=False)] | None = None

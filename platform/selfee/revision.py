@@ -44,7 +44,6 @@ EngineFinish = Literal["stop", "eos", "length", "abort"]  # abort: the caller st
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM's _SAMPLING_EPS)
-SEGMENT_STOPS = ("\n\n### Feedback", "\n\n### Revision")  # with stream_segments
 
 
 def revision_stop(k: int) -> str:
@@ -133,6 +132,7 @@ class RevisionResult:
     chain: ParsedChain = field(repr=False)
     cached_tokens: int = 0  # prompt tokens of all calls the engine took from its cache
     first_call_cached_tokens: int = 0  # of them, in the first call (the request's prompt)
+    request_prompt_tokens: int = 0  # the request's own prompt: the first call's, all of it
 
     @property
     def whole_generation(self) -> str:
@@ -150,13 +150,8 @@ class RevisionResult:
 class RevisionController:
     """One chain, step by step: ``next_request`` says what to generate, ``feed`` takes it."""
 
-    def __init__(
-        self, prompt: str, settings: RevisionSettings, key: str = "", stream_segments: bool = False
-    ) -> None:
-        """``stream_segments``: also stop at every header, so a streaming client sees each
-        answer, feedback and revision as soon as it is written (more, shorter steps)."""
+    def __init__(self, prompt: str, settings: RevisionSettings, key: str = "") -> None:
         self.prompt = prompt
-        self.stream_segments = stream_segments
         self.settings = settings
         self.key = key
         self.text = ""
@@ -164,6 +159,7 @@ class RevisionController:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.first_call_cached_tokens = 0
+        self.request_prompt_tokens = 0
         self.forced_rewrites = 0
         self.calls = 0
         self.finish_reason: FinishReason | None = None
@@ -186,8 +182,6 @@ class RevisionController:
         stops = [VERDICT_STOP]
         if self.settings.max_revisions is not None:
             stops.append(revision_stop(self.settings.max_revisions + 1))
-        if self.stream_segments:
-            stops += SEGMENT_STOPS
         self._stops = tuple(stops)
         return CompletionRequest(
             prompt=self.prompt + self.text,
@@ -202,6 +196,7 @@ class RevisionController:
     def feed(self, completion: Completion) -> None:
         if not self.calls:
             self.first_call_cached_tokens = completion.cached_tokens
+            self.request_prompt_tokens = completion.prompt_tokens + completion.cached_tokens
         self.calls += 1
         self.tokens += completion.tokens
         self.prompt_tokens += completion.prompt_tokens
@@ -245,19 +240,13 @@ class RevisionController:
             chain=chain,
             cached_tokens=self.cached_tokens,
             first_call_cached_tokens=self.first_call_cached_tokens,
+            request_prompt_tokens=self.request_prompt_tokens,
         )
 
     # --- what happens after each kind of ending ---------------------------------------
 
     def _after_stop(self, stop: str) -> None:
         chain = self.chain()
-        if stop in SEGMENT_STOPS:  # a segment is complete: keep the header and go on
-            cap = self.settings.max_revisions
-            if stop == SEGMENT_STOPS[1] and cap is not None and len(chain.revisions) >= cap:
-                self.finish_reason = "max_revisions"
-            else:
-                self.text += stop
-            return
         if stop != VERDICT_STOP:  # the header of the revision past max_revisions
             self.finish_reason = "max_revisions"
             return

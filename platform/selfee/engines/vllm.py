@@ -25,10 +25,10 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from selfee.config import VLLMConfig
 from selfee.engines.rows import OnText, check_context, shifted
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
@@ -40,20 +40,6 @@ CPU_BLOCK_SIZE = 32  # tokens per KV block (prefix caching reuses whole blocks);
 
 class VLLMError(RuntimeError):
     """vLLM is missing or cannot run this model; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class VLLMSettings:
-    """How the engine is started; ``None``: a default that depends on the device."""
-
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    max_context: int | None = None  # vLLM's max_model_len; None: the model's own
-    kv_cache_gib: float | None = None  # None: vLLM's share of GPU memory; CPU_KV_CACHE_GIB
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256  # requests one engine step may hold
-    block_size: int | None = None  # None: vLLM's default on GPU, CPU_BLOCK_SIZE on CPU
-    enforce_eager: bool | None = None  # None: eager on CPU (compiling takes 24-84 s there)
-    seed: int = 0
 
 
 def _import_vllm() -> Any:
@@ -76,40 +62,43 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def engine_args(path: Path, settings: VLLMSettings) -> Any:
+def engine_args(path: Path, options: VLLMConfig, dtype: str, seed: int) -> Any:
+    """vLLM's engine arguments; the options left empty get this device's default."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     cpu = on_cpu()
-    kv_gib = settings.kv_cache_gib if settings.kv_cache_gib is not None else (
+    kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (
         CPU_KV_CACHE_GIB if cpu else None
     )  # fmt: skip
-    dtype = settings.dtype
     if dtype == "auto":
         dtype = "float32" if cpu else "bfloat16"
     return AsyncEngineArgs(
         model=str(path),
         tokenizer=str(path),
         dtype=dtype,
-        max_model_len=settings.max_context,
+        max_model_len=options.max_context,
         enable_prefix_caching=True,
         kv_cache_memory_bytes=None if kv_gib is None else int(kv_gib * 2**30),
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        max_num_seqs=settings.max_num_seqs,
-        block_size=settings.block_size or (CPU_BLOCK_SIZE if cpu else None),
-        enforce_eager=cpu if settings.enforce_eager is None else settings.enforce_eager,
-        seed=settings.seed,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        max_num_seqs=options.max_num_seqs,
+        block_size=options.block_size or (CPU_BLOCK_SIZE if cpu else None),
+        enforce_eager=cpu if options.enforce_eager is None else options.enforce_eager,
+        seed=seed,
         disable_log_stats=True,
     )
 
 
 class VLLMEngine:
-    def __init__(self, path: str | Path, settings: VLLMSettings | None = None) -> None:
+    def __init__(
+        self, path: str | Path, options: VLLMConfig | None = None, dtype: str = "auto",
+        seed: int = 0,
+    ) -> None:  # fmt: skip
         from selfee.train.tokenizer import load_tokenizer
 
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise VLLMError(f"{self.path} is not a Hugging Face model directory (no config.json)")
-        self.settings = settings or VLLMSettings()
+        self.options = options or VLLMConfig()
         vllm = _import_vllm()
         self._vllm = vllm
         self.tokenizer = load_tokenizer(self.path)
@@ -122,17 +111,14 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         try:
-            self.llm = AsyncLLM.from_engine_args(engine_args(self.path, self.settings))
+            args = engine_args(self.path, self.options, dtype, seed)
+            self.llm = AsyncLLM.from_engine_args(args)
         except Exception as e:
             self._stop_loop()
             raise VLLMError(f"vLLM could not start on {self.path}: {type(e).__name__}: {e}") from e
         self.max_context = int(self.llm.model_config.max_model_len)
         self.device = "cpu" if on_cpu() else "cuda"
         self.dtype = str(self.llm.model_config.dtype).removeprefix("torch.")
-
-    @classmethod
-    def load(cls, path: str | Path, settings: VLLMSettings | None = None) -> VLLMEngine:
-        return cls(path, settings)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -1,7 +1,8 @@
 """Batch inference: questions → SelFee chains with revision control → an answer file.
 
 Model actors on Ray Data (``concurrency`` copies, each with its CPUs/GPUs) take questions
-in batches and run ``selfee.revision.generate_batch`` on a local model, or on an
+in batches and run ``selfee.revision.generate_batch`` on a local model (on vLLM every
+question of a batch is in flight at once, continuously batched), or on an
 OpenAI-compatible endpoint (``base_url``). Every finished answer goes to a journal beside
 the answer file at once; a re-run (after a crash, Ctrl-C, or with more questions) generates
 only what the journal lacks for the same model and settings. The answer file comes out in
@@ -104,7 +105,7 @@ def model_fingerprint(cfg: InferConfig) -> str:
         model = Path(str(cfg.model))
         files = [model] if model.is_file() else [f for f in model.iterdir() if f.is_file()]
         parts["model"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-        parts["engine"] = engine_for(model, cfg.engine)
+        parts["engine"] = engine_for(model, cfg.engine, cfg.gpus_per_actor)
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -117,7 +118,7 @@ def check_config(cfg: InferConfig) -> None:
         )
     if not cfg.base_url:
         try:
-            check_model(cfg.model, cfg.engine)
+            check_model(cfg.model, cfg.engine, cfg.gpus_per_actor)
         except ValueError as e:
             raise ConfigError(f"--model: {e}; to use an endpoint, give --base-url too") from None
     if cfg.output.suffix != ".jsonl":
@@ -143,7 +144,8 @@ class InferWorker:
 
             threads = max(1, int(cfg.cpus_per_actor))
             torch.set_num_threads(threads)
-            self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype, threads)
+            self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype, threads,
+                                      cfg.gpus_per_actor, cfg.vllm)  # fmt: skip
             self.where = engine_name(self.engine)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -196,6 +198,7 @@ def answer_row(row: dict[str, Any], cfg: InferConfig, model_id: str, fingerprint
             "forced_rewrites": result["forced_rewrites"],
             "tokens": result["tokens"],
             "prompt_tokens": result["prompt_tokens"],
+            "cached_tokens": result.get("cached_tokens", 0),  # answers journaled before it
             "finish_reason": result["finish_reason"],
             "calls": result["calls"],
             "latency_s": round(row["latency_s"], 3),

@@ -1,25 +1,22 @@
-"""SelFee on Ray Serve: a model deployment that batches, and an OpenAI-compatible ingress.
+"""SelFee on Ray Serve: an OpenAI-compatible ingress in front of a model deployment.
 
-``SelFeeModel`` holds the model (``HFEngine``, or ``LlamaCppEngine`` for a .gguf file) in
-each replica and exposes one thing: a completion step, batched with ``@serve.batch``
-across all requests that arrive together.
 ``OpenAIIngress`` (FastAPI) checks each request, runs ``selfee.revision``'s controller for
-it (the same code as batch inference) and sends each step to the model deployment, so the
-steps of many requests share forward passes. A client that disconnects stops its chain at
-the next step. Replicas of the model deployment autoscale on ongoing requests.
+it (the same code as batch inference) and sends each step to the model deployment
+(``selfee.serve.models``: ``SelFeeModel`` batches the steps of concurrent requests on the
+HF or llama.cpp engine, ``VLLMModel`` hands each to vLLM), streaming the text token by
+token when the client asked for a stream. A client that disconnects ends its engine
+request at once. Replicas of the model deployment autoscale on ongoing requests.
 
 No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself, not a
 string, in the signatures of the ingress's methods.
 """
 
-import asyncio
 import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,71 +27,12 @@ from ray.serve.handle import DeploymentHandle
 
 from selfee import openai_wire as wire
 from selfee.config import ServeConfig
-from selfee.revision import Completion, CompletionRequest, RevisionController
+from selfee.revision import Completion, RevisionController
 from selfee.serve import openai_api as api
+from selfee.serve.models import SelFeeModel, StepFailed, VLLMModel
 
 API_KEY_ENV = "SELFEE_API_KEY"
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class StepFailed:
-    """A step the engine could not run, for that request alone (its batch goes on)."""
-
-    status: int  # 400: the request's fault (its context is full); 500: ours
-    message: str
-    code: str | None = None
-
-
-class SelFeeModel:
-    """One model copy; ``step`` runs the completion steps of concurrent requests as one batch."""
-
-    def __init__(self, cfg: ServeConfig) -> None:
-        from selfee.engines import load_engine
-
-        self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
-                                  max(1, int(cfg.cpus_per_replica)))  # fmt: skip
-        self.step.set_max_batch_size(cfg.max_batch_size)
-        self.step.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
-        self.steps = 0
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def step(self, requests: list[CompletionRequest]) -> list[Completion | StepFailed]:
-        self.batches = [*self.batches[-99:], len(requests)]
-        self.steps += len(requests)
-        try:
-            return await asyncio.to_thread(self.engine.complete_batch, requests)
-        except Exception as e:  # one request is at fault: run them one by one to find it
-            if len(requests) == 1:
-                return [_step_failed(requests[0], e)]
-        out: list[Completion | StepFailed] = []
-        for request in requests:
-            try:
-                out += await asyncio.to_thread(self.engine.complete_batch, [request])
-            except Exception as e:
-                out.append(_step_failed(request, e))
-        return out
-
-    def count_tokens(self, text: str) -> int:
-        return self.engine.count_tokens(text)
-
-    def max_context(self) -> int:
-        return self.engine.max_context
-
-    def batch_sizes(self) -> list[int]:
-        return self.batches
-
-    def steps_taken(self) -> int:
-        return self.steps
-
-
-def _step_failed(request: CompletionRequest, error: Exception) -> StepFailed:
-    """What a request that failed alone gets; the traceback goes to the replica's log."""
-    if isinstance(error, ValueError):  # the engine's word: the prompt fills the context
-        return StepFailed(400, str(error), "context_length_exceeded")
-    logger.error("a model step failed (request %s)", request.key, exc_info=error)
-    return StepFailed(500, "the model failed on this request; it was not retried")
 
 
 app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
@@ -155,83 +93,111 @@ class OpenAIIngress:
     async def _complete(self, request: Request, chat: bool) -> Response:
         if (refused := self._refused(request)) is not None:
             return refused
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         try:
             body = await wire.read_body(request.stream(), request.headers.get("content-length"))
             limits = await self._limits()
             wanted = api.parse_request(body, limits, chat)
-            prompt_tokens = await self.model.count_tokens.remote(wanted.prompt)
-            if prompt_tokens >= limits.max_context:
-                raise api.APIError(
-                    400,
-                    f"the prompt is {prompt_tokens} tokens; this model's context is "
-                    f"{limits.max_context} tokens",
-                    "messages" if chat else "prompt",
-                    "context_length_exceeded",
-                )
+            controller = RevisionController(wanted.prompt, wanted.settings, key=request_id)
+            chain = self._chain(controller, wanted.stream)
+            # the first step tells the prompt's length, or that it does not fit (a 400,
+            # even for a stream: nothing is sent before it)
+            first = await anext(chain, None)
         except api.APIError as e:
             return wire.error_response(e)
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        controller = RevisionController(
-            wanted.prompt, wanted.settings, key=request_id, stream_segments=wanted.stream
-        )
         if wanted.stream:
-            events = self._stream(request, controller, request_id, chat, prompt_tokens)
+            sse = api.ChainStream(request_id, self.name, chat, wanted.final_answer_only)
+            events = self._stream(sse, controller, chain, first)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
-            while (step := controller.next_request()) is not None:
+            async for _ in chain:
                 if await request.is_disconnected():
+                    await chain.aclose()
                     return Response(status_code=499)
-                await self._feed(controller, step)
         except api.APIError as e:
             return wire.error_response(e)
         result = controller.result()
-        return JSONResponse(api.response(request_id, self.name, result, prompt_tokens, chat))
+        return JSONResponse(api.response(request_id, self.name, result, chat))
 
-    async def _feed(self, controller: RevisionController, step: CompletionRequest) -> None:
-        done = await self.model.step.remote(step)
-        if isinstance(done, StepFailed):
-            raise api.APIError(done.status, done.message, code=done.code)
-        controller.feed(done)
+    async def _chain(self, controller: RevisionController, stream: bool) -> AsyncIterator[str]:
+        """Run the chain step by step: the new text as the engine writes it (when
+        ``stream``), and "" after each step, when the controller may have added text."""
+        while (step := controller.next_request()) is not None:
+            done: Completion | None = None
+            response = self.model.options(stream=True).step.remote(step, stream)
+            try:
+                async for event in response:
+                    if isinstance(event, StepFailed):
+                        raise api.APIError(event.status, event.message, code=event.code)
+                    if isinstance(event, str):
+                        yield event
+                    else:
+                        done = event
+            finally:
+                if done is None:  # stopped early: the model deployment drops the request
+                    response.cancel()
+            assert done is not None, "the model deployment ended a step without its result"
+            controller.feed(done)
+            yield ""
 
     async def _stream(
-        self, request: Request, controller: RevisionController, request_id: str, chat: bool,
-        prompt_tokens: int,
+        self, sse: "api.ChainStream", controller: RevisionController,
+        chain: AsyncIterator[str], first: str | None,
     ) -> AsyncIterator[str]:  # fmt: skip
         """Every stream ends with its final chunk or an error event, then ``[DONE]``."""
-        yield api.chunk(request_id, self.name, chat, "" if chat else None, None, {"text": ""})
+        yield sse.opening()
         started = time.monotonic()
         try:
-            while (step := controller.next_request()) is not None:
-                await self._feed(controller, step)
-                yield api.chunk(request_id, self.name, chat, None, None, {"text": controller.text})
-            result = controller.result()
-            selfee = {**api.selfee_object(result), "usage": api.usage(result, prompt_tokens),
-                      "latency_s": round(time.monotonic() - started, 3)}  # fmt: skip
-            yield api.chunk(
-                request_id, self.name, chat, result.final_answer, api.openai_finish(result), selfee
-            )
-        except api.APIError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
-        except Exception:
-            logger.exception("stream %s failed", request_id)
-            failed = api.APIError(500, "the stream failed on the server; it was not retried")
-            yield f"data: {json.dumps(failed.body())}\n\n"
-        yield api.DONE
+            try:
+                piece = first
+                while piece is not None:
+                    if piece:
+                        yield sse.piece(piece)
+                    elif caught_up := sse.catch_up(controller.text):  # a step ended: the
+                        yield caught_up  # controller may have added (or rewritten) text
+                    piece = await anext(chain, None)
+                yield sse.final(controller.result(), time.monotonic() - started)
+            except api.APIError as e:
+                yield f"data: {json.dumps(e.body())}\n\n"
+            except Exception:
+                logger.exception("stream %s failed", sse.request_id)
+                failed = api.APIError(500, "the stream failed on the server; it was not retried")
+                yield f"data: {json.dumps(failed.body())}\n\n"
+            yield api.DONE
+        finally:
+            await chain.aclose()  # a client that went away: its engine request ends now
+
+
+def model_deployment(cfg: ServeConfig) -> Application:
+    """The model deployment for the configured engine (named ``SelFeeModel`` whatever the
+    engine): vLLM batches continuously, so each replica takes many requests; the others
+    batch the steps that arrive together."""
+    from selfee.engines import engine_for
+
+    options: dict[str, Any] = {
+        "name": "SelFeeModel",
+        "autoscaling_config": {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    }
+    if engine_for(str(cfg.model), cfg.engine, cfg.gpus_per_replica) != "vllm":
+        options["max_ongoing_requests"] = max(cfg.max_batch_size * 2, 4)
+        return serve.deployment(SelFeeModel, **options).bind(cfg)
+    options["max_ongoing_requests"] = cfg.vllm.max_num_seqs
+    if cfg.prefix_affinity:
+        from ray.serve.config import RequestRouterConfig
+
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class="ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+        )
+    return serve.deployment(VLLMModel, **options).bind(cfg)
 
 
 def selfee_application(cfg: ServeConfig) -> Application:
-    autoscaling = {
-        "min_replicas": cfg.min_replicas,
-        "max_replicas": cfg.max_replicas,
-        "target_ongoing_requests": cfg.target_ongoing_requests,
-    }
-    model = serve.deployment(
-        SelFeeModel,
-        name="SelFeeModel",
-        autoscaling_config=autoscaling,
-        max_ongoing_requests=max(cfg.max_batch_size * 2, 4),
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
-    ).bind(cfg)
+    model = model_deployment(cfg)
     key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV))
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
@@ -253,7 +219,7 @@ def serve_forever(cfg: ServeConfig) -> None:
     if cfg.model is None:
         raise ConfigError("--model: give a Hugging Face model directory or a .gguf file")
     try:
-        check_model(cfg.model, cfg.engine)
+        check_model(cfg.model, cfg.engine, cfg.gpus_per_replica)
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
     with ray_runtime(cfg.ray):

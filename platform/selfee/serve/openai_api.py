@@ -6,10 +6,24 @@ teacher) and becomes a ``GenerationRequest``, or raises ``APIError`` (status, me
 naming the field, OpenAI error type); nothing a client sends may end in a 5xx.
 
 ``content`` (``text`` for completions) is the final answer; the ``selfee`` object carries
-the chain. Streaming sends the chain as it grows in ``selfee.text`` (a rewrite may change
-what was sent before, so each chunk carries all of it) and the final answer as the
-``content`` delta of the last chunk, so an OpenAI client that joins the deltas gets the
-same ``content`` as without streaming.
+the chain (answer, feedbacks, revisions, verdicts' outcome, token counts).
+
+Streaming (``ChainStream``) sends text token by token. What ``delta.content`` carries is
+the request's choice, ``stream_content``:
+
+- ``"chain"`` (the default): the chain as the model writes it — answer, "### Feedback 1:",
+  feedback, "### Revision 1:", … — so a plain OpenAI client shows it live. Revision control
+  only appends text (a forced rewrite's "Revision is needed." and header arrive as one
+  delta), with one exception: when the model ends on a verdict in other words and a
+  revision is forced, the chunk that replaces it says ``selfee.replace_from`` (the
+  character from which the client's text is replaced by this delta's).
+- ``"final_answer"``: no content until the last chunk, whose content is the final answer:
+  joined content deltas equal the non-streaming ``content``.
+
+Every chunk's ``selfee`` holds ``delta`` (the new chain text, whatever the mode),
+``segment`` ("answer", "feedback" or "revision") and ``number`` (k of "Feedback k" /
+"Revision k", 0 for the answer) of the segment the text ends in; the last chunk holds the
+whole ``selfee`` object, with ``usage`` and ``latency_s``.
 """
 
 from __future__ import annotations
@@ -20,11 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfee import openai_wire as wire
-from selfee.chain import final_answer, render_prompt
+from selfee.chain import final_answer, parse_generation, render_prompt
 from selfee.openai_wire import APIError
 from selfee.revision import RevisionResult, RevisionSettings
 
-__all__ = ["APIError", "GenerationRequest", "Limits", "chat_prompt", "parse_request"]
+__all__ = ["APIError", "ChainStream", "GenerationRequest", "Limits", "chat_prompt",
+           "parse_request"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,7 @@ class GenerationRequest:
     settings: RevisionSettings
     stream: bool
     chat: bool
+    final_answer_only: bool = False  # a stream's content: the final answer, not the chain
 
 
 def chat_prompt(messages: list[dict[str, str]]) -> str:
@@ -89,7 +105,9 @@ def parse_request(body: Any, limits: Limits, chat: bool) -> GenerationRequest:
         top_p=request.top_p,
         seed=request.seed or 0,
     )
-    return GenerationRequest(prompt, settings, request.stream, chat)
+    return GenerationRequest(
+        prompt, settings, request.stream, chat, request.stream_content == "final_answer"
+    )
 
 
 # --- responses ------------------------------------------------------------------------
@@ -101,10 +119,14 @@ def selfee_object(result: RevisionResult) -> dict[str, Any]:
         "answer": chain.answer,
         "feedbacks": chain.feedbacks,
         "revisions": chain.revisions,
+        "final_answer": result.final_answer,
         "revisions_count": result.revisions,
         "forced_rewrites": result.forced_rewrites,
         "finish_reason": result.finish_reason,
         "text": result.text,
+        "calls": result.calls,  # engine calls; each after the first continues the chain
+        "engine_prompt_tokens": result.prompt_tokens,  # prompt tokens they evaluated
+        "cached_tokens": result.cached_tokens,  # and those their engine took from its cache
     }
 
 
@@ -112,17 +134,19 @@ def openai_finish(result: RevisionResult) -> str:
     return "length" if result.finish_reason == "budget" else "stop"
 
 
-def usage(result: RevisionResult, prompt_tokens: int) -> dict[str, int]:
+def usage(result: RevisionResult) -> dict[str, Any]:
+    """OpenAI's usage: the request's prompt (cached: the part of it the engine had cached)
+    and the tokens generated over the whole chain."""
+    prompt_tokens = result.request_prompt_tokens
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": result.tokens,
         "total_tokens": prompt_tokens + result.tokens,
+        "prompt_tokens_details": {"cached_tokens": result.first_call_cached_tokens},
     }
 
 
-def response(
-    request_id: str, model: str, result: RevisionResult, prompt_tokens: int, chat: bool
-) -> dict:
+def response(request_id: str, model: str, result: RevisionResult, chat: bool) -> dict:
     choice: dict[str, Any] = {"index": 0, "finish_reason": openai_finish(result), "logprobs": None}
     if chat:
         choice["message"] = {"role": "assistant", "content": result.final_answer}
@@ -134,7 +158,7 @@ def response(
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
-        "usage": usage(result, prompt_tokens),
+        "usage": usage(result),
         "selfee": selfee_object(result),
     }
 
@@ -159,3 +183,63 @@ def chunk(request_id: str, model: str, chat: bool, delta: str | None, finish: st
 
 
 DONE = "data: [DONE]\n\n"
+HEADER_CHARS = 24  # "### Revision 123:" and its newlines, with room
+
+
+@dataclass
+class ChainStream:
+    """The server-sent events of one streamed chain (see the module's docstring)."""
+
+    request_id: str
+    model: str
+    chat: bool
+    final_answer_only: bool
+    sent: str = ""  # the chain text the client has
+    segment: tuple[str, int] = ("answer", 0)
+
+    def opening(self) -> str:
+        return self._chunk("" if self.chat else None, None, self._selfee(""))
+
+    def piece(self, text: str) -> str:
+        self.sent += text
+        return self._chunk(self._content(text), None, self._selfee(text))
+
+    def catch_up(self, chain_text: str) -> str:
+        """A chunk for the text the controller added after a step ("" when none)."""
+        if chain_text.startswith(self.sent):
+            new, extra = chain_text[len(self.sent) :], {}
+        else:
+            keep = _common_prefix(self.sent, chain_text)
+            new, extra = chain_text[keep:], {"replace_from": keep}
+        if not new and not extra:
+            return ""
+        self.sent = chain_text
+        return self._chunk(self._content(new), None, {**self._selfee(new), **extra})
+
+    def final(self, result: RevisionResult, seconds: float) -> str:
+        selfee = {"delta": "", **selfee_object(result), "usage": usage(result),
+                  "latency_s": round(seconds, 3)}  # fmt: skip
+        content = result.final_answer if self.final_answer_only else ""
+        return self._chunk(content, openai_finish(result), selfee)
+
+    def _content(self, text: str) -> str | None:
+        return None if self.final_answer_only else text
+
+    def _selfee(self, text: str) -> dict[str, Any]:
+        header_at = self.sent.rfind("###", max(0, len(self.sent) - len(text) - HEADER_CHARS))
+        if header_at >= 0:  # near a header: the segment may have changed
+            last = parse_generation(self.sent).segments[-1]
+            self.segment = (last.kind, last.number)
+        return {"delta": text, "segment": self.segment[0], "number": self.segment[1]}
+
+    def _chunk(self, content: str | None, finish: str | None, selfee: dict[str, Any]) -> str:
+        return chunk(self.request_id, self.model, self.chat, content, finish, selfee)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,206 @@
+"""The model deployments behind the SelFee ingress: one completion step of a chain at a time.
+
+Both expose the same method, ``step(request, stream)``: an async generator that yields the
+step's new text as the engine writes it (when ``stream``), then the ``Completion`` or a
+``StepFailed``. A caller that stops listening ends its request at once: vLLM aborts it,
+the batching engines drop its row at the next token.
+
+- ``SelFeeModel`` holds a batching engine (``HFEngine``, ``LlamaCppEngine``): the steps of
+  requests that arrive together run as one batch (``@serve.batch``, streamed).
+- ``VLLMModel`` holds vLLM's async engine: every step is its own vLLM request, continuously
+  batched by vLLM, its prompt prefix-cached; Serve routes a chain's steps to the replica
+  that holds its prefix (``PrefixCacheAffinityRouter`` reads ``CompletionRequest.prompt``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+
+from selfee.config import ServeConfig
+from selfee.engines.rows import OnText
+from selfee.revision import Completion, CompletionRequest
+
+logger = logging.getLogger("ray.serve")
+StepEvent = str | Completion  # a piece of new text, or the step's end
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """A step the engine could not run, for that request alone (its batch goes on)."""
+
+    status: int  # 400: the request's fault (its context is full); 500: ours
+    message: str
+    code: str | None = None
+
+
+def step_failed(request: CompletionRequest, error: Exception) -> StepFailed:
+    """What a request that failed alone gets; the traceback goes to the replica's log."""
+    if isinstance(error, ValueError):  # the engine's word: the prompt fills the context
+        return StepFailed(400, str(error), "context_length_exceeded")
+    logger.error("a model step failed (request %s)", request.key, exc_info=error)
+    return StepFailed(500, "the model failed on this request; it was not retried")
+
+
+async def relay(
+    work: Callable[[OnText], Awaitable[list[Any]]], rows: int, go_on: Callable[[int], bool],
+) -> AsyncIterator[list[list[Any]]]:  # fmt: skip
+    """Run ``work(on_text)`` — engine work that reports new text from any thread — and
+    yield, for each of its ``rows``, the text pieces that arrived since the last yield;
+    the last yield holds each row's result. ``go_on(row)``: False stops that row."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+
+    def on_text(row: int, piece: str) -> bool:
+        if piece:
+            loop.call_soon_threadsafe(arrived.put_nowait, (row, piece))
+        return go_on(row)
+
+    task = asyncio.ensure_future(work(on_text))
+    try:
+        while not task.done() or not arrived.empty():
+            getter = asyncio.ensure_future(arrived.get())
+            await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            pieces: list[list[Any]] = [[] for _ in range(rows)]
+            row, piece = getter.result()
+            pieces[row].append(piece)
+            while not arrived.empty():
+                row, piece = arrived.get_nowait()
+                pieces[row].append(piece)
+            yield pieces
+        yield [[result] for result in task.result()]
+    finally:
+        task.cancel()
+
+
+class SelFeeModel:
+    """One copy of a batching engine; the steps of concurrent requests run as one batch."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        from selfee.engines import load_engine
+
+        self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
+                                  max(1, int(cfg.cpus_per_replica)))  # fmt: skip
+        self._batch.set_max_batch_size(cfg.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
+        self.tokens = 0  # generated, for tests: a dropped request stops adding to it
+        self.gone: set[str] = set()  # requests whose caller went away
+
+    async def step(self, request: CompletionRequest, stream: bool = False) -> AsyncIterator[Any]:
+        finished = False
+        try:
+            async for events in self._batch(request, stream):
+                for event in events:
+                    finished = not isinstance(event, str)
+                    yield event
+        finally:
+            if not finished:  # the caller stopped listening: drop the row at its next token
+                self.gone.add(request.key)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batch(
+        self, requests: list[CompletionRequest], streams: list[bool]
+    ) -> AsyncIterator[list[list[Any]]]:
+        self.batches = [*self.batches[-99:], len(requests)]
+        keys = [r.key for r in requests]
+
+        def go_on(row: int) -> bool:
+            return keys[row] not in self.gone
+
+        async def work(on_text: OnText) -> list[Completion | StepFailed]:
+            return await asyncio.to_thread(self._complete, requests, on_text, streams)
+
+        async for pieces in relay(work, len(requests), go_on):
+            yield pieces
+        self.gone.difference_update(keys)
+
+    def _complete(
+        self, requests: Sequence[CompletionRequest], on_text: OnText, streams: Sequence[bool]
+    ) -> list[Completion | StepFailed]:
+        """One batch; if it fails, each request alone (one is at fault; the others go on).
+        Text a row already streamed is not streamed again by its retry."""
+        sent = [0] * len(requests)
+
+        def report(row: int, piece: str) -> bool:
+            if not streams[row]:
+                return on_text(row, "")
+            sent[row] += len(piece)
+            return on_text(row, piece)
+
+        try:
+            done: list[Completion | StepFailed] = list(self.engine.complete_batch(requests, report))
+        except Exception as e:
+            if len(requests) == 1:
+                return [step_failed(requests[0], e)]
+            done = []
+            for row, request in enumerate(requests):
+                resent = _skipping(sent[row], lambda _, piece, row=row: report(row, piece))
+                try:
+                    done += self.engine.complete_batch([request], resent)
+                except Exception as e:
+                    done.append(step_failed(request, e))
+        self.tokens += sum(d.tokens for d in done if isinstance(d, Completion))
+        return done
+
+    def max_context(self) -> int:
+        return self.engine.max_context
+
+    def batch_sizes(self) -> list[int]:
+        return self.batches
+
+    def tokens_generated(self) -> int:
+        return self.tokens
+
+
+def _skipping(chars: int, on_text: OnText) -> OnText:
+    """``on_text`` that swallows the first ``chars`` characters (already sent)."""
+    skipped = 0
+
+    def report(row: int, piece: str) -> bool:
+        nonlocal skipped
+        drop = min(len(piece), chars - skipped)
+        skipped += drop
+        return on_text(row, piece[drop:])
+
+    return report
+
+
+class VLLMModel:
+    """One vLLM engine; each step is a vLLM request of its own (continuous batching)."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        from selfee.engines.vllm import VLLMEngine
+
+        self.engine = VLLMEngine(str(cfg.model), cfg.vllm, cfg.dtype)
+        self.tokens = 0
+
+    async def step(self, request: CompletionRequest, stream: bool = False) -> AsyncIterator[Any]:
+        async def work(on_text: OnText) -> list[Completion | StepFailed]:
+            try:
+                done = await self.engine.acomplete(request, on_text if stream else None)
+            except Exception as e:  # cancelled (the caller went away) is no Exception
+                return [step_failed(request, e)]
+            self.tokens += done.tokens
+            return [done]
+
+        async for pieces in relay(work, 1, lambda _: True):
+            for event in pieces[0]:
+                yield event
+
+    def max_context(self) -> int:
+        return self.engine.max_context
+
+    def running_requests(self) -> int:
+        return len(self.engine.running)
+
+    def tokens_generated(self) -> int:
+        return self.tokens
