@@ -110,9 +110,14 @@ class VLLMEngine:
         self.running: set[str] = set()  # request ids in the engine now (tests, metrics)
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        args = engine_args(self.path, self.options, dtype, seed)
+
+        async def start() -> Any:  # on the engine's loop: vLLM binds its output handler to
+            return AsyncLLM.from_engine_args(args)  # the loop it starts in (a Serve
+            # replica's own loop would never wake this loop's requests)
+
         try:
-            args = engine_args(self.path, self.options, dtype, seed)
-            self.llm = AsyncLLM.from_engine_args(args)
+            self.llm = self.run(start)
         except Exception as e:
             self._stop_loop()
             raise VLLMError(f"vLLM could not start on {self.path}: {type(e).__name__}: {e}") from e
