@@ -130,3 +130,33 @@ def test_on_text_returning_false_aborts_at_once(vllm_engine) -> None:
     )
     assert done.finish_reason == "abort" and done.tokens < 20
     assert not vllm_engine.llm.output_processor.has_unfinished_requests()
+
+
+def test_batch_inference_on_vllm_matches_the_hf_engine_and_resumes(
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    """``selfee infer --engine vllm``: one engine in the Ray Data actor, every question of
+    its input in flight at once; the answers are the HF engine's, and a re-run (with more
+    questions) generates only the missing ones."""
+    from selfee.config import InferConfig
+    from selfee.infer.job import run_infer
+    from selfee.records import read_jsonl
+    from selfee_model import question_file
+
+    def config(engine: str, out: str, n: int) -> InferConfig:
+        return InferConfig(
+            model=str(selfee_model_dir), engine=engine, min_revisions=1, max_new_tokens=300,
+            questions=question_file(tmp_path / "q.jsonl", n),
+            output=tmp_path / out / "answers.jsonl", batch_size=8, concurrency=1,
+            vllm={"kv_cache_gib": 0.25},
+        )  # fmt: skip
+
+    first = run_infer(config("vllm", "vllm", 4))
+    summary = run_infer(config("vllm", "vllm", 8))
+    assert (first["generated"], summary["generated"], summary["answers"]) == (4, 4, 8)
+    run_infer(config("hf", "hf", 8))
+    ours = list(read_jsonl(tmp_path / "vllm" / "answers.jsonl"))
+    reference = list(read_jsonl(tmp_path / "hf" / "answers.jsonl"))
+    assert [r["whole_generation"] for r in ours] == [r["whole_generation"] for r in reference]
+    assert all(r["metadata"]["device"] == "vllm cpu float32" for r in ours)
+    assert sum(r["metadata"]["cached_tokens"] for r in ours) > 0

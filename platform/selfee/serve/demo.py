@@ -74,14 +74,16 @@ def build_demo(cfg: DemoConfig) -> Any:
             with client.chat.completions.create(
                 model=models[0], messages=asked, stream=True, temperature=temperature,  # type: ignore[arg-type]
                 max_tokens=int(max_tokens),
-                extra_body={"min_revisions": int(min_revisions), "max_revisions": int(max_revisions)},
+                extra_body={"min_revisions": int(min_revisions), "max_revisions": int(max_revisions),
+                            "stream_content": "final_answer"},
             ) as stream:  # fmt: skip
-                for chunk in stream:
-                    selfee = (chunk.model_extra or {}).get("selfee") or selfee
-                    text = selfee.get("text", text)
+                for chunk in stream:  # the chain arrives token by token in selfee.delta
+                    selfee = (chunk.model_extra or {}).get("selfee") or {}
+                    text = text[: selfee.get("replace_from", len(text))] + selfee.get("delta", "")
                     if chunk.choices and chunk.choices[0].delta.content:
                         answer += chunk.choices[0].delta.content
-                    yield [*shown, *chain_bubbles(text)], history, ""
+                    if selfee.get("delta") or "text" in selfee:
+                        yield [*shown, *chain_bubbles(selfee.get("text", text))], history, ""
         except openai.APIStatusError as e:
             detail = (
                 (e.body or {}).get("message", e.message) if isinstance(e.body, dict) else e.message
