@@ -38,6 +38,7 @@ def test_gpu_configs_are_complete_and_validate() -> None:
         assert cfg.use_gpu and cfg.bf16() and cfg.num_workers >= 8
     infer = load_config(CONFIG_OF["infer"], REPO / "configs" / "infer.yaml")
     assert infer.gpus_per_actor == 1 and infer.min_revisions == 3
+    assert infer.engine == "vllm"  # what GPU users run
 
 
 def test_rayservice_apps_match_the_serve_config() -> None:
@@ -45,7 +46,8 @@ def test_rayservice_apps_match_the_serve_config() -> None:
     apps = yaml.safe_load(spec["spec"]["serveConfigV2"])["applications"]
     local = yaml.safe_load((REPO / "configs" / "serve" / "selfee.yaml").read_text())["applications"]
     assert [a["import_path"] for a in apps] == [a["import_path"] for a in local]
-    assert ServeConfig.model_validate(apps[0]["args"]).gpus_per_replica == 1
+    serving = ServeConfig.model_validate(apps[0]["args"])
+    assert serving.gpus_per_replica == 1 and serving.engine == "vllm" and serving.prefix_affinity
     DemoConfig.model_validate(apps[1]["args"])
     for app in local:
         module = app["import_path"].split(":")[0].replace(".", "/") + ".py"
