@@ -43,8 +43,9 @@ from selfee.revision import CompletionRequest, RevisionSettings, generate
 PROMPT = render_prompt("Explain how a bicycle stays upright, step by step.")
 
 
-def build_model(folder: Path) -> Path:
-    """~70M parameters; every matrix has rows that are multiples of 256 (k-quants apply)."""
+def build_model(folder: Path, hidden: int = 768, layers: int = 8, mlp: int = 2048) -> Path:
+    """58M parameters by default; every matrix has rows that are multiples of 256 (k-quants
+    apply). Random weights that never end early (no EOS in the generation config)."""
     from importlib import resources
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -56,8 +57,9 @@ def build_model(folder: Path) -> Path:
     tokenizer = train_tiny_tokenizer(texts, vocab_size=8192)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-        num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=mlp,
+        num_hidden_layers=layers, num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )  # fmt: skip

@@ -7,10 +7,15 @@
 3. Serve overhead: p50/p99 latency of a 1-token request over HTTP against calling the
    same model in-process (``HFEngine.complete``, 1 token).
 
-The model is the tests' tiny SelFee model (trained here unless ``--model``), one replica
-with 1 CPU on a local Ray with 2 CPUs.
+The model of 1-3 is the tests' tiny SelFee model (trained here unless ``--model``), one
+replica with 1 CPU on a local Ray with 2 CPUs.
 
-    .venv/bin/python bench/serve_load.py [--requests 200] [--concurrency 16]
+4. Engines under load (``--engines``): the same LLaMA of 36M parameters built from a config
+   (random weights, 64 tokens per request) on the HF engine (fp32), llama.cpp (f16 GGUF)
+   and vLLM (the CPU build, fp32), one replica with 2 CPUs each, streamed requests at
+   concurrency 1, 4 and 16: requests/s, tokens/s, time to first token p50/p99.
+
+    .venv/bin/python bench/serve_load.py [--requests 200] [--concurrency 16] [--engines ...]
 """
 
 from __future__ import annotations
@@ -40,19 +45,21 @@ MALFORMED = [
 # --- the client (second process) -------------------------------------------------------
 
 
-async def load(url: str, total: int, concurrency: int, bad_share: float, max_tokens: int) -> dict:
+async def load(url: str, total: int, concurrency: int, bad_share: float, max_tokens: int,
+               stream: bool = False) -> dict:  # fmt: skip
     import httpx
 
     rng = random.Random(0)
     bodies = []
-    for _ in range(total):
+    for i in range(total):
         if rng.random() < bad_share:
             bodies.append(rng.choice(MALFORMED))
-        else:
-            bodies.append({"messages": [{"role": "user", "content": QUESTION}],
-                           "min_revisions": 1, "max_tokens": max_tokens})  # fmt: skip
+        else:  # a different question each: no request finds another's prefix cached
+            bodies.append({"messages": [{"role": "user", "content": f"{QUESTION} ({i})"}],
+                           "min_revisions": 1, "max_tokens": max_tokens, "stream": stream})  # fmt: skip
     statuses: dict[str, int] = {}
     latencies: list[float] = []
+    first_tokens: list[float] = []
     tokens = 0
     slots = asyncio.Semaphore(concurrency)
 
@@ -61,32 +68,55 @@ async def load(url: str, total: int, concurrency: int, bad_share: float, max_tok
         async with slots:
             started = time.perf_counter()
             try:
-                r = await client.post(f"{url}/chat/completions", json=body)
-                status = str(r.status_code)
-                if r.status_code == 200:
-                    tokens += r.json()["usage"]["completion_tokens"]
-                    latencies.append(time.perf_counter() - started)
+                if body.get("stream"):
+                    status = str(await streamed(client, body, started))
+                else:
+                    r = await client.post(f"{url}/chat/completions", json=body)
+                    status = str(r.status_code)
+                    if r.status_code == 200:
+                        tokens += r.json()["usage"]["completion_tokens"]
+                        latencies.append(time.perf_counter() - started)
             except httpx.HTTPError as e:
                 status = type(e).__name__
             statuses[status] = statuses.get(status, 0) + 1
 
+    async def streamed(client: httpx.AsyncClient, body: dict, started: float) -> int:
+        nonlocal tokens
+        first = None
+        async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                selfee = json.loads(line[6:]).get("selfee", {})
+                if first is None and selfee.get("delta"):
+                    first = time.perf_counter() - started
+                if "usage" in selfee:
+                    tokens += selfee["usage"]["completion_tokens"]
+        if r.status_code == 200 and first is not None:
+            first_tokens.append(first)
+            latencies.append(time.perf_counter() - started)
+        return r.status_code
+
     started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with httpx.AsyncClient(timeout=300) as client:
         await asyncio.gather(*(one(client, b) for b in bodies))
     seconds = time.perf_counter() - started
-    return {"statuses": statuses, "seconds": seconds, "tokens": tokens, "latencies": latencies}
+    return {"statuses": statuses, "seconds": seconds, "tokens": tokens, "latencies": latencies,
+            "first_tokens": first_tokens}  # fmt: skip
 
 
 def client_main(argv: list[str]) -> None:
-    url, total, concurrency, bad_share, max_tokens = argv
-    result = asyncio.run(load(url, int(total), int(concurrency), float(bad_share), int(max_tokens)))
+    url, total, concurrency, bad_share, max_tokens, stream = argv
+    result = asyncio.run(load(url, int(total), int(concurrency), float(bad_share), int(max_tokens),
+                              stream == "stream"))  # fmt: skip
     print(json.dumps(result))
 
 
-def run_client(url: str, total: int, concurrency: int, bad_share: float, max_tokens: int) -> dict:
+def run_client(url: str, total: int, concurrency: int, bad_share: float, max_tokens: int,
+               stream: bool = False) -> dict:  # fmt: skip
     done = subprocess.run(
         [sys.executable, __file__, "--client", url, str(total), str(concurrency), str(bad_share),
-         str(max_tokens)],
+         str(max_tokens), "stream" if stream else "plain"],
         capture_output=True, text=True, timeout=900, check=True,
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -100,49 +130,104 @@ def percentile(values: list[float], q: float) -> float:
 # --- the server side ---------------------------------------------------------------------
 
 
+def deploy(**settings: object) -> str:
+    """The SelFee app on the local Ray with one model replica; returns its /v1 URL."""
+    from ray import serve
+
+    from selfee.config import ServeConfig
+    from selfee.serve.app import selfee_application
+
+    serve.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    cfg = ServeConfig(**{"min_replicas": 1, "max_replicas": 1, "cpus_per_replica": 1, **settings})
+    serve.run(selfee_application(cfg), name="selfee", route_prefix="/")
+    return "http://127.0.0.1:8765/v1"
+
+
+def engines_under_load(engines: list[str], tokens: int) -> None:
+    """Part 4: each engine on the same 36M-parameter model, streamed requests."""
+    from engine_speed import build_model
+    from ray import serve
+
+    from results import append_rows, machine
+    from selfee.config import ExportGGUFConfig
+    from selfee.export.gguf import run_export
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "model", hidden=512, layers=8, mlp=1536)
+        models = {"hf": model, "vllm": model}
+        if "llama_cpp" in engines:
+            export = run_export(ExportGGUFConfig(model=model, output=Path(tmp) / "gguf",
+                                                 quant=["f16"], prompts=1, max_new_tokens=8))  # fmt: skip
+            models["llama_cpp"] = export["files"][0]["file"]
+        for engine in engines:
+            url = deploy(model=models[engine], engine=engine, cpus_per_replica=2,
+                         max_batch_size=16, vllm={"max_num_seqs": 16})  # fmt: skip
+            run_client(url, 4, 4, 0.0, 8, stream=True)  # warm-up
+            for concurrency, total in ((1, 8), (4, 16), (16, 32)):
+                run = run_client(url, total, concurrency, 0.0, tokens, stream=True)
+                assert run["statuses"] == {"200": total}, run["statuses"]
+                firsts = run["first_tokens"]
+                line = (f"{engine} at concurrency {concurrency}: {total / run['seconds']:.2f} req/s, "
+                        f"{run['tokens'] / run['seconds']:,.0f} tokens/s, first token p50 "
+                        f"{percentile(firsts, 0.5) * 1000:.0f} ms p99 {percentile(firsts, 0.99) * 1000:.0f} ms")  # fmt: skip
+                print(line, flush=True)
+                rows.append((engine, concurrency, total / run["seconds"],
+                             run["tokens"] / run["seconds"], firsts))  # fmt: skip
+        serve.shutdown()
+    one_at_a_time = {e: rate for e, c, _, rate, _ in rows if c == 1}
+    hf_rate = {c: rate for e, c, _, rate, _ in rows if e == "hf"}
+    append_rows(
+        "\n## Serving: engines under load (`bench/serve_load.py --engines`)\n\n"
+        "| date | machine | model | engine | concurrency | requests/s | tokens/s | vs its own "
+        "concurrency 1 | vs hf | first token p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        [f"| {datetime.date.today()} | {machine()} | LLaMA 36M, {tokens} tokens/request, streamed | "
+         f"{e} | {c} | {rps:.2f} | **{rate:,.0f}** | {rate / one_at_a_time[e]:.2f}x | "
+         f"{rate / hf_rate[c]:.2f}x | {percentile(f, 0.5) * 1000:.0f} / {percentile(f, 0.99) * 1000:.0f} ms |"
+         for e, c, rps, rate, f in rows],
+    )  # fmt: skip
+
+
 def main() -> None:
     import ray
     from ray import serve
 
     from results import append_rows, machine
-    from selfee.config import ServeConfig
     from selfee.engines.hf import HFEngine
     from selfee.revision import CompletionRequest
-    from selfee.serve.app import selfee_application
     from tiny_model import add_model_option, model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_option(parser)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--engines", nargs="*", choices=["hf", "llama_cpp", "vllm"],
+                        help="only part 4, on these engines (none named: all three)")  # fmt: skip
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per request in part 4")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if args.engines is not None:
+        engines_under_load(args.engines or ["hf", "llama_cpp", "vllm"], args.tokens)
+        ray.shutdown()
+        return
     today, where = datetime.date.today(), machine()
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(args.model, Path(tmp))
-
-        def deploy(batch: int) -> str:
-            serve.shutdown()
-            serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-            cfg = ServeConfig(model=model, max_batch_size=batch, min_replicas=1, max_replicas=1,
-                              cpus_per_replica=1)  # fmt: skip
-            serve.run(selfee_application(cfg), name="selfee", route_prefix="/")
-            return "http://127.0.0.1:8765/v1"
-
-        url = deploy(8)
+        url = deploy(model=model, max_batch_size=8)
         mixed = run_client(url, args.requests, args.concurrency, 0.2, 128)
         server_errors = {s: n for s, n in mixed["statuses"].items() if s.startswith("5")}
         print(f"mixed load: {mixed['statuses']} in {mixed['seconds']:.1f} s", flush=True)
 
         throughput = {}
         for batch in (8, 1):
-            url = deploy(batch)
+            url = deploy(model=model, max_batch_size=batch)
             run = run_client(url, 64, args.concurrency, 0.0, 128)
             throughput[batch] = (64 / run["seconds"], run["tokens"] / run["seconds"])
             print(f"max_batch_size {batch}: {throughput[batch][0]:.2f} req/s, "
                   f"{throughput[batch][1]:,.0f} tokens/s", flush=True)  # fmt: skip
 
-        url = deploy(8)
+        url = deploy(model=model, max_batch_size=8)
         one_token = run_client(url, 100, 1, 0.0, 1)["latencies"]
         engine = HFEngine.load(model, device="cpu", dtype="float32")
         direct = []
