@@ -136,6 +136,16 @@ def test_batched_chains_match_one_at_a_time(f16: LlamaCppEngine) -> None:
     assert [r.text for r in together] == [r.text for r in alone]
 
 
+def test_streamed_rows_join_to_their_completions(f16: LlamaCppEngine) -> None:
+    requests = [CompletionRequest(prompt(i), ("Revision is not needed.",), 200, key=f"s{i}")
+                for i in range(3)]  # fmt: skip
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    done = f16.complete_batch(requests, lambda row, piece: pieces[row].append(piece) or True)
+    for row, completion in enumerate(done):
+        assert "".join(pieces[row]) == completion.text and completion.stop is not None
+        assert len(pieces[row]) == completion.tokens  # one call per token
+
+
 def test_bad_files_are_one_clear_error(exported: dict, tmp_path: Path) -> None:
     source = Path(exported["q8_0"]["file"])
     not_gguf = tmp_path / "notes.gguf"
@@ -193,6 +203,8 @@ def test_selfee_serve_with_a_gguf_model(exported: dict, tmp_path: Path) -> None:
             max_tokens=200,
         ))  # fmt: skip
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-        assert "".join(c.choices[0].delta.content or "" for c in chunks)
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert content == chunks[-1].model_extra["selfee"]["text"]  # the chain, token by token
+        assert len(chunks) >= chunks[-1].model_extra["selfee"]["usage"]["completion_tokens"] / 3
         bad = httpx.post(f"{base}/chat/completions", json={"messages": "hi"}, timeout=30)
         assert bad.status_code == 400

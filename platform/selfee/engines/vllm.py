@@ -128,7 +128,11 @@ class VLLMEngine:
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
-            llm.shutdown()
+
+            async def shut_down() -> None:  # on the loop its output handler runs on, which
+                llm.shutdown()  # it cancels (from another thread it saw the engine die)
+
+            self.run(shut_down)
             self.llm = None
         self._stop_loop()
 
