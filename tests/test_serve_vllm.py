@@ -1,5 +1,6 @@
-"""The SelFee endpoint with ``engine: vllm`` (the CPU build) on a real local Ray Serve:
-the openai client, token streaming, bad input, a client that goes away, prefix caching."""
+"""The SelFee endpoint with ``engine: vllm`` (the CPU build) on a real local Ray Serve — the
+model deployment is Ray Serve LLM's vLLM server: the openai client, token streaming, bad
+input, a client that goes away, prefix caching."""
 
 from __future__ import annotations
 
@@ -82,11 +83,8 @@ def test_a_client_that_disconnects_leaves_no_request_running(endpoint: str) -> N
         events = (line for line in response.iter_lines() if line)
         for _ in range(4):
             assert next(events).startswith("data: ")
-    before = model_handle().tokens_generated.remote().result()
+        assert model_handle().running_requests.remote().result() == 1  # under way
     deadline = time.monotonic() + 10
     while model_handle().running_requests.remote().result() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert model_handle().running_requests.remote().result() == 0
-    time.sleep(1.0)
-    # the chain (20 forced revisions, over 1,000 tokens) went no further
-    assert model_handle().tokens_generated.remote().result() - before < 200

@@ -62,30 +62,26 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def engine_args(path: Path, options: VLLMConfig, dtype: str, seed: int) -> Any:
-    """vLLM's engine arguments; the options left empty get this device's default."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    cpu = on_cpu()
+def engine_kwargs(options: VLLMConfig, dtype: str, seed: int, cpu: bool) -> dict[str, Any]:
+    """vLLM's engine arguments (but the model) for a device; the options left empty get
+    that device's default. Also what Ray Serve LLM's ``LLMConfig.engine_kwargs`` takes."""
     kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (
         CPU_KV_CACHE_GIB if cpu else None
     )  # fmt: skip
     if dtype == "auto":
         dtype = "float32" if cpu else "bfloat16"
-    return AsyncEngineArgs(
-        model=str(path),
-        tokenizer=str(path),
-        dtype=dtype,
-        max_model_len=options.max_context,
-        enable_prefix_caching=True,
-        kv_cache_memory_bytes=None if kv_gib is None else int(kv_gib * 2**30),
-        gpu_memory_utilization=options.gpu_memory_utilization,
-        max_num_seqs=options.max_num_seqs,
-        block_size=options.block_size or (CPU_BLOCK_SIZE if cpu else None),
-        enforce_eager=cpu if options.enforce_eager is None else options.enforce_eager,
-        seed=seed,
-        disable_log_stats=True,
-    )
+    kwargs = {
+        "dtype": dtype,
+        "max_model_len": options.max_context,
+        "enable_prefix_caching": True,
+        "kv_cache_memory_bytes": None if kv_gib is None else int(kv_gib * 2**30),
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        "max_num_seqs": options.max_num_seqs,
+        "block_size": options.block_size or (CPU_BLOCK_SIZE if cpu else None),
+        "enforce_eager": cpu if options.enforce_eager is None else options.enforce_eager,
+        "seed": seed,
+    }
+    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 class VLLMEngine:
@@ -108,9 +104,12 @@ class VLLMEngine:
         self._thread.start()
         self._ids = itertools.count()
         self.running: set[str] = set()  # request ids in the engine now (tests, metrics)
+        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = engine_args(self.path, self.options, dtype, seed)
+        args = AsyncEngineArgs(model=str(self.path), tokenizer=str(self.path),
+                               disable_log_stats=True,
+                               **engine_kwargs(self.options, dtype, seed, on_cpu()))  # fmt: skip
 
         async def start() -> Any:  # on the engine's loop: vLLM binds its output handler to
             return AsyncLLM.from_engine_args(args)  # the loop it starts in (a Serve

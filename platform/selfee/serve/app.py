@@ -27,9 +27,9 @@ from ray.serve.handle import DeploymentHandle
 
 from selfee import openai_wire as wire
 from selfee.config import ServeConfig
-from selfee.revision import Completion, RevisionController
+from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
-from selfee.serve.models import SelFeeModel, StepFailed, VLLMModel
+from selfee.serve.models import SelFeeModel, StepFailed
 
 API_KEY_ENV = "SELFEE_API_KEY"
 logger = logging.getLogger("ray.serve")
@@ -41,10 +41,13 @@ app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint wit
 @serve.ingress(app)
 class OpenAIIngress:
     def __init__(
-        self, model: DeploymentHandle, cfg: ServeConfig, key_sha256: str | None = None
-    ) -> None:
+        self, model: DeploymentHandle, cfg: ServeConfig, key_sha256: str | None = None,
+        vllm: bool = False,
+    ) -> None:  # fmt: skip
+        """``vllm``: the model deployment is Ray Serve LLM's server."""
         self.model = model
         self.cfg = cfg
+        self.vllm = vllm
         self.name = cfg.served_name()
         # the key's hash travels in the app's arguments (the dashboard shows them); the
         # replica's own environment may hold the key too
@@ -124,21 +127,34 @@ class OpenAIIngress:
         ``stream``), and "" after each step, when the controller may have added text."""
         while (step := controller.next_request()) is not None:
             done: Completion | None = None
-            response = self.model.options(stream=True).step.remote(step, stream)
-            try:
-                async for event in response:
-                    if isinstance(event, StepFailed):
-                        raise api.APIError(event.status, event.message, code=event.code)
-                    if isinstance(event, str):
-                        yield event
-                    else:
-                        done = event
-            finally:
-                if done is None:  # stopped early: the model deployment drops the request
-                    response.cancel()
+            async for event in self._step(step, stream):
+                if isinstance(event, StepFailed):
+                    raise api.APIError(event.status, event.message, code=event.code)
+                if isinstance(event, str):
+                    yield event
+                else:
+                    done = event
             assert done is not None, "the model deployment ended a step without its result"
             controller.feed(done)
             yield ""
+
+    async def _step(self, step: CompletionRequest, stream: bool) -> AsyncIterator[Any]:
+        """One step on the model deployment; closed early, the deployment drops it."""
+        if self.vllm:
+            from selfee.serve.llm_server import llm_step
+
+            async for event in llm_step(self.model, step, stream):
+                yield event
+            return
+        response = self.model.options(stream=True).step.remote(step, stream)
+        finished = False
+        try:
+            async for event in response:
+                finished = not isinstance(event, str)
+                yield event
+        finally:
+            if not finished:
+                response.cancel()
 
     async def _stream(
         self, sse: "api.ChainStream", controller: RevisionController,
@@ -170,30 +186,29 @@ class OpenAIIngress:
 
 def model_deployment(cfg: ServeConfig) -> Application:
     """The model deployment for the configured engine (named ``SelFeeModel`` whatever the
-    engine): vLLM batches continuously, so each replica takes many requests; the others
-    batch the steps that arrive together."""
-    from selfee.engines import engine_for
+    engine): Ray Serve LLM's vLLM server, or ours for the engines that batch the steps
+    that arrive together."""
+    if uses_vllm(cfg):
+        from selfee.serve.llm_server import llm_deployment
 
-    options: dict[str, Any] = {
-        "name": "SelFeeModel",
-        "autoscaling_config": {
+        return llm_deployment(cfg)
+    return serve.deployment(
+        SelFeeModel,
+        name="SelFeeModel",
+        autoscaling_config={
             "min_replicas": cfg.min_replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
         },
-        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
-    }
-    if engine_for(str(cfg.model), cfg.engine, cfg.gpus_per_replica) != "vllm":
-        options["max_ongoing_requests"] = max(cfg.max_batch_size * 2, 4)
-        return serve.deployment(SelFeeModel, **options).bind(cfg)
-    options["max_ongoing_requests"] = cfg.vllm.max_num_seqs
-    if cfg.prefix_affinity:
-        from ray.serve.config import RequestRouterConfig
+        max_ongoing_requests=max(cfg.max_batch_size * 2, 4),
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    ).bind(cfg)
 
-        options["request_router_config"] = RequestRouterConfig(
-            request_router_class="ray.serve.llm.request_router.PrefixCacheAffinityRouter"
-        )
-    return serve.deployment(VLLMModel, **options).bind(cfg)
+
+def uses_vllm(cfg: ServeConfig) -> bool:
+    from selfee.engines import engine_for
+
+    return engine_for(str(cfg.model), cfg.engine, cfg.gpus_per_replica) == "vllm"
 
 
 def selfee_application(cfg: ServeConfig) -> Application:
@@ -201,7 +216,7 @@ def selfee_application(cfg: ServeConfig) -> Application:
     key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV))
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
-    ).bind(model, cfg, key_sha256)
+    ).bind(model, cfg, key_sha256, uses_vllm(cfg))
     return ingress
 
 

@@ -1,15 +1,11 @@
-"""The model deployments behind the SelFee ingress: one completion step of a chain at a time.
+"""The model deployment of the batching engines (HF, llama.cpp) behind the SelFee ingress.
 
-Both expose the same method, ``step(request, stream)``: an async generator that yields the
-step's new text as the engine writes it (when ``stream``), then the ``Completion`` or a
-``StepFailed``. A caller that stops listening ends its request at once: vLLM aborts it,
-the batching engines drop its row at the next token.
-
-- ``SelFeeModel`` holds a batching engine (``HFEngine``, ``LlamaCppEngine``): the steps of
-  requests that arrive together run as one batch (``@serve.batch``, streamed).
-- ``VLLMModel`` holds vLLM's async engine: every step is its own vLLM request, continuously
-  batched by vLLM, its prompt prefix-cached; Serve routes a chain's steps to the replica
-  that holds its prefix (``PrefixCacheAffinityRouter`` reads ``CompletionRequest.prompt``).
+``SelFeeModel.step(request, stream)`` is an async generator that yields the step's new
+text as the engine writes it (when ``stream``), then the ``Completion`` or a
+``StepFailed``; the steps of requests that arrive together run as one batch
+(``@serve.batch``, streamed). A caller that stops listening drops its row at the next
+token. (``engine: vllm`` uses Ray Serve LLM's server instead: ``selfee.serve.llm_server``
+yields the same events.)
 """
 
 from __future__ import annotations
@@ -172,35 +168,3 @@ def _skipping(chars: int, on_text: OnText) -> OnText:
         return on_text(row, piece[drop:])
 
     return report
-
-
-class VLLMModel:
-    """One vLLM engine; each step is a vLLM request of its own (continuous batching)."""
-
-    def __init__(self, cfg: ServeConfig) -> None:
-        from selfee.engines.vllm import VLLMEngine
-
-        self.engine = VLLMEngine(str(cfg.model), cfg.vllm, cfg.dtype)
-        self.tokens = 0
-
-    async def step(self, request: CompletionRequest, stream: bool = False) -> AsyncIterator[Any]:
-        async def work(on_text: OnText) -> list[Completion | StepFailed]:
-            try:
-                done = await self.engine.acomplete(request, on_text if stream else None)
-            except Exception as e:  # cancelled (the caller went away) is no Exception
-                return [step_failed(request, e)]
-            self.tokens += done.tokens
-            return [done]
-
-        async for pieces in relay(work, 1, lambda _: True):
-            for event in pieces[0]:
-                yield event
-
-    def max_context(self) -> int:
-        return self.engine.max_context
-
-    def running_requests(self) -> int:
-        return len(self.engine.running)
-
-    def tokens_generated(self) -> int:
-        return self.tokens

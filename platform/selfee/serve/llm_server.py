@@ -1,0 +1,135 @@
+"""``engine: vllm`` on Serve: Ray Serve LLM's vLLM server as the model deployment.
+
+The model deployment is Ray Serve LLM's ``LLMServer`` (vLLM's async engine and its OpenAI
+serving layer in each replica), built from an ``LLMConfig``: Ray Serve LLM's placement
+(a GPU per replica, or CPUs), its autoscaling, and its ``PrefixCacheAffinityRouter``, which
+sends a request to the replica whose prefix tree holds the longest part of its prompt —
+so the steps of one chain, each resubmitting the text so far, land where that text is
+cached. This project's revision-control ingress (``selfee.serve.app``) stays in front: it
+sends each step as a ``/v1/completions`` request (the prompt text, stop strings, the
+step's budget; vLLM tokenizes it once, in the replica, and clamps ``max_tokens`` to the
+context) and reads vLLM's stream back as the events the other engines' deployment yields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+
+from selfee.config import ServeConfig
+from selfee.engines.vllm import engine_kwargs
+from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
+from selfee.serve.models import StepFailed
+
+SERVED_ID = "selfee"  # the model id inside Ray Serve LLM (clients see ServeConfig's name)
+STREAM_BATCH_MS = 10  # Ray Serve LLM sends stream chunks in batches this often (default 50)
+
+
+class SelFeeLLMServer(LLMServer):
+    """Ray Serve LLM's server, plus what the ingress and the tests read from a replica."""
+
+    async def max_context(self) -> int:
+        return int(self._engine_client().model_config.max_model_len)
+
+    async def running_requests(self) -> int:
+        return int(self._engine_client().output_processor.get_num_unfinished_requests())
+
+    def _engine_client(self) -> Any:  # vLLM's AsyncLLM inside Ray Serve LLM's engine
+        return self.engine._engine_client
+
+
+def llm_config(cfg: ServeConfig) -> LLMConfig:
+    gpus = cfg.gpus_per_replica > 0
+    deployment: dict[str, Any] = {
+        "autoscaling_config": {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        "max_ongoing_requests": cfg.vllm.max_num_seqs,
+    }
+    if cfg.prefix_affinity:
+        deployment["request_router_config"] = {
+            "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+        }
+    return LLMConfig(
+        model_loading_config={"model_id": SERVED_ID, "model_source": str(cfg.model)},
+        accelerator_config=None if gpus else {"kind": "cpu"},
+        placement_group_config=None if gpus else {"bundles": [{"CPU": cfg.cpus_per_replica}]},
+        engine_kwargs={
+            **engine_kwargs(cfg.vllm, cfg.dtype, 0, cpu=not gpus),
+            "enable_prompt_tokens_details": True,  # usage.prompt_tokens_details.cached_tokens
+        },
+        deployment_config=deployment,
+        experimental_configs={"stream_batching_interval_ms": STREAM_BATCH_MS},
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}},
+    )
+
+
+def llm_deployment(cfg: ServeConfig) -> Application:
+    return build_llm_deployment(
+        llm_config(cfg), deployment_cls=SelFeeLLMServer,
+        override_serve_options={"name": "SelFeeModel"},
+    )  # fmt: skip
+
+
+def completion_request(request: CompletionRequest) -> Any:
+    """A step as vLLM's OpenAI completion request (always streamed: tokens as they come)."""
+    from ray.llm._internal.serve.core.configs.openai_api_models import (
+        CompletionRequest as OpenAICompletion,
+    )
+
+    sampled = request.temperature >= GREEDY_BELOW
+    return OpenAICompletion(
+        model=SERVED_ID, prompt=request.prompt, max_tokens=request.max_tokens,
+        stop=list(request.stop), temperature=request.temperature if sampled else 0.0,
+        top_p=request.top_p if sampled else 1.0, seed=request.seed if sampled else None,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+
+
+async def llm_step(
+    server: DeploymentHandle, request: CompletionRequest, stream: bool
+) -> AsyncIterator[str | Completion | StepFailed]:
+    """One step on the ``LLMServer``: its text as it comes (when ``stream``), then the
+    ``Completion`` or a ``StepFailed``. Closed early, it cancels the request (vLLM aborts)."""
+    text, finish, stop, usage = "", "length", None, {}
+    response = server.options(stream=True).completions.remote(completion_request(request))
+    done = False
+    try:
+        async for batch in response:
+            for item in batch if isinstance(batch, list) else [batch]:
+                if not isinstance(item, str):  # an ErrorResponse
+                    error = item.error
+                    yield StepFailed(400 if error.code < 500 else 500, error.message,
+                                     "context_length_exceeded" if error.code < 500 else None)  # fmt: skip
+                    done = True
+                    return
+                if not item.startswith("data: {"):
+                    continue
+                body = json.loads(item[len("data: ") :])
+                usage = body.get("usage") or usage
+                for choice in body.get("choices", []):
+                    text += choice["text"]
+                    if stream and choice["text"]:
+                        yield choice["text"]
+                    if choice.get("finish_reason"):
+                        finish, stop = _finish(choice["finish_reason"], choice.get("stop_reason"))
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        done = True
+        yield Completion(text, finish, usage.get("completion_tokens", 0), stop,  # type: ignore[arg-type]
+                         usage.get("prompt_tokens", 0) - cached, (), cached)  # fmt: skip
+    finally:
+        if not done:
+            response.cancel()
+
+
+def _finish(reason: str, stop_reason: int | str | None) -> tuple[str, str | None]:
+    if reason == "stop":
+        return ("stop", stop_reason) if isinstance(stop_reason, str) else ("eos", None)
+    return "length", None
