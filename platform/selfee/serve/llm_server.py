@@ -53,6 +53,8 @@ def llm_config(cfg: ServeConfig) -> LLMConfig:
         },
         "max_ongoing_requests": cfg.vllm.max_num_seqs,
     }
+    if not gpus:  # the replica actor takes none: its bundle holds the CPUs vLLM runs on
+        deployment["ray_actor_options"] = {"num_cpus": 0}
     if cfg.prefix_affinity:
         deployment["request_router_config"] = {
             "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"

@@ -95,9 +95,11 @@ class SelFeeModel:
         finished = False
         try:
             async for events in self._batch(request, stream):
-                for event in events:
-                    finished = not isinstance(event, str)
-                    yield event
+                if events and isinstance(events[0], str):  # the text since the last yield:
+                    yield "".join(events)  # one message however many tokens it holds
+                elif events:
+                    finished = True
+                    yield events[0]
         finally:
             if not finished:  # the caller stopped listening: drop the row at its next token
                 self.gone.add(request.key)
