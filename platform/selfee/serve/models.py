@@ -86,13 +86,17 @@ class SelFeeModel:
         self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
                                   max(1, int(cfg.cpus_per_replica)))  # fmt: skip
         self._batch.set_max_batch_size(cfg.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.batch_wait_s = cfg.batch_wait_timeout_s
+        self.ongoing = 0  # steps in this replica now, queued or running
         self.batches: list[int] = []  # sizes of the last batches, for tests and benchmarks
         self.tokens = 0  # generated, for tests: a dropped request stops adding to it
         self.gone: set[str] = set()  # requests whose caller went away
 
     async def step(self, request: CompletionRequest, stream: bool = False) -> AsyncIterator[Any]:
         finished = False
+        self.ongoing += 1
+        # a step alone starts at once; with others about, it waits a little for company
+        self._batch.set_batch_wait_timeout_s(self.batch_wait_s if self.ongoing > 1 else 0.0)
         try:
             async for events in self._batch(request, stream):
                 if events and isinstance(events[0], str):  # the text since the last yield:
@@ -101,6 +105,7 @@ class SelFeeModel:
                     finished = True
                     yield events[0]
         finally:
+            self.ongoing -= 1
             if not finished:  # the caller stopped listening: drop the row at its next token
                 self.gone.add(request.key)
 
