@@ -60,6 +60,9 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
             assert answer["model_id"] == f"selfee-tiny-{name}"
             assert answer["text"] == final_answer(answer["whole_generation"])
             assert {"revisions", "tokens", "latency_s", "finish_reason"} <= set(answer["metadata"])
+            if name == "3-revisions":  # min_revisions is kept unless the budget runs out
+                meta = answer["metadata"]
+                assert meta["revisions"] >= 3 or meta["finish_reason"] == "budget", meta
 
     for kind in ["q8_0", "q4_K_M"]:  # the trained model as GGUF files, answering on llama.cpp
         assert (out / "export" / f"model-{kind}.gguf").stat().st_size > 0

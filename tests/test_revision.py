@@ -236,9 +236,31 @@ def test_verdict_phrase_inside_an_answer_is_not_a_verdict() -> None:
     assert result.finish_reason == "verdict" and result.calls == 2
 
 
-def test_eos_without_a_verdict_ends_the_generation_even_below_min() -> None:
-    result, _ = run(["Red." + EOS], min_revisions=2)
-    assert (result.finish_reason, result.revisions, result.final_answer) == ("eos", 0, "Red.")
+@BOTH
+def test_a_model_that_ends_early_is_continued_up_to_min_revisions(report_stop: bool) -> None:
+    script = [
+        "Red." + EOS,  # an answer, then the end: Feedback 1 is opened
+        "Why? " + EOS,  # a feedback without a verdict: it is needed, Revision 1 is opened
+        "Blood red." + EOS,  # Feedback 2 is opened
+        "Fine. Revision is needed." + EOS,  # a verdict but no revision: Revision 2 is opened
+        "Crimson." + fb(3, "Good. Revision is not needed." + EOS),
+    ]
+    result, engine = run(script, report_stop, min_revisions=2)
+    assert engine.requests[1].prompt.endswith("Red.\n\n### Feedback 1:\n")
+    assert engine.requests[2].prompt.endswith("Why? Revision is needed.\n\n### Revision 1:\n")
+    assert engine.requests[3].prompt.endswith("Blood red.\n\n### Feedback 2:\n")
+    assert engine.requests[4].prompt.endswith("Revision is needed.\n\n### Revision 2:\n")
+    assert (result.finish_reason, result.revisions, result.forced_rewrites) == ("verdict", 2, 4)
+    assert result.final_answer == "Crimson."
+    assert result.chain.verdicts == [Verdict.NEEDED, Verdict.NEEDED, Verdict.NOT_NEEDED]
+
+
+def test_at_min_revisions_or_after_an_empty_call_an_early_end_is_the_end() -> None:
+    done, _ = run(["Red." + fb(1, "Why? Revision is needed.") + rev(1, "Blood red." + EOS)],
+                  min_revisions=1)  # fmt: skip
+    assert (done.finish_reason, done.calls, done.final_answer) == ("eos", 1, "Red.")
+    stuck, _ = run(["Red." + EOS, EOS], min_revisions=2)  # the model only ever ends
+    assert (stuck.finish_reason, stuck.calls, stuck.revisions) == ("eos", 2, 0)
 
 
 def test_sampling_settings_and_seed_reach_the_engine() -> None:

@@ -450,7 +450,10 @@ class QuickstartConfig(StageConfig):
     forced_revisions: int = Field(
         3, ge=1, le=20, description="min_revisions of the second answer set"
     )
-    max_new_tokens: int = Field(256, ge=16, description="tokens per answer, all revisions")
+    max_new_tokens: int = Field(
+        256, ge=16, description="tokens per answer, all revisions (the forced run: this much "
+        "per forced revision too)",
+    )  # fmt: skip
     gguf: list[QuantType] = Field(
         default_factory=lambda: ["q8_0", "q4_K_M"],
         description="GGUF files the trained model is exported to and answers with again "

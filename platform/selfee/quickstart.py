@@ -189,9 +189,10 @@ def run_stages(
     runs += [(kind, 0, path) for kind, path in gguf.items()]  # the same questions on llama.cpp
     for name, forced, weights in runs:
         path = out / "answers" / f"selfee-tiny-{name}.jsonl"
+        budget = cfg.max_new_tokens * (1 + forced)  # room for the answer and each revision
         infer = InferConfig(
             model=str(weights), questions=questions, output=path,
-            model_id=f"selfee-tiny-{name}", min_revisions=forced, max_new_tokens=cfg.max_new_tokens,
+            model_id=f"selfee-tiny-{name}", min_revisions=forced, max_new_tokens=budget,
             batch_size=8, concurrency=1, progress_interval_s=5, ray=cfg.ray,
         )  # fmt: skip
         engine = "llama.cpp" if weights.suffix == ".gguf" else "the HF engine (fp32)"
@@ -278,9 +279,15 @@ def _infer_counts(infer: InferConfig) -> dict[str, Any]:
     from selfee.infer.job import run_infer
 
     done = run_infer(infer)
-    return {
+    counts = {
         k: done[k] for k in ("answers", "revisions", "forced_rewrites", "finish_reasons", "tokens")
     }
+    if infer.min_revisions:  # min_revisions is a promise: say whether every answer kept it
+        kept = sum(n for k, n in done["revisions"].items() if int(k) >= infer.min_revisions)
+        counts["min_revisions_kept"] = f"{kept} of {done['answers']}"
+        log(f"{kept} of {done['answers']} answers have {infer.min_revisions} revisions or more "
+            f"(budget {infer.max_new_tokens} tokens each)")  # fmt: skip
+    return counts
 
 
 def _judge_counts(judge: JudgeConfig) -> dict[str, Any]:

@@ -11,6 +11,10 @@ through that chain, one completion per step:
   ``min_revisions`` revisions exist, it rewrites the verdict to "Revision is needed.", adds
   the next "### Revision k:" header and continues from there (a *forced rewrite*);
   a "not needed" variant the model wrote in other words is caught when the model ends;
+- below ``min_revisions``, a model that ends early is continued too (also a forced
+  rewrite): after an answer or a revision the next "### Feedback k:" is opened, after a
+  feedback without a verdict "Revision is needed." and the next revision header are added;
+  so ``min_revisions`` revisions are written unless the token budget runs out;
 - it stops the engine before the "### Revision" header past ``max_revisions``;
 - it stops when ``max_new_tokens`` are spent; the final answer is then the last finished
   revision (``selfee.chain`` decides that).
@@ -33,6 +37,7 @@ from selfee.chain import (
     VERDICT_NOT_NEEDED,
     ParsedChain,
     Verdict,
+    feedback_header,
     parse_generation,
     revision_header,
     verdict_span,
@@ -216,7 +221,7 @@ class RevisionController:
         elif completion.finish_reason == "stop" and stop is not None:
             self._after_stop(stop)
         elif completion.finish_reason in ("stop", "eos"):
-            self._after_eos()
+            self._after_eos(wrote=completion.tokens > 0)
         else:
             self.finish_reason = "budget"
         if not self.done and self.tokens >= self.settings.max_new_tokens:
@@ -259,18 +264,35 @@ class RevisionController:
         self.text += stop
         self.finish_reason = "verdict"
 
-    def _after_eos(self) -> None:
+    def _after_eos(self, wrote: bool) -> None:
         chain = self.chain()
         last = chain.segments[-1]
         verdict, start, _ = verdict_span(last.text)
         if last.kind != "feedback":
             verdict = Verdict.UNKNOWN
-        if verdict is Verdict.NOT_NEEDED and len(chain.revisions) < self.settings.min_revisions:
+        below_min = len(chain.revisions) < self.settings.min_revisions
+        if verdict is Verdict.NOT_NEEDED and below_min:
             self._force_revision(
                 last.start + _sentence_start(last.text, start), len(chain.revisions) + 1
             )
             return
+        if below_min and wrote:  # the model ended early: min_revisions promises more
+            self._continue_chain(chain, verdict)
+            return
         self.finish_reason = "verdict" if verdict is Verdict.NOT_NEEDED else "eos"
+
+    def _continue_chain(self, chain: ParsedChain, verdict: Verdict) -> None:
+        """After an answer or a revision, open the next feedback; after a feedback, say
+        "Revision is needed." (unless it did) and open the next revision. A call that
+        wrote nothing ends the chain instead (a model that only ever ends would loop)."""
+        self.text = self.text.rstrip()
+        if chain.segments[-1].kind != "feedback":
+            self.text += feedback_header(len(chain.feedbacks) + 1)
+        else:
+            if verdict is not Verdict.NEEDED:
+                self.text += " " + VERDICT_NEEDED
+            self.text += revision_header(len(chain.revisions) + 1)
+        self.forced_rewrites += 1
 
     def _force_revision(self, verdict_at: int, k: int) -> None:
         """Replace the verdict at ``verdict_at`` (and what follows) by "Revision is needed."
