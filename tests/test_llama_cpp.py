@@ -205,6 +205,8 @@ def test_selfee_serve_with_a_gguf_model(exported: dict, tmp_path: Path) -> None:
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         content = "".join(c.choices[0].delta.content or "" for c in chunks)
         assert content == chunks[-1].model_extra["selfee"]["text"]  # the chain, token by token
-        assert len(chunks) >= chunks[-1].model_extra["selfee"]["usage"]["completion_tokens"] / 3
+        # many pieces, not one per segment (a fast engine's tokens are coalesced when they
+        # come faster than the stream is read)
+        assert len([c for c in chunks if c.model_extra["selfee"]["delta"]]) >= 6
         bad = httpx.post(f"{base}/chat/completions", json={"messages": "hi"}, timeout=30)
         assert bad.status_code == 400
