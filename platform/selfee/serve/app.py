@@ -2,10 +2,11 @@
 
 ``OpenAIIngress`` (FastAPI) checks each request, runs ``selfee.revision``'s controller for
 it (the same code as batch inference) and sends each step to the model deployment
-(``selfee.serve.models``: ``SelFeeModel`` batches the steps of concurrent requests on the
-HF or llama.cpp engine, ``VLLMModel`` hands each to vLLM), streaming the text token by
-token when the client asked for a stream. A client that disconnects ends its engine
-request at once. Replicas of the model deployment autoscale on ongoing requests.
+(``selfee.serve.models.SelFeeModel`` batches the steps of concurrent requests on the HF or
+llama.cpp engine; with vLLM it is Ray Serve LLM's server, ``selfee.serve.llm_server``),
+streaming the text token by token when the client asked for a stream. A client that
+disconnects ends its engine request at once. Replicas of the model deployment autoscale on
+ongoing requests.
 
 No ``from __future__ import annotations`` here: FastAPI must see ``Request`` itself, not a
 string, in the signatures of the ingress's methods.

@@ -22,8 +22,8 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from selfee.config import ServeConfig
-from selfee.engines.vllm import engine_kwargs
-from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
+from selfee.engines.vllm import engine_kwargs, finish_of, sampling
+from selfee.revision import Completion, CompletionRequest
 from selfee.serve.models import StepFailed
 
 SERVED_ID = "selfee"  # the model id inside Ray Serve LLM (clients see ServeConfig's name)
@@ -86,11 +86,9 @@ def completion_request(request: CompletionRequest) -> Any:
         CompletionRequest as OpenAICompletion,
     )
 
-    sampled = request.temperature >= GREEDY_BELOW
     return OpenAICompletion(
         model=SERVED_ID, prompt=request.prompt, max_tokens=request.max_tokens,
-        stop=list(request.stop), temperature=request.temperature if sampled else 0.0,
-        top_p=request.top_p if sampled else 1.0, seed=request.seed if sampled else None,
+        stop=list(request.stop), **sampling(request),
         stream=True, stream_options={"include_usage": True},
     )  # fmt: skip
 
@@ -121,7 +119,7 @@ async def llm_step(
                     if stream and choice["text"]:
                         yield choice["text"]
                     if choice.get("finish_reason"):
-                        finish, stop = _finish(choice["finish_reason"], choice.get("stop_reason"))
+                        finish, stop = finish_of(choice["finish_reason"], choice.get("stop_reason"))
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         done = True
         yield Completion(text, finish, usage.get("completion_tokens", 0), stop,  # type: ignore[arg-type]
@@ -129,9 +127,3 @@ async def llm_step(
     finally:
         if not done:
             response.cancel()
-
-
-def _finish(reason: str, stop_reason: int | str | None) -> tuple[str, str | None]:
-    if reason == "stop":
-        return ("stop", stop_reason) if isinstance(stop_reason, str) else ("eos", None)
-    return "length", None
