@@ -34,6 +34,7 @@ from selfee.config import (
     add_config_arguments,
     config_from_args,
 )
+from selfee.eval.config import EvalConfig
 
 
 def _run_teacher(cfg: TeacherConfig) -> None:
@@ -119,7 +120,7 @@ def _run_report(cfg: ReportConfig) -> None:
         raise ConfigError("give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl")
     try:
         reports = report.build_report(
-            cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers
+            cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers, cfg.bootstrap
         )
     except report.ReportError as e:  # files that cannot be compared: a usage error
         print(f"selfee report: error: {e}", file=sys.stderr)
@@ -130,6 +131,16 @@ def _run_report(cfg: ReportConfig) -> None:
     if cfg.plot is not None:
         written = report.plot(reports, cfg.plot)
         print(f"plot: {written}", file=sys.stderr if cfg.print_json else sys.stdout)
+
+
+def _run_eval(cfg: EvalConfig) -> None:
+    from selfee.eval import report
+    from selfee.eval.job import run_eval
+
+    summary = run_eval(cfg)
+    print(report.to_json(summary) if cfg.print_json else report.format_table(summary))
+    if cfg.plot is not None:
+        print(f"plot: {cfg.plot}", file=sys.stderr if cfg.print_json else sys.stdout)
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:
@@ -245,6 +256,15 @@ COMMANDS = [
         "score, wins/ties/losses, per category, position consistency; --json, --plot",
         ReportConfig,
         _run_report,
+    ),
+    Command(
+        "eval",
+        "does revision help? accuracy at each turn (answer, revision 1..N) on GSM8K, MATH, "
+        "AQuA or code (run in a sandbox), with bootstrap CIs, flips, the verdict's precision "
+        "and recall, autonomous stopping and equal-compute baselines; scores --answers FILE or "
+        "generates with --model; --json, --plot",
+        EvalConfig,
+        _run_eval,
     ),
     Command(
         "quickstart",

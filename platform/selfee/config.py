@@ -300,7 +300,11 @@ class ReportConfig(StageConfig):
         description="print one JSON object instead of tables",
         json_schema_extra={"cli_aliases": ["--json"]},
     )
-    plot: Path | None = Field(None, description="write per-category and win/tie/loss bars here")
+    plot: Path | None = Field(
+        None, description="write per-category bars, win/tie/loss and win rates with their "
+        "intervals here (.png)",
+    )  # fmt: skip
+    bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples for CIs")
 
 
 class TinyModelConfig(StageConfig):
@@ -522,6 +526,9 @@ class GenerationConfig(StageConfig):
     temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     seed: int = Field(0, description="sampling seed (each question adds its index)")
+    answer_only: bool = Field(
+        False, description="write the answer only: no feedback, no revision (sampling baselines)"
+    )
 
     @model_validator(mode="after")
     def _min_below_max(self) -> GenerationConfig:
@@ -529,11 +536,14 @@ class GenerationConfig(StageConfig):
             raise ValueError(
                 f"min_revisions ({self.min_revisions}) is above max_revisions ({self.max_revisions})"
             )
+        if self.answer_only and self.min_revisions:
+            raise ValueError("answer_only writes no revision: min_revisions must be 0")
         return self
 
 
-class InferConfig(GenerationConfig):
-    """Batch inference with revision control: questions in, SelFee/FastChat answers out."""
+class ModelConfig(StageConfig):
+    """Which model answers, on which engine, with what resources (``selfee infer`` and
+    ``selfee eval``): model actors on Ray Data, or an OpenAI-compatible endpoint."""
 
     model: str | None = Field(
         None,
@@ -541,8 +551,6 @@ class InferConfig(GenerationConfig):
         "endpoint's model name",
     )
     engine: EngineName = Field("auto", description=ENGINE_HELP)
-    questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
-    output: Path | None = Field(None, description="answer file to write (.jsonl)")
     model_id: str | None = Field(
         None, description="model_id in the answers (default: the model directory's name)"
     )
@@ -564,6 +572,13 @@ class InferConfig(GenerationConfig):
         "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
+
+
+class InferConfig(GenerationConfig, ModelConfig):
+    """Batch inference with revision control: questions in, SelFee/FastChat answers out."""
+
+    questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
+    output: Path | None = Field(None, description="answer file to write (.jsonl)")
     limit: int | None = Field(None, ge=1, description="only the first N questions (a trial run)")
     overwrite: bool = Field(False, description="discard saved answers and generate all again")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
@@ -792,6 +807,18 @@ def _is_bool(annotation: Any) -> bool:
     return False
 
 
+def _option_help(info: Any) -> str:
+    """The key's description and its default, unless the description already says what an
+    unset key means ("default: ...", "empty: ...")."""
+    text = info.description or ""
+    if info.is_required():
+        return f"{text} (required)"
+    value = info.get_default(call_default_factory=True)
+    if "default" in text or (value is None and "empty" in text):
+        return text
+    return f"{text} (default: {'not set' if value is None else value})"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
     """``--config FILE`` plus one option for every key of ``cls``, named as in the YAML."""
     parser.add_argument("--config", metavar="FILE", help="YAML config; options below override it")
@@ -799,16 +826,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
     for dotted, annotation, info in _leaf_fields(cls):
         dashed = f"--{dotted.replace('_', '-')}"
         names = [dashed] if dashed == f"--{dotted}" else [dashed, f"--{dotted}"]
-        default = (
-            "required"
-            if info.is_required()
-            else f"default: {info.get_default(call_default_factory=True)}"
-        )
         kwargs: dict[str, Any] = {
             "dest": _DEST_PREFIX + dotted,
             "default": argparse.SUPPRESS,
             "metavar": dotted.rsplit(".", 1)[-1].upper(),
-            "help": f"{info.description or ''} ({default})",
+            "help": _option_help(info),
         }
         if _is_bool(annotation):
             kwargs["action"] = argparse.BooleanOptionalAction

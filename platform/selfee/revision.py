@@ -16,6 +16,8 @@ through that chain, one completion per step:
   feedback without a verdict "Revision is needed." and the next revision header are added;
   so ``min_revisions`` revisions are written unless the token budget runs out;
 - it stops the engine before the "### Revision" header past ``max_revisions``;
+- with ``answer_only`` it stops before the first feedback (independent samples for
+  majority-vote baselines);
 - it stops when ``max_new_tokens`` are spent; the final answer is then the last finished
   revision (``selfee.chain`` decides that).
 
@@ -44,10 +46,11 @@ from selfee.chain import (
 )
 
 T = TypeVar("T")
-FinishReason = Literal["eos", "verdict", "max_revisions", "budget", "aborted"]
+FinishReason = Literal["eos", "verdict", "max_revisions", "budget", "aborted", "answer_only"]
 EngineFinish = Literal["stop", "eos", "length", "abort"]  # abort: the caller stopped the row
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
+ANSWER_STOP = feedback_header(1).strip("\n").removesuffix(" 1:")  # "### Feedback", any number
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM's _SAMPLING_EPS)
 
 
@@ -65,9 +68,12 @@ class RevisionSettings:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    answer_only: bool = False  # stop after the answer: no feedback (sampling baselines)
 
     def __post_init__(self) -> None:
         problems = []
+        if self.answer_only and self.min_revisions:
+            problems.append("answer_only writes no revision: min_revisions must be 0")
         if self.min_revisions < 0:
             problems.append(f"min_revisions must be 0 or more (got {self.min_revisions})")
         if self.max_revisions is not None and self.max_revisions < 0:
@@ -138,6 +144,9 @@ class RevisionResult:
     cached_tokens: int = 0  # prompt tokens of all calls the engine took from its cache
     first_call_cached_tokens: int = 0  # of them, in the first call (the request's prompt)
     request_prompt_tokens: int = 0  # the request's own prompt: the first call's, all of it
+    # the model's own verdict where revision control wrote "Revision is needed." in its
+    # place (forced rewrites): feedback number → "not needed" or "unknown" (it wrote none)
+    forced_verdicts: dict[str, str] = field(default_factory=dict)
 
     @property
     def whole_generation(self) -> str:
@@ -168,6 +177,7 @@ class RevisionController:
         self.forced_rewrites = 0
         self.calls = 0
         self.finish_reason: FinishReason | None = None
+        self.forced_verdicts: dict[str, str] = {}
         self._stops: tuple[str, ...] = ()
 
     @property
@@ -184,8 +194,8 @@ class RevisionController:
         if left <= 0:
             self.finish_reason = "budget"
             return None
-        stops = [VERDICT_STOP]
-        if self.settings.max_revisions is not None:
+        stops = [ANSWER_STOP] if self.settings.answer_only else [VERDICT_STOP]
+        if self.settings.max_revisions is not None and not self.settings.answer_only:
             stops.append(revision_stop(self.settings.max_revisions + 1))
         self._stops = tuple(stops)
         return CompletionRequest(
@@ -246,12 +256,17 @@ class RevisionController:
             cached_tokens=self.cached_tokens,
             first_call_cached_tokens=self.first_call_cached_tokens,
             request_prompt_tokens=self.request_prompt_tokens,
+            forced_verdicts=dict(self.forced_verdicts),
         )
 
     # --- what happens after each kind of ending ---------------------------------------
 
     def _after_stop(self, stop: str) -> None:
         chain = self.chain()
+        if stop == ANSWER_STOP:
+            self.text = self.text.rstrip("\n")
+            self.finish_reason = "answer_only"
+            return
         if stop != VERDICT_STOP:  # the header of the revision past max_revisions
             self.finish_reason = "max_revisions"
             return
@@ -259,7 +274,7 @@ class RevisionController:
             self.text += stop  # the phrase inside an answer or revision is no verdict: go on
             return
         if len(chain.revisions) < self.settings.min_revisions:
-            self._force_revision(len(self.text), len(chain.revisions) + 1)
+            self._force_revision(len(self.text), len(chain.revisions) + 1, len(chain.feedbacks))
             return
         self.text += stop
         self.finish_reason = "verdict"
@@ -273,7 +288,9 @@ class RevisionController:
         below_min = len(chain.revisions) < self.settings.min_revisions
         if verdict is Verdict.NOT_NEEDED and below_min:
             self._force_revision(
-                last.start + _sentence_start(last.text, start), len(chain.revisions) + 1
+                last.start + _sentence_start(last.text, start),
+                len(chain.revisions) + 1,
+                len(chain.feedbacks),
             )
             return
         if below_min and wrote:  # the model ended early: min_revisions promises more
@@ -291,13 +308,15 @@ class RevisionController:
         else:
             if verdict is not Verdict.NEEDED:
                 self.text += " " + VERDICT_NEEDED
+                self.forced_verdicts[str(len(chain.feedbacks))] = Verdict.UNKNOWN.value
             self.text += revision_header(len(chain.revisions) + 1)
         self.forced_rewrites += 1
 
-    def _force_revision(self, verdict_at: int, k: int) -> None:
-        """Replace the verdict at ``verdict_at`` (and what follows) by "Revision is needed."
-        and open revision ``k``."""
+    def _force_revision(self, verdict_at: int, k: int, feedback: int) -> None:
+        """Replace the "not needed" verdict of ``feedback`` at ``verdict_at`` (and what
+        follows) by "Revision is needed." and open revision ``k``."""
         self.text = self.text[:verdict_at] + VERDICT_NEEDED + revision_header(k)
+        self.forced_verdicts[str(feedback)] = Verdict.NOT_NEEDED.value
         self.forced_rewrites += 1
 
     def _cut_before_revision(self, chain: ParsedChain, k: int) -> None:

@@ -166,7 +166,12 @@ class InferWorker:
         results = generate_batch(
             self.engine,
             [render_prompt(q["text"]) for q in questions],
-            [revision_settings(self.cfg, seed_offset=q["index"]) for q in questions],
+            [
+                RevisionSettings(**q["settings"])
+                if "settings" in q  # set per question (eval)
+                else revision_settings(self.cfg, seed_offset=q["index"])
+                for q in questions
+            ],
         )
         seconds = time.monotonic() - started
         return [
@@ -200,6 +205,7 @@ def answer_row(row: dict[str, Any], cfg: InferConfig, model_id: str, fingerprint
             "prompt_tokens": result["prompt_tokens"],
             "cached_tokens": result.get("cached_tokens", 0),  # answers journaled before it
             "finish_reason": result["finish_reason"],
+            "forced_verdicts": result.get("forced_verdicts", {}),
             "calls": result["calls"],
             "latency_s": round(row["latency_s"], 3),
             "device": row["device"],
@@ -238,7 +244,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     started = time.monotonic()
     failed: dict[str, str] = {}
     if work:
-        _generate(cfg, work, journal_path, fingerprint, done, failed)
+        generate_answers(cfg, work, journal_path, fingerprint, done, failed)
     rows = [
         answer_row(done[key], cfg, model_id, fingerprint)
         for q in questions
@@ -273,7 +279,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     return summary
 
 
-def _generate(
+def generate_answers(
     cfg: InferConfig,
     work: list[dict[str, Any]],
     journal_path: Path,
@@ -281,6 +287,9 @@ def _generate(
     done: dict[str, dict[str, Any]],
     failed: dict[str, str],
 ) -> None:
+    """Generate ``work`` (rows with ``id``, ``index``, ``question_id``, ``text``, and
+    optionally their own ``settings`` and ``fingerprint``) on model actors; every answer is
+    journaled at once and put in ``done`` under its id; failures go to ``failed``."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -311,7 +320,7 @@ def _generate(
                     if "error" in row:
                         failed[str(row["question_id"])] = row["error"]
                         continue
-                    row["fingerprint"] = fingerprint
+                    row.setdefault("fingerprint", fingerprint)
                     saved.write(row)
                     done[row["id"]] = row
                     tokens += row["result"]["tokens"]

@@ -4,6 +4,20 @@
 ``Y_vs_X.jsonl`` the same questions with the order swapped. Every judgment counts: totals
 over both orders, the relative score (A's total / B's total), wins / ties / losses per
 judgment. Judgments without a readable score are left out and counted, never guessed.
+
+Statistics that hold up (``uncertainty``):
+
+- 95% intervals for the relative score and the win rate (wins + ties/2, over judgments) by
+  a *paired* bootstrap over questions: a question's two orders are resampled together;
+- a length-controlled win rate: judges prefer longer answers, so the judgment (win 1,
+  tie 1/2, loss 0) is regressed on the length difference of the two answers —
+  P(A wins) = sigmoid(b0 + b1 * tanh((words A - words B) / sd) + b2 * order), with order +1
+  when A is shown first and -1 otherwise — and the fitted model is read at equal length,
+  averaged over the two orders: (sigmoid(b0 + b2) + sigmoid(b0 - b2)) / 2. This is the idea
+  of AlpacaEval 2's length control (a GLM read with the length term at zero), on our own
+  covariates and implemented here (``selfee.stats.logistic_fit``);
+- the share of questions whose two orders disagree (the verdict changes when only the
+  order of the answers changes).
 """
 
 from __future__ import annotations
@@ -15,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selfee import stats
 from selfee.records import read_objects
+from selfee.tables import columns
 
 VS = "_vs_"
 
@@ -113,9 +129,12 @@ def load_judgments(
     return judgments
 
 
-def summarize(judgments: list[Judgment], model_a: str, model_b: str) -> dict[str, Any]:
+def summarize(
+    judgments: list[Judgment], model_a: str, model_b: str, resamples: int = 2000
+) -> dict[str, Any]:
     parsed = [j for j in judgments if j.parsed]
     result: dict[str, Any] = {"model_a": model_a, "model_b": model_b, **_totals(parsed)}
+    result.update(uncertainty(parsed, resamples))
     result["judgments"] = len(judgments)
     result["unparsed"] = len(judgments) - len(parsed)
     by_category: dict[str, list[Judgment]] = defaultdict(list)
@@ -128,6 +147,68 @@ def summarize(judgments: list[Judgment], model_a: str, model_b: str) -> dict[str
         known = [n for n in lengths if isinstance(n, int)]
         result[f"mean_words_{side}"] = round(sum(known) / len(known), 1) if known else None
     return result
+
+
+OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
+def uncertainty(parsed: list[Judgment], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap intervals, the length-controlled win rate, order disagreement."""
+    by_question: dict[Any, list[Judgment]] = defaultdict(list)
+    for j in parsed:
+        by_question[json.dumps(j.question_id)].append(j)
+    groups = list(by_question.values())
+    score_a = [sum(j.score_a or 0.0 for j in g) for g in groups]
+    score_b = [sum(j.score_b or 0.0 for j in g) for g in groups]
+    won = [sum(OUTCOME_VALUE[j.outcome] for j in g) for g in groups]
+    count = [len(g) for g in groups]
+    relative = stats.ratio_interval(score_a, score_b, resamples, seed)
+    win_ci = stats.ratio_interval(won, count, resamples, seed)
+    result: dict[str, Any] = {
+        "win_rate": round(sum(won) / sum(count), 4) if parsed else None,
+        "relative_percent_ci": _rounded(relative, 100),
+        "win_rate_ci": _rounded(win_ci),
+        "length_controlled_win_rate": None,
+        "length_controlled_win_rate_ci": None,
+    }
+    with_words = [g for g in groups if all(_has_words(j) for j in g)]
+    if len(with_words) >= 2:
+        result["length_controlled_win_rate"] = round(length_controlled_win_rate(
+            [j for g in with_words for j in g]), 4)  # fmt: skip
+
+        def lc(idx: Any) -> float:
+            return length_controlled_win_rate([j for i in idx for j in with_words[i]])
+
+        result["length_controlled_win_rate_ci"] = _rounded(
+            stats.statistic_interval(len(with_words), lc, min(resamples, 1000), seed)
+        )
+    return result
+
+
+def _has_words(j: Judgment) -> bool:
+    return isinstance(j.words_a, int) and isinstance(j.words_b, int)
+
+
+def _rounded(ci: tuple[float, float] | None, scale: float = 1.0) -> list[float] | None:
+    if ci is None or not all(math.isfinite(v) for v in ci):
+        return None
+    return [
+        round(scale * ci[0], 4 if scale == 1 else 1),
+        round(scale * ci[1], 4 if scale == 1 else 1),
+    ]
+
+
+def length_controlled_win_rate(judgments: list[Judgment]) -> float:
+    """A's win rate at equal answer length (see the module docstring)."""
+    import numpy as np
+
+    diff = np.array([j.words_a - j.words_b for j in judgments], float)  # type: ignore[operator]
+    spread = float(diff.std()) or 1.0
+    order = np.array([1.0 if j.a_first else -1.0 for j in judgments])
+    features = np.column_stack([np.ones(len(judgments)), np.tanh(diff / spread), order])
+    outcome = np.array([OUTCOME_VALUE[j.outcome] for j in judgments])
+    b0, _, b2 = stats.logistic_fit(features, outcome)
+    return float((stats.sigmoid(np.array(b0 + b2)) + stats.sigmoid(np.array(b0 - b2))) / 2)
 
 
 def _totals(judgments: list[Judgment]) -> dict[str, Any]:
@@ -155,6 +236,7 @@ def _consistency(parsed: list[Judgment]) -> dict[str, Any]:
     return {
         "order_pairs": len(pairs),
         "order_flips": flips,
+        "order_disagreement": round(flips / len(pairs), 3) if pairs else None,
         "position_consistency": round(1 - flips / len(pairs), 3) if pairs else None,
     }
 
@@ -243,6 +325,7 @@ def build_report(
     model_a: str | None = None,
     model_b: str | None = None,
     answers: list[Path] | None = None,
+    resamples: int = 2000,
 ) -> list[dict[str, Any]]:
     categories = read_categories(questions)
     words = read_answer_words(answers or [])
@@ -256,7 +339,7 @@ def build_report(
                 raise ReportError(f"no review file compares {model_b}")
         judgments = [j for f in files for j in load_judgments(f, a, categories, words)]
         judgments, warnings = questions_in_both_orders(judgments, files)
-        reports.append({**summarize(judgments, a, b), "files": [str(f) for f in files],
+        reports.append({**summarize(judgments, a, b, resamples), "files": [str(f) for f in files],
                         "questions": len({j.question_id for j in judgments}),
                         "warnings": warnings})  # fmt: skip
     return reports
@@ -266,7 +349,8 @@ def build_report(
 
 
 def format_table(reports: list[dict[str, Any]]) -> str:
-    """The SelFee blog's layout: one row per comparison, then per-category rows."""
+    """The SelFee blog's layout: one row per comparison, then per-category rows, then the
+    statistics (intervals, length control, order disagreement)."""
     header = [
         "model A",
         "model B",
@@ -285,14 +369,25 @@ def format_table(reports: list[dict[str, Any]]) -> str:
             "-" if r["position_consistency"] is None else f"{r['position_consistency']:.1%}",
             str(r["unparsed"]),
         ])  # fmt: skip
-    lines = _columns(rows)
+    lines = columns(rows)
     for r in reports:
+        lines += ["", f"{r['model_a']} vs {r['model_b']}, 95% paired bootstrap intervals:"]
+        lines += columns([
+            ["statistic", "value", "95% CI"],
+            ["A/B score %", f"{r['relative_percent']}%", _ci_text(r["relative_percent_ci"], 1)],
+            ["win rate of A", _share(r["win_rate"]), _ci_text(r["win_rate_ci"])],
+            ["length-controlled win rate", _share(r["length_controlled_win_rate"]),
+             _ci_text(r["length_controlled_win_rate_ci"])],
+            ["questions whose orders disagree", _share(r["order_disagreement"]), ""],
+        ])  # fmt: skip
+        if r["length_controlled_win_rate"] is None:
+            lines.append("(length control needs answer lengths: give --answers A.jsonl B.jsonl)")
         lines += ["", f"{r['model_a']} vs {r['model_b']} by category:"]
         cat_rows = [["category", "score A", "score B", "A/B %", "win/tie/loss"]]
         for name, c in r["per_category"].items():
             cat_rows.append([name, f"{c['score_a']:g}", f"{c['score_b']:g}",
                              f"{c['relative_percent']}%", f"{c['win']}/{c['tie']}/{c['loss']}"])  # fmt: skip
-        lines += _columns(cat_rows)
+        lines += columns(cat_rows)
         if r["mean_words_a"] is not None:
             lines.append(
                 f"mean answer length: {r['model_a']} {r['mean_words_a']} words, "
@@ -301,14 +396,12 @@ def format_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return out
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci_text(ci: list[float] | None, scale: float = 100) -> str:
+    return "-" if not ci else f"[{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]"
 
 
 def to_json(reports: list[dict[str, Any]]) -> str:
@@ -322,16 +415,19 @@ def plot(reports: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(reports), 2, figsize=(12, 4.2 * len(reports)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
-    for (left, right), r in zip(axes, reports, strict=True):
+    fig, axes = plt.subplots(len(reports), 3, figsize=(16, 4.2 * len(reports)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2, 2]})  # fmt: skip
+    for (left, right, rates), r in zip(axes, reports, strict=True):
+        _plot_rates(rates, r)
         names = list(r["per_category"])
         values = [r["per_category"][c]["relative_percent"] or 0 for c in names]
         colors = ["#2a9d8f" if v >= 100 else "#e76f51" for v in values]
         left.barh(names, values, color=colors)
         left.axvline(100, color="black", linewidth=1)
         left.set_xlabel(f"{r['model_a']} score as % of {r['model_b']}")
-        left.set_title(f"{r['model_a']} vs {r['model_b']}: {r['relative_percent']}% overall")
+        ci = r.get("relative_percent_ci")
+        left.set_title(f"{r['model_a']} vs {r['model_b']}: {r['relative_percent']}% overall"
+                       + (f" (95% CI {ci[0]}-{ci[1]}%)" if ci else ""))  # fmt: skip
         for y, v in enumerate(values):
             left.text(v, y, f" {v:.1f}%", va="center", fontsize=8)
         left.invert_yaxis()
@@ -352,3 +448,30 @@ def plot(reports: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plot_rates(ax: Any, r: dict[str, Any]) -> None:
+    """Win rate and length-controlled win rate with their 95% intervals, against 50%."""
+    names, values, errors = [], [], [[], []]
+    for name, key in (
+        ("win rate", "win_rate"),
+        ("length-controlled", "length_controlled_win_rate"),
+    ):
+        value, ci = r.get(key), r.get(f"{key}_ci")
+        if value is None:
+            continue
+        names.append(name)
+        values.append(100 * value)
+        errors[0].append(100 * (value - ci[0]) if ci else 0)
+        errors[1].append(100 * (ci[1] - value) if ci else 0)
+    ax.errorbar(values, range(len(values)), xerr=errors, fmt="o", capsize=5, color="#264653")
+    for y, v in enumerate(values):
+        ax.text(v, y + 0.15, f"{v:.1f}%", ha="center", fontsize=8)
+    ax.axvline(50, color="black", linewidth=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"{r['model_a']} win rate, % (95% paired bootstrap CI)")
+    disagree = r.get("order_disagreement")
+    ax.set_title("orders disagree on " + ("-" if disagree is None else f"{100 * disagree:.0f}%")
+                 + " of questions")  # fmt: skip
