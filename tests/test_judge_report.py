@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from selfee.judge.report import ReportError, build_report, format_table
@@ -47,7 +48,7 @@ def test_cli_reproduces_the_published_figures(reference: Path, tmp_path: Path) -
     assert sum(c["score_a"] for c in per_category.values()) == pytest.approx(1359.0)
     assert per_category["coding"]["n"] == 14 and per_category["math"]["n"] == 6
     assert 0 < result["position_consistency"] < 1 and result["order_pairs"] == 80
-    assert png_size(plot) == (1200, 420)
+    assert png_size(plot) == (1600, 420)  # scores, wins/ties/losses, win rates with CIs
     assert result["mean_words_a"] > result["mean_words_b"] > 100  # SelFee answers are longer
 
 
@@ -174,3 +175,70 @@ def test_a_partial_overlap_compares_the_common_questions_and_says_so(
     done = selfee("report", "--reviews", str(a), str(b), "--json")
     assert done.returncode == 0 and "warning: 20 question(s)" in done.stderr
     assert json.loads(done.stdout)["judgments"] == 120
+
+
+def test_the_published_pair_gets_intervals_length_control_and_order_disagreement(
+    reference: Path,
+) -> None:
+    review = reference / "review"
+    [r] = build_report([review / SELFEE_FIRST, review / CHATGPT_FIRST],
+                       answers=sorted((reference / "answer").glob("*.jsonl")), resamples=1000)  # fmt: skip
+    lo, hi = r["relative_percent_ci"]
+    assert lo < r["relative_percent"] < hi and hi - lo < 15
+    assert r["win_rate"] == pytest.approx((87 + 26 / 2) / 160, abs=1e-4)
+    lo, hi = r["win_rate_ci"]
+    assert lo < r["win_rate"] < hi
+    # SelFee's answers are far longer (333 vs 192 words): at equal length its edge goes away
+    assert r["mean_words_a"] > r["mean_words_b"] * 1.5
+    assert r["length_controlled_win_rate"] < 0.5 < r["win_rate"]
+    assert r["order_disagreement"] == pytest.approx(r["order_flips"] / r["order_pairs"], abs=1e-3)
+    table = format_table([r])
+    assert "length-controlled win rate" in table and "95% CI" in table
+
+
+def synthetic_judgments(
+    rng, questions: int, length_edge: float, skill: float, length_weight: float = 3.0
+) -> list:
+    """Two orders per question; A's answers are longer by ``length_edge`` words on average;
+    the judge prefers the longer answer, plus ``skill`` (log-odds) for A."""
+    from selfee.judge.report import Judgment
+
+    judgments = []
+    for q in range(questions):
+        words_a = int(max(10, rng.normal(200 + length_edge, 60)))
+        words_b = int(max(10, rng.normal(200, 60)))
+        for a_first in (True, False):
+            logit = skill + length_weight * np.tanh((words_a - words_b) / 80)
+            p_win = 1 / (1 + np.exp(-logit))
+            won = rng.random() < p_win
+            scores = (8.0, 6.0) if won else (6.0, 8.0)
+            judgments.append(Judgment(q, "all", a_first, *scores, words_a, words_b))
+    return judgments
+
+
+def test_length_controlled_win_rate_is_near_half_when_judgments_depend_only_on_length() -> None:
+    from selfee.judge.report import length_controlled_win_rate, uncertainty
+
+    rng = np.random.default_rng(3)
+    judgments = synthetic_judgments(rng, 400, length_edge=80, skill=0.0)
+    raw = uncertainty(judgments, resamples=300)
+    assert raw["win_rate"] > 0.7  # longer answers win the raw comparison
+    assert length_controlled_win_rate(judgments) == pytest.approx(0.5, abs=0.06)
+    lo, hi = raw["length_controlled_win_rate_ci"]
+    assert lo < 0.5 < hi
+    # with real skill and no length edge, the control keeps the advantage
+    skilled = synthetic_judgments(rng, 400, length_edge=0, skill=1.0)
+    assert length_controlled_win_rate(skilled) == pytest.approx(1 / (1 + np.exp(-1)), abs=0.06)
+
+
+def test_paired_bootstrap_intervals_cover_the_true_win_rate() -> None:
+    from selfee.judge.report import uncertainty
+
+    rng = np.random.default_rng(11)
+    truth = 1 / (1 + np.exp(-0.5))  # skill 0.5 decides, length does not
+    covered = 0
+    for trial in range(60):
+        judgments = synthetic_judgments(rng, 80, length_edge=0, skill=0.5, length_weight=0)
+        lo, hi = uncertainty(judgments, resamples=400, seed=trial)["win_rate_ci"]
+        covered += lo <= truth <= hi
+    assert covered / 60 >= 0.85

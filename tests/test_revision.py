@@ -331,3 +331,53 @@ class ContinuingEngine(ScriptedEngine):
         assert request.prompt.startswith(PROMPT) and self.whole.startswith(done)
         self.script.append(self.whole[len(done) :])
         return super().complete(request)
+
+
+@BOTH
+def test_answer_only_stops_before_the_first_feedback(report_stop: bool) -> None:
+    result, _ = run(
+        ["Red." + fb(1, "Fine. Revision is not needed." + EOS)], report_stop,
+        answer_only=True, max_new_tokens=500,
+    )  # fmt: skip
+    assert result.text == "Red." and result.final_answer == "Red."
+    assert result.calls == 1 and result.revisions == 0
+    assert result.finish_reason == "answer_only"
+    assert result.tokens == len("Red." + "\n\n### Feedback")
+    with pytest.raises(ValueError, match="answer_only"):
+        RevisionSettings(answer_only=True, min_revisions=1)
+
+
+def test_forced_rewrites_record_the_verdict_the_model_wrote() -> None:
+    """Eval reads the model's own verdicts: "not needed" where it was rewritten, "unknown"
+    where the model wrote none and the controller added "Revision is needed."."""
+    result, _ = run(
+        [
+            "Red." + fb(1, "Fine. Revision is not needed." + EOS),  # rewritten: not needed
+            "Blue." + fb(2, "Hmm, no verdict here." + EOS),  # the controller adds the verdict
+            "Green." + fb(3, "Bad. Revision is needed." + EOS),  # the model's own: kept
+            "Gold." + fb(4, "Good. Revision is not needed." + EOS),
+        ],
+        min_revisions=3, max_new_tokens=2000,
+    )  # fmt: skip
+    assert result.revisions == 3 and result.finish_reason == "verdict"
+    assert result.forced_verdicts == {"1": "not needed", "2": "unknown"}
+    assert parse(result.whole_generation).verdicts[:3] == [Verdict.NEEDED] * 3
+    assert result.summary()["forced_verdicts"] == {"1": "not needed", "2": "unknown"}
+
+
+def test_a_misnumbered_revision_header_is_renumbered_not_taken_for_the_cap() -> None:
+    """A model that writes "### Revision 3" as its first revision, with max_revisions 2:
+    that header is the cap's stop string, but only one revision exists; min_revisions 2
+    still holds."""
+    result, _ = run(
+        [
+            "Red." + fb(1, "Hmm. Revision is needed.") + rev(3, "Blue." + EOS),
+            "Blue." + fb(2, "Better. Revision is needed.") + rev(3, "Green."),
+            "Green." + fb(3, "Good. Revision is not needed." + EOS),
+        ],
+        min_revisions=2, max_revisions=2, max_new_tokens=2000,
+    )  # fmt: skip
+    chain = parse(result.whole_generation)
+    assert result.revisions == 2 and chain.revisions == ["Blue.", "Green."]
+    assert "### Revision 1:" in result.text and "### Revision 3" not in result.text
+    assert result.finish_reason == "verdict"

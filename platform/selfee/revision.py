@@ -220,6 +220,10 @@ class RevisionController:
         if completion.finish_reason == "abort":
             self.finish_reason = "aborted"
             return
+        if self.settings.answer_only and completion.finish_reason in ("stop", "eos"):
+            self.text = self.text.rstrip("\n")  # the answer, before the feedback header
+            self.finish_reason = "answer_only"
+            return
         stop = completion.stop
         if completion.finish_reason == "stop" and stop is None:
             stop = self._infer_stop()
@@ -263,12 +267,14 @@ class RevisionController:
 
     def _after_stop(self, stop: str) -> None:
         chain = self.chain()
-        if stop == ANSWER_STOP:
-            self.text = self.text.rstrip("\n")
-            self.finish_reason = "answer_only"
-            return
         if stop != VERDICT_STOP:  # the header of the revision past max_revisions
-            self.finish_reason = "max_revisions"
+            cap = self.settings.max_revisions or 0
+            if chain.segments[-1].kind != "feedback":  # no header where it stands: text
+                self.text += stop
+            elif len(chain.revisions) < cap:  # a misnumbered header: number it right, go on
+                self.text += revision_header(len(chain.revisions) + 1)
+            else:
+                self.finish_reason = "max_revisions"
             return
         if chain.segments[-1].kind != "feedback":
             self.text += stop  # the phrase inside an answer or revision is no verdict: go on

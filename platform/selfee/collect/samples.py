@@ -106,6 +106,7 @@ def write_sample_sources(root: Path, per_source: int = 200, seed: int = 0) -> di
     for i in n:
         k = rng.randint(2, 9)
         contests.append({"name": f"{i}. Scale", "description": f"Read an integer n and print n * {k} (problem {i}).",
+                         "public_tests": {"input": ["3\n"], "output": [f"{3 * k}\n"]},
                          "solutions": {"language": [3, 2],
                                        "solution": [f"print(int(input()) * {k})",
                                                     "#include <cstdio>\nint main(){long n;scanf(\"%ld\",&n);"

@@ -192,8 +192,13 @@ def shape_mbpp(row: Any) -> Shaped:
     instruction = _field(row, "text")
     if tests:
         instruction += "\nYour code should pass these tests:\n" + "\n".join(map(str, tests))
-    return {"instruction": instruction, "input": "", "output": _field(row, "code"),
-            "meta": {"task_id": row.get("task_id")}}  # fmt: skip
+    meta = {"task_id": row.get("task_id")}
+    if tests:  # kept for `selfee eval --task code`
+        meta |= {
+            "tests": list(map(str, tests)),
+            "test_setup_code": row.get("test_setup_code") or "",
+        }
+    return {"instruction": instruction, "input": "", "output": _field(row, "code"), "meta": meta}
 
 
 # CodeContests' language codes (the dataset's Language enum).
@@ -223,8 +228,21 @@ def shape_code_contests(row: Any) -> Shaped:
         + _field(row, "description"),
         "input": "",
         "output": code,
-        "meta": {"language": language, "name": row.get("name", "")},
+        "meta": {"language": language, "name": row.get("name", ""), **_io_tests(row)},
     }
+
+
+def _io_tests(row: Any) -> dict[str, Any]:
+    """CodeContests' public tests as stdin/stdout pairs, for `selfee eval --task code`."""
+    public = row.get("public_tests") if isinstance(row, dict) else None
+    if not isinstance(public, dict):
+        return {}
+    inputs, outputs = public.get("input") or [], public.get("output") or []
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+        return {}
+    pairs = [{"input": i, "output": o} for i, o in zip(inputs, outputs, strict=True)
+             if isinstance(i, str) and isinstance(o, str)]  # fmt: skip
+    return {"io_tests": pairs} if pairs else {}
 
 
 def shape_drrepair(row: Any) -> Shaped:

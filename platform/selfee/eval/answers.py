@@ -3,8 +3,8 @@
 One small function per task and direction. A text with no answer to read gives ``None``
 (scored as wrong and counted as "unparsed", never guessed).
 
-- GSM8K: the gold is the number after ``####``; a model's answer is the number after its
-  last ``####`` if it wrote one, else the last number in the text (thousands commas,
+- GSM8K: the gold is the number after ``####``; a model's answer is the first number after
+  its last ``####`` if it wrote one, else the last number in the text (thousands commas,
   currency signs, percent signs and trailing units are dropped). Numbers compare by value.
 - MATH: the content of the last ``\\boxed{...}`` (or ``\\fbox``), normalized: ``\\left`` /
   ``\\right``, spaces, ``\\!``, degrees, ``\\$`` and ``\\%``, ``\\text{units}``, ``\\dfrac`` /
@@ -58,9 +58,10 @@ def gsm8k_gold(gold: str) -> Fraction | None:
 
 def gsm8k_answer(text: str) -> Fraction | None:
     if "####" in text:
-        found = last_number(text.rsplit("####", 1)[1])
-        if found is not None:
-            return found
+        for match in _NUMBER_RE.finditer(text.rsplit("####", 1)[1]):  # the first one after it
+            value = parse_number(match.group(0))
+            if value is not None:
+                return value
     return last_number(text)
 
 
@@ -89,7 +90,7 @@ def last_boxed(text: str) -> str | None:
 
 _UNIT_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]*\}")
 _FRAC_SHORT_RE = re.compile(r"\\frac(\d)(\d)")
-_FRAC_HALF_RE = re.compile(r"\\frac(\{[^{}]*\})(\d)")
+_FRAC_HALF_RE = re.compile(r"\\frac(\{(?:[^{}]|\{[^{}]*\})*\})(\d)")  # one level nested
 _SQRT_SHORT_RE = re.compile(r"\\sqrt(\w)")
 _SLASH_FRAC_RE = re.compile(r"^(-?\d+)/(\d+)$")
 _LHS_RE = re.compile(r"^[a-zA-Z](?:_\d)?=")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from selfee import journal, lineage
 from selfee.config import ConfigError, InferConfig, ModelConfig, dump_config
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
-from selfee.eval.sandbox import SandboxLimits, TestSpec, run_program
+from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
 from selfee.eval.tasks import TASKS, Task, gold_of_row, question_of_row
 from selfee.progress import format_duration
 from selfee.records import read_objects, write_jsonl
@@ -41,7 +42,8 @@ RUNS = ("forced", "autonomous", "first", "samples")
 
 
 def log(message: str) -> None:
-    print(f"[eval] {message}", flush=True)
+    """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,13 @@ def generate_runs(
     cfg: EvalConfig, questions: list[EvalQuestion]
 ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, str]]:
     """Generate (or take from the journal) every answer set; write each as an answer file."""
-    from selfee.infer.job import answer_row, check_config, generate_answers, model_fingerprint
+    from selfee.infer.job import (
+        JournaledAnswer,
+        answer_row,
+        check_config,
+        generate_answers,
+        model_fingerprint,
+    )
 
     base = _infer_config(cfg)
     folder = cfg.folder
@@ -168,7 +176,7 @@ def generate_runs(
     journal_path = folder / "generations.journal.jsonl"
     if cfg.overwrite:
         journal_path.unlink(missing_ok=True)
-    saved = journal.read_journal(journal_path)
+    saved = journal.read_journal(journal_path, JournaledAnswer)
     if saved.skipped:
         log(saved.describe(journal_path))
     work, wanted = [], []
@@ -215,7 +223,7 @@ def score_text(task: Task, gold: Any, text: str, limits: SandboxLimits) -> dict[
     if answer is None:
         return {"correct": False, "answer": None, "detail": "no answer found"}
     if task.runs_code:
-        tests = TestSpec.from_gold(gold)
+        tests = CodeTests.from_gold(gold)
         assert tests is not None
         ran = run_program(answer, tests, limits)
         detail = f"{ran.reason}: {ran.tests_passed}/{ran.tests} tests"
@@ -237,8 +245,9 @@ def _score_batch(batch: dict[str, Any], task: str, limits: dict[str, Any]) -> di
 
 def score_all(
     cfg: EvalConfig, task: Task, items: dict[str, tuple[Any, str]]
-) -> dict[str, turns.Score]:
-    """Scores of ``items`` (key → (gold, text)): from the journal, the rest on Ray Data."""
+) -> tuple[dict[str, turns.Score], int]:
+    """Scores of ``items`` (key → (gold, text)): from the journal, the rest on Ray Data;
+    and how many were scored now."""
     import ray
 
     journal_path = cfg.folder / "scores.journal.jsonl"
@@ -277,11 +286,12 @@ def score_all(
                     log(_progress(finished, len(work), time.monotonic() - started))
                     last = time.monotonic()
             log(_progress(finished, len(work), time.monotonic() - started))
-    return {
+    scores = {
         key: turns.Score(row["correct"], row["answer"], row["detail"])
         for key, row in saved.rows.items()
         if key in items
     }
+    return scores, len(work)
 
 
 def _progress(done: int, total: int, seconds: float) -> str:
@@ -333,7 +343,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         else:
             runs, failed = generate_runs(cfg, questions)
         items, plan = _plan(task, questions, runs)
-        scores = score_all(cfg, task, items)
+        scores, scored_now = score_all(cfg, task, items)
     results = [_question_result(q, plan[q.key], scores) for q in questions if q.key in plan]
     if not results:
         raise ConfigError("no question has an answer to score")
@@ -347,6 +357,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             {k for rows in runs.values() for k in rows} - {q.key for q in questions}
         ),
         "failed_generations": failed,
+        "scored": {"texts": len(items), "now": scored_now},
         "source": str(cfg.answers) if cfg.answers else (cfg.base_url or str(cfg.model)),
     }
     if task.runs_code:

@@ -87,7 +87,7 @@ def format_table(summary: dict[str, Any]) -> str:
 def to_json(summary: dict[str, Any]) -> str:
     keys = ("task", "n", "turns", "flips", "verdict", "forced", "autonomous", "baselines",
             "unparsed", "questions", "without_gold", "without_answer",
-            "answers_without_question", "failed_generations", "sandbox", "source")  # fmt: skip
+            "answers_without_question", "failed_generations", "scored", "sandbox", "source")  # fmt: skip
     return json.dumps({k: summary[k] for k in keys if k in summary}, indent=2)
 
 

@@ -58,7 +58,7 @@ class SandboxLimits(StageConfig):
 
 
 @dataclass(frozen=True)
-class TestSpec:
+class CodeTests:
     """The tests of one task: assert statements (MBPP: all must pass, after ``setup``), or
     stdin/stdout pairs (CodeContests: each output must match, whitespace aside)."""
 
@@ -67,7 +67,7 @@ class TestSpec:
     io: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_gold(cls, gold: Any) -> TestSpec | None:
+    def from_gold(cls, gold: Any) -> CodeTests | None:
         """A question's ``gold`` for code: a list of asserts, ``{"tests", "setup"}`` or
         ``{"io": [{"input", "output"}]}``; None when it is none of those."""
         if isinstance(gold, list) and gold and all(isinstance(t, str) for t in gold):
@@ -226,7 +226,7 @@ def _nobody_can_run(python: str) -> bool:
     )
 
 
-def run_program(code: str, tests: TestSpec, limits: SandboxLimits | None = None) -> RunResult:
+def run_program(code: str, tests: CodeTests, limits: SandboxLimits | None = None) -> RunResult:
     """Run ``code`` against ``tests``; never raises for anything the program does."""
     limits = limits or SandboxLimits()
     started = time.monotonic()

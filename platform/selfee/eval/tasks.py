@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from selfee.eval import answers
-from selfee.eval.sandbox import TestSpec
+from selfee.eval.sandbox import CodeTests
 
 TaskName = Literal["gsm8k", "math", "aqua", "code"]
 
@@ -88,7 +88,7 @@ def _aqua_gold(value: Any) -> str | None:
 
 
 def _code_gold(value: Any) -> dict[str, Any] | None:
-    spec = TestSpec.from_gold(value)
+    spec = CodeTests.from_gold(value)
     return None if spec is None else spec.to_gold()
 
 

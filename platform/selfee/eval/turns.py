@@ -121,7 +121,7 @@ def _per_point(tokens: list[int], accuracy: float | None) -> float | None:
 
 
 def _mean(values: list[int]) -> float | None:
-    return round(sum(values) / len(values), 1) if values else None
+    return round(sum(values) / len(values), 2) if values else None
 
 
 def summarize(
