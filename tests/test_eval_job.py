@@ -57,7 +57,7 @@ def test_published_selfee_answers_scored_turn_by_turn(
     assert result["autonomous"] is None and result["baselines"]["majority_vote"] is None
     assert len(result["answers_without_question"]) == 77  # the other Vicuna questions
     assert plot.stat().st_size > 10_000
-    check_manifest(tmp_path / "out" / "manifest.json", "eval")
+    check_manifest(tmp_path / "out" / "eval.manifest.json", "eval")
     # a re-run scores nothing again
     again = run_eval(EvalConfig(task="gsm8k", questions=questions, answers=answers,
                                 output=tmp_path / "out"))  # fmt: skip

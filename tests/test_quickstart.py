@@ -82,8 +82,13 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
     manifests = [json.loads(Path(p).read_text()) for p in summary["lineage"]]
     assert [m["stage"] for m in manifests] == [
         "collect", "augment", "train", "export", "infer-autonomous", "infer-3-revisions",
-        "infer-q8_0", "infer-q4_K_M", "judge",
+        "infer-q8_0", "infer-q4_K_M", "judge", "eval-gsm8k", "eval-code",
     ]  # fmt: skip
+    for task in ("gsm8k", "code"):  # the eval stage: per-turn accuracy on checkable questions
+        report = json.loads((out / "eval" / task / "eval.json").read_text())
+        assert report["n"] == 2 and [t["turn"] for t in report["turns"]] == [0, 1, 2]
+        assert report["autonomous"] is not None and report["baselines"]["first_answer"]
+        assert (out / "eval" / task / "eval.png").stat().st_size > 1000
     # each stage's inputs are the outputs of the one before, by content hash
     produced = {o["sha256"] for m in manifests for o in m["outputs"].values()}
     for manifest in manifests[1:]:

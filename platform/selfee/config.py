@@ -458,6 +458,9 @@ class QuickstartConfig(StageConfig):
         256, ge=16, description="tokens per answer, all revisions (the forced run: this much "
         "per forced revision too)",
     )  # fmt: skip
+    eval_revisions: int = Field(
+        2, ge=0, le=10, description="forced revisions of the eval stage (sample math and code)"
+    )
     gguf: list[QuantType] = Field(
         default_factory=lambda: ["q8_0", "q4_K_M"],
         description="GGUF files the trained model is exported to and answers with again "

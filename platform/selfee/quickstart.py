@@ -38,6 +38,7 @@ from selfee.config import (
     TrainConfig,
     dump_config,
 )
+from selfee.eval.config import EvalConfig
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl
 from selfee.teacher.deployment import teacher_application
@@ -93,7 +94,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                       route_prefix="/teacher", logging_config=quiet)  # fmt: skip
             teacher = f"http://127.0.0.1:{cfg.serve_port}/teacher/v1"
             log(
-                f"1/8 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
+                f"1/9 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
             )
             stages = run_stages(cfg, out, questions, teacher)
             teacher_stats = httpx.get(teacher.removesuffix("/v1") + "/stats", timeout=10).json()
@@ -133,21 +134,21 @@ def run_stages(
             output=out / "collect", jsonl=True, seed=cfg.teacher.seed, ray=cfg.ray,
         )  # fmt: skip
         instructions = out / "collect" / "instructions.jsonl"
-        log(f"2/8 collect: {len(sources)} sample sources in their own formats -> instructions "
+        log(f"2/9 collect: {len(sources)} sample sources in their own formats -> instructions "
             f"({cfg.collect_cap} per source)")  # fmt: skip
         stages["collect"] = lineage.run_stage(
             "collect", out / "collect", {"sources": out / "sources"}, dump_config(collect),
             {"instructions": instructions}, lambda: _collect_counts(collect), log,
         )  # fmt: skip
     else:
-        log(f"2/8 collect: skipped, augmenting {instructions}")
+        log(f"2/9 collect: skipped, augmenting {instructions}")
     augment = AugmentConfig(
         input=instructions, output=out / "augment", base_url=teacher, model=cfg.teacher.model,
         max_iterations=cfg.max_iterations, concurrency=cfg.concurrency, progress_interval_s=5,
         ray=cfg.ray,
     )  # fmt: skip
     chains = out / "augment" / "chains.jsonl"
-    log("3/8 augment: the teacher answers, critiques and revises every instruction")
+    log("3/9 augment: the teacher answers, critiques and revises every instruction")
     stages["augment"] = lineage.run_stage(
         "augment", out / "augment", {"instructions": instructions},
         {**dump_config(augment), "teacher": dump_config(cfg.teacher)}, {"chains": chains},
@@ -162,7 +163,7 @@ def run_stages(
     )  # fmt: skip
     model = out / "train" / "model"
     log(
-        f"4/8 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
+        f"4/9 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
     )
     stages["train"] = lineage.run_stage(
         "train", out / "train", {"chains": chains}, dump_config(train), {"model": model},
@@ -174,7 +175,7 @@ def run_stages(
         export = ExportGGUFConfig(model=model, quant=cfg.gguf, output=out / "export",
                                   eval_data=chains, prompts=4)  # fmt: skip
         gguf = {kind: out / "export" / f"{model.name}-{kind}.gguf" for kind in cfg.gguf}
-        log(f"5/8 export: GGUF files for llama.cpp ({', '.join(cfg.gguf)}), each measured "
+        log(f"5/9 export: GGUF files for llama.cpp ({', '.join(cfg.gguf)}), each measured "
             "against the trained model")  # fmt: skip
         stages["export"] = lineage.run_stage(
             "export", out / "export", {"model": model}, dump_config(export),
@@ -196,7 +197,7 @@ def run_stages(
             batch_size=8, concurrency=1, progress_interval_s=5, ray=cfg.ray,
         )  # fmt: skip
         engine = "llama.cpp" if weights.suffix == ".gguf" else "the HF engine (fp32)"
-        log(f"6/8 infer ({name}): {engine} answers {questions.name} with revision control")
+        log(f"6/9 infer ({name}): {engine} answers {questions.name} with revision control")
         stages[f"infer-{name}"] = lineage.run_stage(
             f"infer-{name}", out / "answers" / name, {"model": weights, "questions": questions},
             dump_config(infer), {"answers": path}, lambda infer=infer: _infer_counts(infer), log,
@@ -210,17 +211,47 @@ def run_stages(
     )  # fmt: skip
     names = [p.name.removesuffix(".jsonl") for p in answers.values()]
     reviews = [out / "judge" / f"{a}_vs_{b}.jsonl" for a, b in (names, names[::-1])]
-    log("7/8 judge: the teacher compares the two answer sets, every question in both orders")
+    log("7/9 judge: the teacher compares the two answer sets, every question in both orders")
     stages["judge"] = lineage.run_stage(
         "judge", out / "judge", dict(zip(names, answers.values(), strict=True)),
         dump_config(judge), {"reviews_ab": reviews[0], "reviews_ba": reviews[1]},
         lambda: _judge_counts(judge), log,
     )  # fmt: skip
-    log("8/8 report")
+    log("8/9 report")
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     if gguf:
         print(engines_table(out, "autonomous", list(gguf)), flush=True)
+    for task, dataset in EVAL_TASKS:
+        checkable = [r for r in read_jsonl(instructions) if r.get("dataset") == dataset]
+        if not checkable:
+            log(f"9/9 eval ({task}): no {dataset} instructions to check answers against, skipped")
+            continue
+        folder = out / "eval" / task
+        asked = write_jsonl_if_changed(out / "eval" / f"{task}-questions.jsonl", checkable)
+        evaluate = EvalConfig(
+            task=task, questions=asked, model=str(model), revisions=cfg.eval_revisions,
+            samples=2, max_new_tokens=cfg.max_new_tokens, output=folder,
+            plot=folder / "eval.png", progress_interval_s=5, ray=cfg.ray,
+        )  # fmt: skip
+        log(f"9/9 eval ({task}): does revision help? accuracy at each of {cfg.eval_revisions + 1} "
+            f"turns on {len(checkable)} {dataset} questions (a tiny model: near zero)")  # fmt: skip
+        stages[f"eval-{task}"] = lineage.run_stage(
+            f"eval-{task}", folder, {"model": model, "questions": asked}, dump_config(evaluate),
+            {"report": folder / "eval.json", "plot": folder / "eval.png"},
+            lambda evaluate=evaluate: _eval_counts(evaluate), log,
+        )  # fmt: skip
     return stages
+
+
+EVAL_TASKS = (("gsm8k", "gsm8k"), ("code", "mbpp"))  # (eval task, collected dataset)
+
+
+def write_jsonl_if_changed(path: Path, rows: list[dict[str, Any]]) -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
 
 
 def engines_table(out: Path, reference: str, others: list[str]) -> str:
@@ -290,6 +321,18 @@ def _infer_counts(infer: InferConfig) -> dict[str, Any]:
     return counts
 
 
+def _eval_counts(evaluate: EvalConfig) -> dict[str, Any]:
+    from selfee.eval.job import run_eval
+    from selfee.eval.report import format_table
+
+    done = run_eval(evaluate)
+    print(format_table(done), flush=True)
+    log(f"eval plot: {evaluate.plot}")
+    auto = done["autonomous"] or {}
+    return {"n": done["n"], "accuracy_per_turn": [t["accuracy"] for t in done["turns"]],
+            "autonomous_accuracy": auto.get("accuracy")}  # fmt: skip
+
+
 def _judge_counts(judge: JudgeConfig) -> dict[str, Any]:
     from selfee.judge.job import run_judge
 
@@ -336,6 +379,7 @@ def artifacts(out: Path) -> dict[str, str]:
         "answers": out / "answers",
         "reviews": out / "judge",
         "report plot": out / "judge" / "report.png",
+        "eval plots": out / "eval",
         "summary": out / "summary.json",
     }
     return {k: str(v) for k, v in names.items()}

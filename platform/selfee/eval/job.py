@@ -427,5 +427,5 @@ def _write_outputs(cfg: EvalConfig, summary: dict[str, Any]) -> None:
     if cfg.plot is not None:
         outputs["plot"] = report.plot(summary, cfg.plot)
     inputs = {"questions": cfg.questions} | ({"answers": cfg.answers} if cfg.answers else {})
-    lineage.write_manifest(folder / "manifest.json", "eval", inputs, summary["config"], outputs,
+    lineage.write_manifest(folder / "eval.manifest.json", "eval", inputs, summary["config"], outputs,
                            {"n": summary["n"], "turns": summary["turns"]}, summary["seconds"])  # fmt: skip
