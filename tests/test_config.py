@@ -16,6 +16,7 @@ from selfee.config import (
     TrainConfig,
     add_config_arguments,
     config_from_args,
+    dump_config,
     load_config,
 )
 
@@ -147,3 +148,18 @@ def test_every_config_key_is_a_cli_option() -> None:
         "--serve-port",
     ]:
         assert key in options
+
+
+def test_a_tiny_model_gets_tiny_model_defaults_unless_set() -> None:
+    """SelFee's 7B settings (2e-5, global batch 128) teach a tiny random model nothing."""
+    tiny = TrainConfig()
+    assert (tiny.learning_rate, tiny.global_batch_size, tiny.max_length) == (1e-3, 8, 512)
+    assert tiny.tiny_defaults_used["learning_rate"] == 1e-3
+    assert not tiny.gradient_checkpointing and tiny.global_batch_size % (
+        tiny.micro_batch_size * tiny.num_workers) == 0  # fmt: skip
+    chosen = load_config(TrainConfig, None, {"learning_rate": 5e-4, "global_batch_size": 16})
+    assert (chosen.learning_rate, chosen.global_batch_size) == (5e-4, 16)
+    assert "learning_rate" not in chosen.tiny_defaults_used
+    big = TrainConfig(model="/models/llama-7b")  # a real model keeps SelFee's settings
+    assert (big.learning_rate, big.global_batch_size, big.tiny_defaults_used) == (2e-5, 128, {})
+    assert dump_config(tiny)["learning_rate"] == 1e-3  # what the run records is what it used

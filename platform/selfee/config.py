@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -338,8 +339,20 @@ class LossOnConfig(StageConfig):
         return [kind for kind, on in switches.items() if on]
 
 
+# What configs/train-tiny.yaml sets for a tiny random model (global batch: about 8).
+TINY_TRAIN_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 1e-3,
+    "max_length": 512,
+    "micro_batch_size": 2,
+    "gradient_checkpointing": False,
+    "checkpoint_every_steps": 20,
+}
+
+
 class TrainConfig(StageConfig):
     """Fine-tuning on SelFee chains with Ray Train + DeepSpeed (CPU or GPU, one job)."""
+
+    _tiny_defaults_used: list[str] = PrivateAttr(default_factory=list)
 
     data: Path | None = Field(
         None, description="chains: augment output (.jsonl) or upstream's released JSON/JSONL"
@@ -399,6 +412,27 @@ class TrainConfig(StageConfig):
         None, ge=1, description="recovery drill: worker rank 1 is killed at this step, once"
     )
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _tiny_defaults(self) -> TrainConfig:
+        """A tiny random model learns nothing at SelFee's 7B settings (2e-5, batch 128): unless
+        set, it gets those of configs/train-tiny.yaml (``tiny_defaults_used`` lists them)."""
+        used = []
+        if self.model == "tiny":
+            for key, value in TINY_TRAIN_DEFAULTS.items():
+                if key not in self.model_fields_set and getattr(self, key) != value:
+                    self.__dict__[key] = value  # not marked as set by the user
+                    used.append(key)
+            per_pass = self.micro_batch_size * self.num_workers
+            if "global_batch_size" not in self.model_fields_set:
+                self.__dict__["global_batch_size"] = per_pass * max(1, round(8 / per_pass))
+                used.append("global_batch_size")
+        self._tiny_defaults_used = used
+        return self
+
+    @property
+    def tiny_defaults_used(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._tiny_defaults_used}
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

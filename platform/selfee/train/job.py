@@ -71,6 +71,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         f"{len(rows)} chains from {cfg.data}"
         + (f" ({skipped} error rows skipped)" if skipped else "")
     )
+    if cfg.tiny_defaults_used:
+        log("a tiny model: its defaults (configs/train-tiny.yaml), not SelFee 7B's, for "
+            + ", ".join(f"{k}={v}" for k, v in cfg.tiny_defaults_used.items())
+            + " (set any of them to override)")  # fmt: skip
 
     tokenizer, spec = make_tokenizer_and_spec(cfg, rows, out, resuming)
     settings = worker_settings(cfg, spec, raw_ds_config, tokenizer.pad_token_id)
@@ -130,6 +134,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "model": str(model_dir),
         "checkpoints": f"{storage}/{run_name}",
         "history": history,
+        "tiny_defaults_used": cfg.tiny_defaults_used,
         "config": dump_config(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
