@@ -167,3 +167,25 @@ def test_generating_with_the_tiny_model_every_answer_set_journaled(
     again = run_eval(cfg)  # nothing is generated or scored twice
     assert again["scored"]["now"] == 0 and again["turns"] == result["turns"]
     assert len(list(read_jsonl(out / "generations.journal.jsonl"))) == 15
+
+
+def test_autonomous_answers_are_scored_on_their_final_answer(
+    ray_session: None, reference: Path, tmp_path: Path
+) -> None:
+    questions = math_questions(reference, tmp_path / "q.jsonl")
+    forced = reference / "answer" / "selfee_13b_enforce_3_revisions.jsonl"
+    autonomous = tmp_path / "autonomous.jsonl"  # stopped by the model: no revision, or one
+    write_jsonl(autonomous, [
+        {"question_id": 68, "text": "f(2) = 39", "whole_generation": "### Answer:\nf(2) = 39"
+         "\n\n### Feedback 1:\nRight. Revision is not needed.", "metadata": {"revisions": 0}},
+        {"question_id": 69, "text": "x = 10", "metadata": {"revisions": 1, "tokens": 90}},
+        {"question_id": 70, "text": "It is 12.", "metadata": {"revisions": 0, "tokens": 30}},
+    ])  # fmt: skip
+    result = run_eval(EvalConfig(task="gsm8k", questions=questions, answers=forced,
+                                 autonomous_answers=autonomous, output=tmp_path / "out"))  # fmt: skip
+    auto = result["autonomous"]
+    assert auto["accuracy"] == pytest.approx(2 / 3, abs=1e-4) and auto["n"] == 3
+    assert auto["mean_revisions"] == pytest.approx(1 / 3, abs=0.01)
+    assert auto["tokens"] == 60  # the mean over answers that report tokens
+    with pytest.raises(ValueError, match="goes with --answers"):
+        EvalConfig(task="gsm8k", questions=questions, autonomous_answers=autonomous, model="m")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,76 @@ def test_ray_job_submit_runs_batch_inference(
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["question_id"] for r in rows] == [1, 2, 3, 4]
     assert all(r["metadata"]["revisions"] >= 1 for r in rows)
+
+
+def test_the_readme_path_local_sh_then_the_printed_submit_command(
+    selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    """As the README says it, from a shell without the project's environment: start the head
+    with cluster/local.sh, run the `ray job submit` line it prints (with a job of our own
+    after its `--`), read the job's output, stop the head. Before local.sh put the .venv on
+    the head's PATH, the job ran the system Python: ModuleNotFoundError: selfee."""
+    venv_bin = str(Path(sys.executable).parent)
+    shell_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIRTUAL_ENV")}
+    dashboard = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    env |= {
+        "PATH": shell_path, "NUM_CPUS": "2", "RAY_PORT": str(free_port()),
+        "DASHBOARD_PORT": str(dashboard), "RAY_TEMP_DIR": temp_dir,
+        "RAY_START_ARGS": " ".join([  # every port its own: the test session's Ray holds defaults
+            f"--ray-client-server-port {free_port()}",
+            f"--dashboard-agent-listen-port {free_port()}",
+            f"--dashboard-agent-grpc-port {free_port()}",
+            f"--runtime-env-agent-port {free_port()}", f"--metrics-export-port {free_port()}",
+        ]),
+    }  # fmt: skip
+    assert shutil.which("python", path=shell_path) != sys.executable
+    local = str(REPO / "cluster" / "local.sh")
+    try:
+        started = subprocess.run([local, "start"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=180)  # fmt: skip
+        assert started.returncode == 0, started.stdout + started.stderr
+        lines = started.stdout.splitlines()
+        assert "export RAY_AUTH_MODE=token" in "\n".join(lines)
+        printed = next(line for line in lines if line.startswith("submit: "))
+        words = shlex.split(printed.removeprefix("submit: "))
+        assert words[words.index("--address") + 1] == f"http://127.0.0.1:{dashboard}"
+        submit = words[: words.index("--") + 1]  # the printed command, our job after `--`
+        questions = question_file(tmp_path / "question.jsonl", 2)
+        output = tmp_path / "answers.jsonl"
+        job = ["python", "-m", "jobs.infer", "--model", str(selfee_model_dir), "--questions",
+               str(questions), "--output", str(output), "--max-new-tokens", "40"]  # fmt: skip
+        for _ in range(15):  # the head's job agent comes up a little after its dashboard
+            done = subprocess.run(submit + job, cwd=REPO, capture_output=True, text=True,
+                                  timeout=600, env={**env, "RAY_AUTH_MODE": "token"})  # fmt: skip
+            if "No available agent" not in done.stderr + done.stdout:
+                break
+            time.sleep(2)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "[infer] answers:" in done.stdout and "ModuleNotFoundError" not in done.stdout
+        assert len(output.read_text().splitlines()) == 2
+    finally:
+        stopped = subprocess.run([local, "stop"], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=120)  # fmt: skip
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr
+    left = subprocess.run(["pgrep", "-f", f"{temp_dir}/session_"], capture_output=True)
+    assert left.returncode == 1  # nothing of that head is left; the session's Ray runs on
+
+
+def test_jobs_find_the_package_in_the_uploaded_working_dir(tmp_path: Path) -> None:
+    """On a cluster whose Python has the dependencies but not this package, the copy of the
+    repo that --working-dir uploads is used."""
+    copy = tmp_path / "workdir"
+    shutil.copytree(REPO / "jobs", copy / "jobs")
+    shutil.copytree(REPO / "platform" / "selfee", copy / "platform" / "selfee")
+    probe = "import jobs, selfee; print(selfee.__file__)"
+    done = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path.insert(0, '.'); "
+                           "sys.path += [p for p in __import__('site').getsitepackages()]; "
+                           + probe], cwd=copy, capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], "PYTHONNOUSERSITE": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(copy / "platform" / "selfee"))

@@ -70,6 +70,7 @@ class Usage:
     completion_tokens: int = 0
     requests: int = 0  # every HTTP request sent, failed attempts included
     retries: int = 0
+    rate_limited: int = 0  # requests answered 429
 
     def add(self, completion: Any) -> None:
         if completion.usage is not None:
@@ -82,6 +83,7 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "requests": self.requests,
             "retries": self.retries,
+            "rate_limited": self.rate_limited,
         }
 
 
@@ -173,6 +175,7 @@ class TeacherCall:
                 self.usage.add(completion)
                 return content
             except openai.RateLimitError as e:
+                self.usage.rate_limited += 1
                 problem = self._describe(e)
                 wait = retry_after_s(e)
                 if wait is not None:

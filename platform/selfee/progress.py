@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfee import metrics
 from selfee.config import PricesConfig
 
 
@@ -13,6 +14,7 @@ from selfee.config import PricesConfig
 class Progress:
     total: int
     prices: PricesConfig = field(default_factory=PricesConfig)
+    stage: str = ""  # the metrics' stage label (selfee.metrics); empty: none recorded
     done: int = 0
     errors: int = 0
     requests: int = 0
@@ -26,6 +28,11 @@ class Progress:
         self.requests += usage.get("requests", 0)
         self.prompt_tokens += usage.get("prompt_tokens", 0)
         self.completion_tokens += usage.get("completion_tokens", 0)
+        if self.stage:
+            cost = self.prices.cost(
+                usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            )
+            metrics.record_llm_row(self.stage, usage, error, cost)
 
     @property
     def elapsed_s(self) -> float:

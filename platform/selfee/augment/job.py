@@ -125,7 +125,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
                 f"errors{', re-running them' if cfg.retry_errors else ''})"
             )
         started = time.monotonic()
-        progress = Progress(total=len(todo), prices=cfg.prices)
+        progress = Progress(total=len(todo), prices=cfg.prices, stage="augment")
         fatal = None
         if todo:
             for warning in asyncio.run(preflight(ep)):

@@ -196,7 +196,7 @@ def generate_runs(
     log(f"{len(wanted)} answers wanted ({', '.join(RUNS)}), {len(wanted) - len(work)} saved "
         f"before, {len(work)} to generate")  # fmt: skip
     if work:
-        generate_answers(base, work, journal_path, "", done, failed)
+        generate_answers(base, work, journal_path, "", done, failed, stage="eval")
     model_id = cfg.model_id or Path(str(cfg.model)).name.removesuffix(".gguf")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {run: {} for run in RUNS}
     for run, q, item_id in wanted:
@@ -405,7 +405,9 @@ def _plan(
     return items, plan
 
 
-def _question_result(q: EvalQuestion, entry: Plan, scores: dict[str, turns.Score]) -> Any:
+def _question_result(
+    q: EvalQuestion, entry: Plan, scores: dict[str, turns.Score]
+) -> turns.QuestionResult:
     result = turns.QuestionResult(
         q.question_id, [scores[k] for k in entry["turns"]], list(entry["verdicts"]),
         tokens=entry["tokens"],

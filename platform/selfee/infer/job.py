@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
-from selfee import journal, lineage
+from selfee import journal, lineage, metrics
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
 from selfee.engines import check_model, engine_for, engine_name, load_engine
@@ -286,6 +286,7 @@ def generate_answers(
     fingerprint: str,
     done: dict[str, dict[str, Any]],
     failed: dict[str, str],
+    stage: str = "infer",
 ) -> None:
     """Generate ``work`` (rows with ``id``, ``index``, ``question_id``, ``text``, and
     optionally their own ``settings`` and ``fingerprint``) on model actors; every answer is
@@ -324,8 +325,11 @@ def generate_answers(
                     saved.write(row)
                     done[row["id"]] = row
                     tokens += row["result"]["tokens"]
+                    metrics.record_chain(stage, row["result"])
                 if time.monotonic() - last_print >= cfg.progress_interval_s:
-                    log(_progress(finished, len(work), tokens, time.monotonic() - started))
+                    seconds = time.monotonic() - started
+                    log(_progress(finished, len(work), tokens, seconds))
+                    metrics.record("selfee_tokens_per_second", tokens / seconds, stage=stage)
                     last_print = time.monotonic()
         except KeyboardInterrupt:
             log(f"interrupted: {finished} answers of this run are saved; re-run to continue")

@@ -228,6 +228,6 @@ def _ask(cfg: JudgeConfig, ep: Any, todo: list[dict[str, Any]], out: Path,
             if result.get("score") is not None and not result.get("error"):
                 cache.write(result)  # only judgments with a score are ever reused
 
-        progress = Progress(total=len(work), prices=cfg.prices)
+        progress = Progress(total=len(work), prices=cfg.prices, stage="judge")
         return fan_out(cfg, ep, work, JudgeWorker, on_row, progress, log,
                        worker_kwargs={"unparsed_retries": cfg.unparsed_retries})  # fmt: skip

@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from selfee import metrics
 from selfee import openai_wire as wire
 from selfee.config import ServeConfig
 from selfee.revision import Completion, CompletionRequest, RevisionController
@@ -125,19 +126,33 @@ class OpenAIIngress:
 
     async def _chain(self, controller: RevisionController, stream: bool) -> AsyncIterator[str]:
         """Run the chain step by step: the new text as the engine writes it (when
-        ``stream``), and "" after each step, when the controller may have added text."""
+        ``stream``), and "" after each step, when the controller may have added text.
+        Metrics: the time to the first text, and the finished chain."""
+        arrived, first_text = time.monotonic(), True
         while (step := controller.next_request()) is not None:
             done: Completion | None = None
             async for event in self._step(step, stream):
                 if isinstance(event, StepFailed):
                     raise api.APIError(event.status, event.message, code=event.code)
                 if isinstance(event, str):
+                    if event and first_text:
+                        first_text = False
+                        metrics.record("selfee_time_to_first_token_seconds",
+                                       time.monotonic() - arrived, stage="serve")  # fmt: skip
                     yield event
                 else:
                     done = event
             assert done is not None, "the model deployment ended a step without its result"
+            if first_text and done.text:  # not streamed: the first step brought the text
+                first_text = False
+                metrics.record("selfee_time_to_first_token_seconds", time.monotonic() - arrived,
+                               stage="serve")  # fmt: skip
             controller.feed(done)
             yield ""
+        result = controller.result().summary()
+        metrics.record_chain("serve", result)
+        if seconds := time.monotonic() - arrived:
+            metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve")
 
     async def _step(self, step: CompletionRequest, stream: bool) -> AsyncIterator[Any]:
         """One step on the model deployment; closed early, the deployment drops it."""

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfee.metrics import record as record_metric
 from selfee.train import sft
 from selfee.train.model import build_model, use_cpu_accelerator_unless_cuda, zero_stage
 
@@ -191,6 +192,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 print(
                     progress_line(metrics, total_steps, elapsed_run, step - start_step), flush=True
                 )
+                run = context.get_experiment_name()
+                record_metric("selfee_train_loss", metrics["loss"], run=run)
+                record_metric("selfee_train_tokens_per_second", metrics["tokens_per_s"], run=run)
+                record_metric("selfee_train_step", step, run=run)
             if checkpoint_now:
                 report_checkpoint(engine, state, metrics, rank)
                 last_report = time.monotonic()

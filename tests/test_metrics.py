@@ -1,0 +1,122 @@
+"""Metrics for the Ray dashboard, read where Prometheus reads them: the node's metrics
+endpoint, after a small augment (against a rate-limited teacher), infer and Serve run."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import pytest
+import ray
+from ray import serve
+
+from conftest import deploy_selfee
+from selfee import metrics
+from selfee.augment.job import run_augment
+from selfee.config import AugmentConfig, InferConfig, RetryConfig
+from selfee.infer.job import run_infer
+from selfee.records import make_instruction, write_jsonl
+from selfee_model import QUESTIONS, question_file
+
+SAMPLE_RE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def scrape() -> dict[tuple[str, frozenset], float]:
+    """Every selfee series on this node: (name, labels) → value (summed over workers)."""
+    port = ray.nodes()[0]["MetricsExportPort"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    series: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        match = SAMPLE_RE.match(line)
+        if not match or not match["name"].startswith("ray_selfee_"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        mine = frozenset((k, v) for k, v in labels.items() if k in ("stage", "kind", "outcome",
+                         "finish_reason", "run", "le"))  # fmt: skip
+        key = (match["name"], mine)
+        series[key] = series.get(key, 0.0) + float(match["value"])
+    return series
+
+
+def value(series: dict, name: str, **labels: str) -> float:
+    """The sum over series of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, got), v in series.items() if n == name and want <= got)
+
+
+def wait_for(check: Callable[[dict], bool], timeout: float = 60) -> dict:
+    """Metrics reach the endpoint every few seconds: poll until ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        series = scrape()
+        if check(series) or time.monotonic() > deadline:
+            return series
+        time.sleep(2)
+
+
+def test_augment_infer_and_serve_metrics(
+    ray_session: None, start_teacher, selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    before = scrape()
+    # augment against a teacher that answers 429 to a third of the requests
+    teacher = start_teacher(fault_rate=0.35, fault_kinds=["429"], needed_fraction=0.5)
+    rows = [make_instruction("alpaca", f"Name colour {i}.") for i in range(6)]
+    write_jsonl(tmp_path / "instructions.jsonl", rows)
+    augment = AugmentConfig(
+        input=tmp_path / "instructions.jsonl", output=tmp_path / "augment",
+        base_url=teacher.base_url, model="offline-teacher", workers=1, concurrency=6,
+        max_iterations=2, progress_interval_s=0.5,
+        retry=RetryConfig(max_retries=8, backoff_s=0.05, max_backoff_s=0.5, timeout_s=5),
+    )  # fmt: skip
+    done = run_augment(augment)
+    requests = done["requests"]
+    infer = InferConfig(model=str(selfee_model_dir), questions=question_file(tmp_path / "q.jsonl", 3),
+                        output=tmp_path / "answers.jsonl", min_revisions=1, max_new_tokens=80)  # fmt: skip
+    infer_summary = run_infer(infer)
+    base = deploy_selfee(selfee_model_dir)
+    try:
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
+        for stream in (False, True):
+            reply = client.chat.completions.create(
+                model="selfee", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                max_tokens=40, stream=stream, extra_body={"min_revisions": 1},
+            )  # fmt: skip
+            if stream:
+                list(reply)
+        after = wait_for(lambda s: value(s, "ray_selfee_chains_total", stage="serve")
+                         - value(before, "ray_selfee_chains_total", stage="serve") >= 2)  # fmt: skip
+    finally:
+        serve.shutdown()
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # augment: requests, 429s, retries, tokens, rows
+    assert grew("ray_selfee_llm_requests_total", stage="augment") == requests
+    assert grew("ray_selfee_llm_rate_limited_total", stage="augment") >= 1
+    assert grew("ray_selfee_llm_retries_total", stage="augment") >= 1
+    assert grew("ray_selfee_llm_tokens_total", stage="augment", kind="completion") > 0
+    assert grew("ray_selfee_rows_total", stage="augment", outcome="done") == 6
+    # infer: chains, revisions, forced rewrites, tokens
+    assert grew("ray_selfee_chains_total", stage="infer") == 3
+    assert grew("ray_selfee_generated_tokens_total", stage="infer") == infer_summary["tokens"]
+    assert grew("ray_selfee_revisions_total", stage="infer") >= 3
+    # serve: chains by finish reason, time to first token
+    assert grew("ray_selfee_chains_total", stage="serve") == 2
+    assert grew("ray_selfee_time_to_first_token_seconds_count", stage="serve") == 2
+    assert grew("ray_selfee_forced_rewrites_total", stage="serve") >= 0
+    reasons = {dict(labels).get("finish_reason") for (n, labels) in after
+               if n == "ray_selfee_chains_total" and ("stage", "serve") in labels}  # fmt: skip
+    assert reasons <= {"verdict", "eos", "budget", "max_revisions"} and reasons
+
+
+def test_every_metric_is_documented_and_checked() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in metrics.METRICS:
+        assert f"`{name}`" in readme, f"README lists every metric: {name} is missing"
+    with pytest.raises(ValueError, match="takes tags"):
+        metrics.record("selfee_chains", 1, stage="infer")  # finish_reason missing
