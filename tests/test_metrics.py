@@ -73,7 +73,7 @@ def test_augment_infer_and_serve_metrics(
         retry=RetryConfig(max_retries=8, backoff_s=0.05, max_backoff_s=0.5, timeout_s=5),
     )  # fmt: skip
     done = run_augment(augment)
-    requests = done["requests"]
+    requests = done["run"]["requests"]
     infer = InferConfig(model=str(selfee_model_dir), questions=question_file(tmp_path / "q.jsonl", 3),
                         output=tmp_path / "answers.jsonl", min_revisions=1, max_new_tokens=80)  # fmt: skip
     infer_summary = run_infer(infer)
@@ -82,7 +82,7 @@ def test_augment_infer_and_serve_metrics(
         client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
         for stream in (False, True):
             reply = client.chat.completions.create(
-                model="selfee", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                model="model", messages=[{"role": "user", "content": QUESTIONS[0]}],
                 max_tokens=40, stream=stream, extra_body={"min_revisions": 1},
             )  # fmt: skip
             if stream:
