@@ -381,3 +381,23 @@ def test_a_misnumbered_revision_header_is_renumbered_not_taken_for_the_cap() -> 
     assert result.revisions == 2 and chain.revisions == ["Blue.", "Green."]
     assert "### Revision 1:" in result.text and "### Revision 3" not in result.text
     assert result.finish_reason == "verdict"
+
+
+def test_a_model_that_ends_right_after_a_verdict_phrase_in_a_revision_is_continued() -> None:
+    """The quickstart's tiny model writes "... Revision is not needed." inside a revision (no
+    feedback header) and then ends: the phrase is no verdict, the controller goes on, the
+    next call brings only EOS. Below min_revisions the next feedback is opened; only a
+    call that writes nothing into a segment the controller opened ends the chain."""
+    result, engine = run(
+        [
+            "Red." + fb(1, "Meh. Revision is needed.") + rev(1, "Blue. Revision is not needed."),
+            EOS,  # the model ends right after the phrase
+            "Good. Revision is not needed." + EOS,  # feedback 2, opened by the controller
+            "Gold." + fb(3, "Fine. Revision is not needed." + EOS),
+        ],
+        min_revisions=2, max_new_tokens=2000,
+    )  # fmt: skip
+    assert result.revisions == 2 and result.finish_reason == "verdict"
+    assert "### Feedback 2:\nGood." in result.text and len(engine.requests) == 4
+    stalled, _ = run(["Red." + EOS, EOS], min_revisions=1, max_new_tokens=500)
+    assert stalled.calls == 2 and stalled.finish_reason == "eos"  # nothing into feedback 1

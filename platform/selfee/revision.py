@@ -179,6 +179,7 @@ class RevisionController:
         self.finish_reason: FinishReason | None = None
         self.forced_verdicts: dict[str, str] = {}
         self._stops: tuple[str, ...] = ()
+        self._opened = False  # the controller opened a segment the model has not written in
 
     @property
     def done(self) -> bool:
@@ -217,6 +218,8 @@ class RevisionController:
         self.prompt_tokens += completion.prompt_tokens
         self.cached_tokens += completion.cached_tokens
         self.text += completion.text
+        if completion.tokens:
+            self._opened = False
         if completion.finish_reason == "abort":
             self.finish_reason = "aborted"
             return
@@ -235,7 +238,7 @@ class RevisionController:
         elif completion.finish_reason == "stop" and stop is not None:
             self._after_stop(stop)
         elif completion.finish_reason in ("stop", "eos"):
-            self._after_eos(wrote=completion.tokens > 0)
+            self._after_eos(stalled=self._opened and completion.tokens == 0)
         else:
             self.finish_reason = "budget"
         if not self.done and self.tokens >= self.settings.max_new_tokens:
@@ -285,7 +288,7 @@ class RevisionController:
         self.text += stop
         self.finish_reason = "verdict"
 
-    def _after_eos(self, wrote: bool) -> None:
+    def _after_eos(self, stalled: bool) -> None:
         chain = self.chain()
         last = chain.segments[-1]
         verdict, start, _ = verdict_span(last.text)
@@ -299,15 +302,15 @@ class RevisionController:
                 len(chain.feedbacks),
             )
             return
-        if below_min and wrote:  # the model ended early: min_revisions promises more
+        if below_min and not stalled:  # the model ended early: min_revisions promises more
             self._continue_chain(chain, verdict)
             return
         self.finish_reason = "verdict" if verdict is Verdict.NOT_NEEDED else "eos"
 
     def _continue_chain(self, chain: ParsedChain, verdict: Verdict) -> None:
         """After an answer or a revision, open the next feedback; after a feedback, say
-        "Revision is needed." (unless it did) and open the next revision. A call that
-        wrote nothing ends the chain instead (a model that only ever ends would loop)."""
+        "Revision is needed." (unless it did) and open the next revision. If the model then
+        writes nothing at all, the chain ends (a model that only ever ends would loop)."""
         self.text = self.text.rstrip()
         if chain.segments[-1].kind != "feedback":
             self.text += feedback_header(len(chain.feedbacks) + 1)
@@ -317,12 +320,14 @@ class RevisionController:
                 self.forced_verdicts[str(len(chain.feedbacks))] = Verdict.UNKNOWN.value
             self.text += revision_header(len(chain.revisions) + 1)
         self.forced_rewrites += 1
+        self._opened = True
 
     def _force_revision(self, verdict_at: int, k: int, feedback: int) -> None:
         """Replace the "not needed" verdict of ``feedback`` at ``verdict_at`` (and what
         follows) by "Revision is needed." and open revision ``k``."""
         self.text = self.text[:verdict_at] + VERDICT_NEEDED + revision_header(k)
         self.forced_verdicts[str(feedback)] = Verdict.NOT_NEEDED.value
+        self._opened = True
         self.forced_rewrites += 1
 
     def _cut_before_revision(self, chain: ParsedChain, k: int) -> None:
