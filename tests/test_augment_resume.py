@@ -29,8 +29,13 @@ def augment_cmd(teacher, path: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
+LOGS = Path(os.environ.get("TMPDIR", "/tmp")) / f"selfee-test-logs-{os.getpid()}"
+
+
 def env(key: str = KEY) -> dict[str, str]:
-    return {**os.environ, "SELFEE_TEST_KEY": key, "PYTHONUNBUFFERED": "1"}
+    """The job's environment; its run logs (selfee.console) go to LOGS, checked for the key."""
+    return {**os.environ, "SELFEE_TEST_KEY": key, "PYTHONUNBUFFERED": "1",
+            "SELFEE_LOG_DIR": str(LOGS)}  # fmt: skip
 
 
 def ray_session_logs() -> Path:
@@ -92,6 +97,8 @@ def test_ctrl_c_then_rerun_gives_every_row_exactly_once(
     assert received == sum(c["usage"]["requests"] for c in redone)  # nothing done twice
 
     assert_key_absent(out, console_1, second.stdout, second.stderr, logs_1, ray_session_logs())
+    assert list(LOGS.glob("augment-*.log"))  # the runs' own logs exist, and hold no key
+    assert_key_absent(LOGS)
 
 
 def test_a_wrong_key_is_a_clear_error_that_never_shows_the_key(

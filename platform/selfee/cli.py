@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from selfee.config import (
     add_config_arguments,
     config_from_args,
 )
+from selfee.console import note, quiet_run, say
 from selfee.eval.config import EvalConfig
 
 
@@ -65,14 +68,14 @@ def _run_delta_apply(cfg: DeltaApplyConfig) -> None:
     from selfee.train.delta import apply_delta
 
     done = apply_delta(cfg.base, cfg.delta, cfg.output)
-    print(f"restored {done['tensors']} tensors into {done['output']}")
+    say(f"restored {done['tensors']} tensors into {done['output']}")
 
 
 def _run_delta_make(cfg: DeltaMakeConfig) -> None:
     from selfee.train.delta import make_delta
 
     done = make_delta(cfg.base, cfg.target, cfg.output)
-    print(f"wrote the delta of {done['tensors']} tensors to {done['output']}")
+    say(f"wrote the delta of {done['tensors']} tensors to {done['output']}")
     if done["inexact_elements"]:
         print(
             f"warning: {done['inexact_elements']} elements do not come back bit for bit "
@@ -123,14 +126,14 @@ def _run_report(cfg: ReportConfig) -> None:
             cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers, cfg.bootstrap
         )
     except report.ReportError as e:  # files that cannot be compared: a usage error
-        print(f"selfee report: error: {e}", file=sys.stderr)
+        note(f"selfee report: error: {e}")
         raise SystemExit(2) from None
     for warning in (w for r in reports for w in r["warnings"]):
-        print(f"selfee report: warning: {warning}", file=sys.stderr)
-    print(report.to_json(reports) if cfg.print_json else report.format_table(reports))
+        note(f"selfee report: warning: {warning}")
+    say(report.to_json(reports) if cfg.print_json else report.format_table(reports))
     if cfg.plot is not None:
         written = report.plot(reports, cfg.plot)
-        print(f"plot: {written}", file=sys.stderr if cfg.print_json else sys.stdout)
+        (note if cfg.print_json else say)(f"plot: {written}")
 
 
 def _run_eval(cfg: EvalConfig) -> None:
@@ -138,9 +141,9 @@ def _run_eval(cfg: EvalConfig) -> None:
     from selfee.eval.job import run_eval
 
     summary = run_eval(cfg)
-    print(report.to_json(summary) if cfg.print_json else report.format_table(summary))
+    say(report.to_json(summary) if cfg.print_json else report.format_table(summary))
     if cfg.plot is not None:
-        print(f"plot: {cfg.plot}", file=sys.stderr if cfg.print_json else sys.stdout)
+        (note if cfg.print_json else say)(f"plot: {cfg.plot}")
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:
@@ -158,6 +161,7 @@ class Command:
     config: type[StageConfig] | None
     run: Callable[[Any], None] | None
     children: tuple[Command, ...] = ()
+    quiet: bool = False  # a batch stage: libraries' output to the run's log (selfee.console)
 
 
 COMMANDS = [
@@ -174,6 +178,7 @@ COMMANDS = [
         "math, conala, mbpp, code_contests, drrepair, flan, sharegpt) with Ray Data",
         CollectConfig,
         _run_collect,
+        quiet=True,
     ),
     Command(
         "augment",
@@ -181,6 +186,7 @@ COMMANDS = [
         "says 'Revision is not needed' (async, rate-limited, resumable, on Ray Data)",
         AugmentConfig,
         _run_augment,
+        quiet=True,
     ),
     Command(
         "train",
@@ -188,6 +194,7 @@ COMMANDS = [
         "Train + DeepSpeed ZeRO-2/3: checkpoints, resume, export to a Hugging Face directory",
         TrainConfig,
         _run_train,
+        quiet=True,
     ),
     Command(
         "delta",
@@ -217,6 +224,7 @@ COMMANDS = [
                 "GGUF files for llama.cpp, each measured against the source model",
                 ExportGGUFConfig,
                 _run_export_gguf,
+                quiet=True,
             ),
         ),
     ),
@@ -227,6 +235,7 @@ COMMANDS = [
         "Ray Data, resumable",
         InferConfig,
         _run_infer,
+        quiet=True,
     ),
     Command(
         "serve",
@@ -249,6 +258,7 @@ COMMANDS = [
         "Data, rate-limited, cached), then print the report",
         JudgeConfig,
         _run_judge,
+        quiet=True,
     ),
     Command(
         "report",
@@ -265,6 +275,7 @@ COMMANDS = [
         "generates with --model; --json, --plot",
         EvalConfig,
         _run_eval,
+        quiet=True,
     ),
     Command(
         "quickstart",
@@ -273,6 +284,7 @@ COMMANDS = [
         "report; --serve leaves the endpoint and the demo running",
         QuickstartConfig,
         _run_quickstart,
+        quiet=True,
     ),
 ]
 
@@ -298,6 +310,9 @@ def _add_command(sub: Any, command: Command, full_name: str) -> None:
         return
     assert command.config is not None
     add_config_arguments(p, command.config)
+    if command.quiet:
+        p.add_argument("--verbose", action="store_true", help="show every library's output "
+                       "on the console, and the traceback of an error")  # fmt: skip
     p.set_defaults(_command=command, _full_name=full_name)
 
 
@@ -311,17 +326,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(command.config, args)
     except ConfigError as e:
         parser.exit(2, f"{name}: error: {e}\n")
-    try:
-        command.run(cfg)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    except (ConfigError, JobFailed, OSError, ValueError) as e:
-        if os.environ.get("SELFEE_DEBUG"):
-            raise
-        print(f"{name}: error: {e} (SELFEE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
+    verbose = getattr(args, "verbose", False) or bool(os.environ.get("SELFEE_DEBUG"))
+    with quiet_run(name, verbose) if command.quiet else nullcontext() as log:
+        where = f"; log: {log}" if log else ""
+        try:
+            command.run(cfg)
+        except KeyboardInterrupt:
+            note(f"{name}: interrupted{where}")
+            return 130
+        except (ConfigError, JobFailed, OSError, ValueError) as e:
+            if verbose:
+                raise
+            note(f"{name}: error: {e} ({_more(command)}{where})")
+            return 1
+        except Exception as e:
+            if verbose or log is None:
+                raise
+            traceback.print_exc()  # into the log
+            note(f"{name}: error: {type(e).__name__}: {e} (the traceback is in {log})")
+            return 1
     return 0
+
+
+def _more(command: Command) -> str:
+    return (
+        "--verbose shows the traceback" if command.quiet else "SELFEE_DEBUG=1 shows the traceback"
+    )
 
 
 def run_stage(name: str, argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from selfee.config import (
     TrainConfig,
     dump_config,
 )
+from selfee.console import say
 from selfee.eval.config import EvalConfig
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl
@@ -220,7 +221,7 @@ def run_stages(
     log("8/9 report")
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     if gguf:
-        print(engines_table(out, "autonomous", list(gguf)), flush=True)
+        say(engines_table(out, "autonomous", list(gguf)))
     for task, dataset in EVAL_TASKS:
         checkable = [r for r in read_jsonl(instructions) if r.get("dataset") == dataset]
         if not checkable:
@@ -326,7 +327,7 @@ def _eval_counts(evaluate: EvalConfig) -> dict[str, Any]:
     from selfee.eval.report import format_table
 
     done = run_eval(evaluate)
-    print(format_table(done), flush=True)
+    say(format_table(done))
     log(f"eval plot: {evaluate.plot}")
     auto = done["autonomous"] or {}
     return {"n": done["n"], "accuracy_per_turn": [t["accuracy"] for t in done["turns"]],
@@ -345,7 +346,7 @@ def _report(reviews: list[Path], questions: Path, plot: Path, judge_reused: bool
 
     reports = report.build_report(reviews, questions)
     if judge_reused:  # otherwise the judge job has just printed the table
-        print(report.format_table(reports), flush=True)
+        say(report.format_table(reports))
     report.plot(reports, plot)
     log(f"plot: {plot}")
 

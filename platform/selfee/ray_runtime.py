@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import ray
 
 from selfee.config import RayConfig
+from selfee.console import note
 
 
 @contextmanager
@@ -25,7 +26,7 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
             include_dashboard=cfg.dashboard if embedded else None,
         )
         if embedded and cfg.dashboard and context.dashboard_url:
-            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+            note(f"Ray dashboard: http://{context.dashboard_url}")
     try:
         yield started
     finally:

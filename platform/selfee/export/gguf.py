@@ -26,6 +26,7 @@ from typing import Any
 
 from selfee import chain, lineage
 from selfee.config import ConfigError, ExportGGUFConfig, dump_config
+from selfee.console import say
 from selfee.export.tokenizer_check import strings as tokenizer_strings
 
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_K": 10, "q3_K_M": 12, "q4_K_S": 14,
@@ -237,7 +238,7 @@ def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
         out / lineage.MANIFEST, "export", {"model": model}, summary["config"],
         {f["type"]: Path(f["file"]) for f in files}, {"files": len(files)}, summary["seconds"],
     )  # fmt: skip
-    print(format_table(summary), flush=True)
+    say(format_table(summary))
     log(f"summary: {out / 'export.json'}")
     return summary
 

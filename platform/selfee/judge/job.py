@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from selfee import journal, lineage
 from selfee.config import ConfigError, JudgeConfig, dump_config
+from selfee.console import say
 from selfee.infer.job import read_questions
 from selfee.judge import report
 from selfee.judge.scores import parse_score
@@ -202,7 +203,7 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
     if unscored:
         log(f"{len(unscored) - errors} unparseable and {errors} failed judgments are left out of "
             "the totals; re-run the same command to ask for them again")  # fmt: skip
-    print(report.format_table(reports), flush=True)
+    say(report.format_table(reports))
     summary = {"reports": reports, "offline_teacher": ep.offline, "config": dump_config(cfg)}
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     inputs = {"questions": Path(str(cfg.questions)), name_a: cfg.answers[0], name_b: cfg.answers[1]}

@@ -126,7 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.restarts += 1
         resumed = True
         if rank == 0:
-            print(f"resumed from step {state.step} (restart {state.restarts})", flush=True)
+            print(f"[train] resumed from step {state.step} (restart {state.restarts})", flush=True)
 
     def all_reduce(values: list[float]) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64, device=engine.device)
@@ -163,7 +163,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 # Wait until the controller has taken the last checkpoint: it collects one
                 # report per health check, and a checkpoint still queued dies with the worker.
                 time.sleep(FAULT_DELAY_S)
-                print(f"fault injection: killing worker rank {rank} at step {step}", flush=True)
+                print(
+                    f"[train] fault injection: killing worker rank {rank} at step {step}",
+                    flush=True,
+                )
                 os.kill(os.getpid(), signal.SIGKILL)
 
             checkpoint_now = step % settings.checkpoint_every_steps == 0 or step == total_steps
@@ -210,7 +213,7 @@ def progress_line(metrics: dict[str, float], total: int, elapsed: float, done: i
 
     eta = elapsed / max(done, 1) * (total - metrics["step"])
     return (
-        f"step {metrics['step']}/{total} · epoch {metrics['epoch']} · loss {metrics['loss']:.4f}"
+        f"[train] step {metrics['step']}/{total} · epoch {metrics['epoch']} · loss {metrics['loss']:.4f}"
         f" · lr {metrics['lr']:.2e} · {metrics['tokens_per_s']:,.0f} tokens/s"
         f" · ETA {format_duration(eta)}"
     )

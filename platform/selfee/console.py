@@ -1,0 +1,154 @@
+"""What a user sees: our lines on the console, everything the libraries print in a log file.
+
+A batch stage (``selfee collect|augment|train|export|infer|judge|eval|quickstart``) runs
+inside ``quiet_run``: the process's stdout and stderr — file descriptors 1 and 2, so the
+C++ logs of Ray's core worker, Python warnings and every library's logging too — go to one
+log file per run, named when the run starts and again in any error. Of what is printed,
+the lines a stage writes as ``[stage] ...`` (its progress and summary, also those Ray
+forwards from our workers, such as the training steps) reach the console too, on the
+stream they were written to, and so does what ``say`` writes (tables, ``--json``: stdout)
+and ``note`` (stderr); everything else only the log.
+``--verbose`` leaves the console as it is.
+
+Where stdout is not the process's own (pytest's capture, a notebook) nothing is
+redirected: ``say`` prints as ``print`` would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+LOG_DIR_ENV = "SELFEE_LOG_DIR"
+DEFAULT_LOG_DIR = Path("outputs/logs")
+STAGES = ("collect", "augment", "train", "export", "infer", "judge", "eval", "quickstart")
+# "[infer] ...", also as Ray forwards it from a worker: "(RayTrainWorker pid=7) [train] ..."
+OURS_RE = re.compile(r"^(?:\x1b\[[0-9;]*m)*(?:\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9;]*m)* )?"
+                     rf"(\[(?:{'|'.join(STAGES)})\] .*)$")  # fmt: skip
+
+
+class _Console:
+    """The real console while a quiet run is on: stdout and stderr as they were."""
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self.last = ""
+
+    def line(self, text: str, stream: TextIO | None = None) -> None:
+        if text == self.last:  # Ray forwards some worker lines twice
+            return
+        self.last = text
+        (stream or self.out).write(text + "\n")
+        (stream or self.out).flush()
+
+
+class _Router(io.TextIOBase):
+    """The quiet run's ``sys.stdout`` (or ``sys.stderr``): every line to the log; ours to
+    the same stream of the console too."""
+
+    def __init__(self, log: TextIO, console: _Console, stream: TextIO) -> None:
+        self.log, self.console, self.stream, self.pending = log, console, stream, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if match := OURS_RE.match(line.rstrip("\r")):
+                self.console.line(match.group(1), self.stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def fileno(self) -> int:
+        return self.log.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+_console: _Console | None = None
+_log_path: Path | None = None
+
+
+def say(text: str) -> None:
+    """Text for the user (a table, a JSON object): on the console, and in the run's log."""
+    if _console is None:
+        print(text, flush=True)
+        return
+    if isinstance(sys.stdout, _Router):
+        sys.stdout.log.write(text + "\n")
+    for line in text.split("\n"):
+        _console.out.write(line + "\n")
+    _console.out.flush()
+
+
+def note(line: str) -> None:
+    """A line for the user's stderr (an error, a warning, where to look): on the console's
+    stderr when quiet, and in the log."""
+    if _console is None:
+        print(line, file=sys.stderr, flush=True)
+        return
+    if isinstance(sys.stderr, _Router):
+        sys.stderr.log.write(line + "\n")
+    _console.line(line, _console.err)
+
+
+def log_path() -> Path | None:
+    """The current run's log file (None outside a quiet run)."""
+    return _log_path
+
+
+def new_log_path(command: str) -> Path:
+    folder = Path(os.environ.get(LOG_DIR_ENV) or DEFAULT_LOG_DIR)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return folder / f"{command.replace('selfee ', '').replace(' ', '-')}-{stamp}-{os.getpid()}.log"
+
+
+@contextmanager
+def quiet_run(command: str, verbose: bool = False) -> Iterator[Path | None]:
+    """Redirect this process's stdout/stderr to a new log file for the block (unless
+    ``verbose``, or stdout is not the process's own); yields the log's path."""
+    global _console, _log_path
+    if verbose or _console is not None or sys.stdout is not sys.__stdout__:
+        yield None
+        return
+    path = new_log_path(command)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    log = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    _console, _log_path = _Console(out, err), path
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Router(log, _console, out), _Router(log, _console, err)
+    _console.line(f"{command}: log of this run: {path} (--verbose shows it all here)", err)
+    try:
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = real_stdout, real_stderr
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err):
+            os.close(fd)
+        _console, _log_path = None, None
+        for stream in (out, err, log):
+            stream.close()
