@@ -64,7 +64,8 @@ class _Router(io.TextIOBase):
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            if match := OURS_RE.match(line.rstrip("\r")):
+            match = OURS_RE.match(line.rstrip("\r"))
+            if match and (_shown is None or match.group(1).startswith(_shown)):
                 self.console.line(match.group(1), self.stream)
         return len(text)
 
@@ -81,6 +82,19 @@ class _Router(io.TextIOBase):
 
 _console: _Console | None = None
 _log_path: Path | None = None
+_shown: tuple[str, ...] | None = None  # inside ``details``: the line prefixes still shown
+
+
+@contextmanager
+def details(show: tuple[str, ...] = ()) -> Iterator[None]:
+    """Stages run inside a bigger run (the quickstart): their lines and tables go to the log
+    only, but for lines that start with one of ``show``."""
+    global _shown
+    before, _shown = _shown, show
+    try:
+        yield
+    finally:
+        _shown = before
 
 
 def say(text: str) -> None:
@@ -90,6 +104,8 @@ def say(text: str) -> None:
         return
     if isinstance(sys.stdout, _Router):
         sys.stdout.log.write(text + "\n")
+    if _shown is not None:  # a detail of a bigger run
+        return
     for line in text.split("\n"):
         _console.out.write(line + "\n")
     _console.out.flush()

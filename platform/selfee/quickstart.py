@@ -38,7 +38,7 @@ from selfee.config import (
     TrainConfig,
     dump_config,
 )
-from selfee.console import say
+from selfee.console import details, say
 from selfee.eval.config import EvalConfig
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl
@@ -47,8 +47,11 @@ from selfee.teacher.deployment import teacher_application
 TEACHER_APP = "offline-teacher"
 
 
+STAGE = "quickstart"
+
+
 def log(message: str) -> None:
-    print(f"[quickstart] {message}", flush=True)
+    print(f"[{STAGE}] {message}", flush=True)
 
 
 def sample_path(name: str) -> Path:
@@ -97,7 +100,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
             log(
                 f"1/9 offline teacher on Ray Serve at {teacher} (synthetic replies, not a real LLM)"
             )
-            stages = run_stages(cfg, out, questions, teacher)
+            with details(show=(f"[{STAGE}]", "[train] step")):  # the stages' own lines: the log
+                stages = run_stages(cfg, out, questions, teacher)
             teacher_stats = httpx.get(teacher.removesuffix("/v1") + "/stats", timeout=10).json()
             if cfg.serve:
                 serve_model(cfg, out / "train" / "model", quiet)
@@ -160,7 +164,8 @@ def run_stages(
         data=chains, model="tiny", tiny=cfg.tiny, output=out / "train", max_steps=cfg.train_steps,
         global_batch_size=8, micro_batch_size=4, num_workers=2, max_length=1024,
         learning_rate=cfg.learning_rate, warmup_ratio=0.05, checkpoint_every_steps=cfg.train_steps,
-        keep_checkpoints=1, overwrite=True, log_every_steps=10, ray=cfg.ray,
+        keep_checkpoints=1, overwrite=True, log_every_steps=max(1, cfg.train_steps // 5),
+        ray=cfg.ray,
     )  # fmt: skip
     model = out / "train" / "model"
     log(
@@ -221,7 +226,8 @@ def run_stages(
     log("8/9 report")
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     if gguf:
-        say(engines_table(out, "autonomous", list(gguf)))
+        for line in engines_table(out, "autonomous", list(gguf)).split("\n"):
+            log(line)
     for task, dataset in EVAL_TASKS:
         checkable = [r for r in read_jsonl(instructions) if r.get("dataset") == dataset]
         if not checkable:
@@ -327,8 +333,12 @@ def _eval_counts(evaluate: EvalConfig) -> dict[str, Any]:
     from selfee.eval.report import format_table
 
     done = run_eval(evaluate)
-    say(format_table(done))
-    log(f"eval plot: {evaluate.plot}")
+    say(format_table(done))  # in the log; the console gets one line
+    auto = done["autonomous"] or {}
+    log(f"eval {done['task']}: accuracy per turn "
+        + " → ".join(f"{100 * (t['accuracy'] or 0):.0f}%" for t in done["turns"])
+        + f", autonomous {100 * (auto.get('accuracy') or 0):.0f}% ({done['n']} questions); "
+        f"plot {evaluate.plot}")  # fmt: skip
     auto = done["autonomous"] or {}
     return {"n": done["n"], "accuracy_per_turn": [t["accuracy"] for t in done["turns"]],
             "autonomous_accuracy": auto.get("accuracy")}  # fmt: skip
@@ -348,6 +358,11 @@ def _report(reviews: list[Path], questions: Path, plot: Path, judge_reused: bool
     if judge_reused:  # otherwise the judge job has just printed the table
         say(report.format_table(reports))
     report.plot(reports, plot)
+    for r in reports:  # the table is in the log; the console gets the figures that matter
+        ci = r["relative_percent_ci"] or ["-", "-"]
+        log(f"{r['model_a']} vs {r['model_b']}: {r['relative_percent']}% [{ci[0]}, {ci[1]}], "
+            f"wins/ties/losses {r['win']}/{r['tie']}/{r['loss']}, length-controlled win rate "
+            f"{100 * (r['length_controlled_win_rate'] or 0):.1f}%")  # fmt: skip
     log(f"plot: {plot}")
 
 
