@@ -4,14 +4,22 @@ every stage's output meets its contract, manifests chain the stages, a re-run re
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import yaml
+from ray import serve
 
 from conftest import free_port
 from selfee.chain import final_answer, parse, render_prompt, render_target
 from selfee.collect.sources import SOURCES
-from selfee.config import QuickstartConfig, TeacherConfig, TinyModelConfig
+from selfee.config import QuickstartConfig, TeacherConfig, TinyModelConfig, dump_config
 from selfee.quickstart import run_quickstart, sample_instructions_path, sample_path
 from selfee.records import make_instruction, read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path: Path) -> None:
@@ -95,7 +103,24 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
         assert any(i["sha256"] in produced for i in manifest["inputs"].values())
     assert all(m["code"].startswith("selfee ") and "seconds" in m for m in manifests)
 
-    again = run_quickstart(cfg)  # nothing changed: every stage is reused
+    # nothing changed: every stage is reused — run as a user runs it, from the command line,
+    # whose console shows the quickstart's lines only (the libraries' output: the run's log)
+    config = tmp_path / "quickstart.yaml"
+    config.write_text(yaml.safe_dump(dump_config(cfg)))
+    serve.shutdown()  # its own Ray serves the teacher on the same port (the same URL)
+    done = subprocess.run(
+        [sys.executable, "-m", "selfee.cli", "quickstart", "--config", str(config)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, "SELFEE_LOG_DIR": str(tmp_path / "logs")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = (done.stdout + done.stderr).splitlines()
+    assert len(console) < 80, "\n".join(console)
+    noise = ("INFO", "WARNING", "Warning", "core_worker", "(pid=", "Token authentication")
+    assert not [line for line in console if any(n in line for n in noise)], console
+    log = next((tmp_path / "logs").glob("quickstart-*.log"))
+    assert str(log) in done.stderr and "INFO" in log.read_text()  # Ray's lines are there
+    again = json.loads((out / "summary.json").read_text())
     assert all(stage["reused"] for stage in again["stages"].values())
     assert again["seconds"] < summary["seconds"]
 
