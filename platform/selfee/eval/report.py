@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfee import plots
 from selfee.tables import columns
 
 
@@ -93,11 +94,7 @@ def to_json(summary: dict[str, Any]) -> str:
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
     """Accuracy per turn with its 95% interval, the other settings as bands; flips below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1.4]})  # fmt: skip
     xs = [t["turn"] for t in summary["turns"]]
@@ -127,9 +124,4 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     bottom.set_xlabel("turn (0 = answer, k = revision k)")
     bottom.set_xticks(xs)
     bottom.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

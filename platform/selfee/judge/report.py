@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfee import stats
+from selfee import plots, stats
 from selfee.records import read_objects
 from selfee.tables import columns
 
@@ -410,11 +410,7 @@ def to_json(reports: list[dict[str, Any]]) -> str:
 
 def plot(reports: list[dict[str, Any]], path: Path) -> Path:
     """Per-category relative scores and the win/tie/loss bar, one row of panels per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, axes = plt.subplots(len(reports), 3, figsize=(16, 4.2 * len(reports)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 2, 2]})  # fmt: skip
     for (left, right, rates), r in zip(axes, reports, strict=True):
@@ -442,12 +438,7 @@ def plot(reports: list[dict[str, Any]], path: Path) -> Path:
         right.set_xlim(0, max(start, 1))
         right.set_xlabel(f"judgments (both orders, {r['unparsed']} unparsed left out)")
         right.set_title(f"{r['model_a']}: wins / ties / losses")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def _plot_rates(ax: Any, r: dict[str, Any]) -> None:
