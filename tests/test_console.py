@@ -37,15 +37,17 @@ def test_the_console_shows_our_lines_and_the_log_holds_the_rest(
     assert done.returncode == 0, done.stderr
     console = done.stdout + done.stderr
     assert not [line for line in console.splitlines() if any(n in line for n in NOISE)]
-    first, *rest = done.stderr.splitlines()
+    first, *rest = [line for line in done.stderr.splitlines() if line.strip()]
     assert first.startswith("selfee eval: log of this run: ")
     log = Path(first.removeprefix("selfee eval: log of this run: ").split(" (")[0])
     assert log.parent == tmp_path / "logs" and log.is_file()
     assert all(line.startswith(("[eval] ", "Ray dashboard")) for line in rest), rest
+    assert any(line.startswith("[eval] scoring: 100%|") for line in rest)  # the progress bar
+    assert "[eval] scored " not in console  # its periodic line: in the log only
     assert "answer      100.0%" in done.stdout  # the report table, on stdout
     text = log.read_text()
     assert "streaming_executor" in text  # Ray Data's lines went to the log
-    assert "[eval]" in text and "answer      100.0%" in text  # ours are in the log too
+    assert "[eval] scored " in text and "answer      100.0%" in text  # ours too
 
 
 def test_an_error_is_one_line_naming_the_log(reference: Path, tmp_path: Path) -> None:

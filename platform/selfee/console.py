@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 LOG_DIR_ENV = "SELFEE_LOG_DIR"
 DEFAULT_LOG_DIR = Path("outputs/logs")
@@ -109,6 +109,29 @@ def say(text: str) -> None:
     for line in text.split("\n"):
         _console.out.write(line + "\n")
     _console.out.flush()
+
+
+def detail(line: str, err: bool = False) -> None:
+    """A periodic progress line: in the log only while a quiet run draws a progress bar for
+    it (``progress_bar``); printed as it is otherwise (to stderr with ``err``)."""
+    if _console is None:
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+    elif isinstance(sys.stdout, _Router):
+        sys.stdout.log.write(line + "\n")
+
+
+@contextmanager
+def progress_bar(stage: str, what: str, total: int, unit: str) -> Iterator[Any]:
+    """A tqdm bar on the console's stderr while a quiet run is on (done/total, rate, ETA;
+    the caller adds tokens/s and such as its postfix); a bar that draws nothing otherwise."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"[{stage}] {what}", unit=unit, mininterval=0.5, ncols=110,
+               file=_console.err if _console else None, disable=_console is None)  # fmt: skip
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def note(line: str) -> None:

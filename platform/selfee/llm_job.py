@@ -23,6 +23,7 @@ from typing import Any
 import openai
 
 from selfee.config import ConfigError, LLMJobConfig
+from selfee.console import detail, progress_bar
 from selfee.llm import OFFLINE_KEY, EndpointRejected, Secret, TeacherCall
 from selfee.progress import Progress
 from selfee.ratelimit import LimitError, RateLimiter, WorkerShare, split_limits, workers_for
@@ -216,21 +217,24 @@ def fan_out(
     last_print = progress.started = time.monotonic()
     fatal = None
     try:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for text in batch["row"]:
-                row = json.loads(text)
-                if FATAL in row:
-                    fatal = fatal or row[FATAL]
-                    continue
-                on_row(row)
-                progress.add(row["usage"], bool(row.get("error")))
-            if fatal:
-                break
-            if time.monotonic() - last_print >= cfg.progress_interval_s:
-                say(progress.line())
-                last_print = time.monotonic()
+        with progress_bar(progress.stage or "llm", "rows", len(todo), "row") as bar:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for text in batch["row"]:
+                    row = json.loads(text)
+                    if FATAL in row:
+                        fatal = fatal or row[FATAL]
+                        continue
+                    on_row(row)
+                    progress.add(row["usage"], bool(row.get("error")))
+                    bar.update(1)
+                bar.set_postfix_str(progress.short(), refresh=False)
+                if fatal:
+                    break
+                if time.monotonic() - last_print >= cfg.progress_interval_s:
+                    detail(f"[{progress.stage}] {progress.line()}")
+                    last_print = time.monotonic()
     except KeyboardInterrupt:
         say(f"interrupted: {progress.done} rows of this run are saved; re-run to continue")
         raise
-    say(progress.line())
+    detail(f"[{progress.stage}] {progress.line()}")
     return fatal

@@ -47,6 +47,12 @@ class Progress:
             return None
         return self.elapsed_s / self.done * (self.total - self.done)
 
+    def short(self) -> str:
+        """For a progress bar's postfix: what the bar itself does not show."""
+        minutes = max(self.elapsed_s, 1e-9) / 60
+        tokens = self.prompt_tokens + self.completion_tokens
+        return f"{self.errors} errors, {self.requests / minutes:,.0f} req/min, {tokens:,} tokens"
+
     def line(self) -> str:
         minutes = max(self.elapsed_s, 1e-9) / 60
         share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"

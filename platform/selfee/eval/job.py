@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from selfee import journal, lineage
 from selfee.config import ConfigError, InferConfig, ModelConfig, dump_config
+from selfee.console import detail, progress_bar
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
 from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
@@ -276,16 +277,19 @@ def score_all(
             )  # fmt: skip
             started = last = time.monotonic()
             finished = 0
-            for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for blob in rows["row"]:
-                    row = json.loads(blob)
-                    out.write(row)
-                    saved.rows[row["id"]] = row
-                    finished += 1
-                if time.monotonic() - last >= cfg.progress_interval_s:
-                    log(_progress(finished, len(work), time.monotonic() - started))
-                    last = time.monotonic()
-            log(_progress(finished, len(work), time.monotonic() - started))
+            with progress_bar("eval", "scoring", len(work), "text") as bar:
+                for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    for blob in rows["row"]:
+                        row = json.loads(blob)
+                        out.write(row)
+                        saved.rows[row["id"]] = row
+                        finished += 1
+                    bar.update(len(rows["row"]))
+                    if time.monotonic() - last >= cfg.progress_interval_s:
+                        detail(f"[eval] {_progress(finished, len(work), time.monotonic() - started)}",
+                               err=True)  # fmt: skip
+                        last = time.monotonic()
+            detail(f"[eval] {_progress(finished, len(work), time.monotonic() - started)}", err=True)
     scores = {
         key: turns.Score(row["correct"], row["answer"], row["detail"])
         for key, row in saved.rows.items()

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt
 from selfee import journal, lineage, metrics
 from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
+from selfee.console import detail, progress_bar
 from selfee.engines import check_model, engine_for, engine_name, load_engine
 from selfee.progress import format_duration
 from selfee.records import read_objects, write_jsonl
@@ -311,30 +313,48 @@ def generate_answers(
             num_cpus=cfg.cpus_per_actor,
             num_gpus=cfg.gpus_per_actor or None,
         )
-        started = last_print = time.monotonic()
-        finished = tokens = 0
+        tally = _Tally(len(work))
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for text in batch["row"]:
-                    row = json.loads(text)
-                    finished += 1
-                    if "error" in row:
-                        failed[str(row["question_id"])] = row["error"]
-                        continue
-                    row.setdefault("fingerprint", fingerprint)
-                    saved.write(row)
-                    done[row["id"]] = row
-                    tokens += row["result"]["tokens"]
-                    metrics.record_chain(stage, row["result"])
-                if time.monotonic() - last_print >= cfg.progress_interval_s:
-                    seconds = time.monotonic() - started
-                    log(_progress(finished, len(work), tokens, seconds))
-                    metrics.record("selfee_tokens_per_second", tokens / seconds, stage=stage)
-                    last_print = time.monotonic()
+            with progress_bar(stage, "questions", len(work), "q") as bar:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    for text in batch["row"]:
+                        row = json.loads(text)
+                        tally.finished += 1
+                        if "error" in row:
+                            failed[str(row["question_id"])] = row["error"]
+                            continue
+                        row.setdefault("fingerprint", fingerprint)
+                        saved.write(row)
+                        done[row["id"]] = row
+                        tally.tokens += row["result"]["tokens"]
+                        metrics.record_chain(stage, row["result"])
+                    bar.update(len(batch["row"]))
+                    bar.set_postfix_str(f"{tally.rate():,.0f} tokens/s", refresh=False)
+                    if time.monotonic() - tally.last_line >= cfg.progress_interval_s:
+                        detail(f"[{stage}] {tally.line()}")
+                        metrics.record("selfee_tokens_per_second", tally.rate(), stage=stage)
+                        tally.last_line = time.monotonic()
         except KeyboardInterrupt:
-            log(f"interrupted: {finished} answers of this run are saved; re-run to continue")
+            log(f"interrupted: {tally.finished} answers of this run are saved; re-run to continue")
             raise
-        log(_progress(finished, len(work), tokens, time.monotonic() - started))
+        detail(f"[{stage}] {tally.line()}")
+
+
+@dataclass
+class _Tally:
+    """Progress of a generation run: for the bar, the periodic lines and the metrics."""
+
+    total: int
+    finished: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_line: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        return self.tokens / max(time.monotonic() - self.started, 1e-9)
+
+    def line(self) -> str:
+        return _progress(self.finished, self.total, self.tokens, time.monotonic() - self.started)
 
 
 def _progress(finished: int, total: int, tokens: int, seconds: float) -> str:
