@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from metrics_endpoint import value, wait_for
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import check_manifest
@@ -80,6 +81,12 @@ def test_zero3_run_learns_exports_and_generates(
     assert summary["final_loss"] < 0.4 * summary["first_loss"], [
         h["loss"] for h in summary["history"]
     ]
+    # the Ray dashboard's series for this run (rank 0 records them at every logged step)
+    run = summary["checkpoints"].rsplit("/", 1)[1]
+    series = wait_for(lambda s: value(s, "ray_selfee_train_step", run=run) == 36)
+    assert value(series, "ray_selfee_train_step", run=run) == 36
+    assert 0 < value(series, "ray_selfee_train_loss", run=run) < summary["first_loss"]
+    assert value(series, "ray_selfee_train_tokens_per_second", run=run) > 0
 
     model_dir = Path(summary["model"])
     assert (model_dir / "model.safetensors").is_file()
