@@ -216,8 +216,9 @@ def fan_out(
     say(f"{len(todo)} rows on {workers} workers x {slots} in flight ({limits or 'no rate limits'})")
     last_print = progress.started = time.monotonic()
     fatal = None
+    tag = progress.stage or "llm"
     try:
-        with progress_bar(progress.stage or "llm", "rows", len(todo), "row") as bar:
+        with progress_bar(tag, "rows", len(todo), "row") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for text in batch["row"]:
                     row = json.loads(text)
@@ -231,10 +232,10 @@ def fan_out(
                 if fatal:
                     break
                 if time.monotonic() - last_print >= cfg.progress_interval_s:
-                    detail(f"[{progress.stage}] {progress.line()}")
+                    detail(f"[{tag}] {progress.line()}")
                     last_print = time.monotonic()
     except KeyboardInterrupt:
         say(f"interrupted: {progress.done} rows of this run are saved; re-run to continue")
         raise
-    detail(f"[{progress.stage}] {progress.line()}")
+    detail(f"[{tag}] {progress.line()}")
     return fatal

@@ -42,33 +42,36 @@ class Progress:
     def cost(self) -> float:
         return self.prices.cost(self.prompt_tokens, self.completion_tokens)
 
-    def eta_s(self) -> float | None:
-        if not self.done:
-            return None
-        return self.elapsed_s / self.done * (self.total - self.done)
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def per_minute(self, count: int) -> float:
+        return count / (max(self.elapsed_s, 1e-9) / 60)
 
     def short(self) -> str:
         """For a progress bar's postfix: what the bar itself does not show."""
-        minutes = max(self.elapsed_s, 1e-9) / 60
-        tokens = self.prompt_tokens + self.completion_tokens
-        return f"{self.errors} errors, {self.requests / minutes:,.0f} req/min, {tokens:,} tokens"
+        return (f"{self.errors} errors, {self.per_minute(self.requests):,.0f} req/min, "
+                f"{self.tokens:,} tokens")  # fmt: skip
 
     def line(self) -> str:
-        minutes = max(self.elapsed_s, 1e-9) / 60
         share = f"{100 * self.done / self.total:.0f}%" if self.total else "-"
-        eta = self.eta_s()
         parts = [
             f"rows {self.done}/{self.total} ({share})",
             f"errors {self.errors}",
-            f"requests {self.requests} ({self.requests / minutes:.0f}/min)",
-            f"tokens {self.prompt_tokens + self.completion_tokens:,} "
-            f"({(self.prompt_tokens + self.completion_tokens) / minutes:,.0f}/min)",
+            f"requests {self.requests} ({self.per_minute(self.requests):.0f}/min)",
+            f"tokens {self.tokens:,} ({self.per_minute(self.tokens):,.0f}/min)",
         ]
         if self.prices.prompt_per_million or self.prices.completion_per_million:
             parts.append(f"cost ${self.cost:,.4f}")
         parts.append(f"elapsed {format_duration(self.elapsed_s)}")
-        parts.append(f"ETA {format_duration(eta) if eta is not None else '?'}")
+        parts.append(f"ETA {format_eta(self.elapsed_s, self.done, self.total)}")
         return " · ".join(parts)
+
+
+def format_eta(elapsed_s: float, done: int, total: int) -> str:
+    """The time left at the rate so far ("?" before anything is done)."""
+    return format_duration(elapsed_s / done * (total - done)) if done else "?"
 
 
 def format_duration(seconds: float) -> str:

@@ -41,7 +41,7 @@ from selfee.config import (
 from selfee.console import details, say
 from selfee.eval.config import EvalConfig
 from selfee.ray_runtime import ray_runtime
-from selfee.records import read_jsonl
+from selfee.records import read_jsonl, write_jsonl
 from selfee.teacher.deployment import teacher_application
 
 TEACHER_APP = "offline-teacher"
@@ -234,7 +234,8 @@ def run_stages(
             log(f"9/9 eval ({task}): no {dataset} instructions to check answers against, skipped")
             continue
         folder = out / "eval" / task
-        asked = write_jsonl_if_changed(out / "eval" / f"{task}-questions.jsonl", checkable)
+        asked = out / "eval" / f"{task}-questions.jsonl"  # inputs are compared by content
+        write_jsonl(asked, checkable)
         evaluate = EvalConfig(
             task=task, questions=asked, model=str(model), revisions=cfg.eval_revisions,
             samples=2, max_new_tokens=cfg.max_new_tokens, output=folder,
@@ -251,14 +252,6 @@ def run_stages(
 
 
 EVAL_TASKS = (("gsm8k", "gsm8k"), ("code", "mbpp"))  # (eval task, collected dataset)
-
-
-def write_jsonl_if_changed(path: Path, rows: list[dict[str, Any]]) -> Path:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not path.is_file() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return path
 
 
 def engines_table(out: Path, reference: str, others: list[str]) -> str:

@@ -36,8 +36,16 @@ from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
 from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
 from selfee.eval.tasks import TASKS, Task, gold_of_row, question_of_row
-from selfee.progress import format_duration
-from selfee.records import read_objects, write_jsonl
+from selfee.infer.job import (
+    JournaledAnswer,
+    answer_row,
+    check_config,
+    generate_answers,
+    model_fingerprint,
+    read_object_rows,
+)
+from selfee.progress import format_duration, format_eta
+from selfee.records import write_jsonl
 
 RUNS = ("forced", "autonomous", "first", "samples")
 
@@ -75,12 +83,7 @@ class ScoreRow(BaseModel):
 def load_questions(cfg: EvalConfig, task: Task) -> tuple[list[EvalQuestion], list[str]]:
     """The questions with a gold this task can score, and the ids of those without one."""
     assert cfg.questions is not None
-    try:
-        rows = list(read_objects(cfg.questions))
-    except FileNotFoundError:
-        raise ConfigError(f"questions file {cfg.questions} does not exist") from None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    rows = read_object_rows(cfg.questions, "questions")
     questions, bad_gold, seen = [], [], set()
     for n, row in rows:
         found = question_of_row(row)
@@ -109,16 +112,11 @@ def load_questions(cfg: EvalConfig, task: Task) -> tuple[list[EvalQuestion], lis
 def read_answer_file(path: Path) -> dict[str, list[dict[str, Any]]]:
     """Answer rows by question key, in file order (several rows: several samples)."""
     by_question: dict[str, list[dict[str, Any]]] = {}
-    try:
-        for n, row in read_objects(path):
-            qid = row.get("question_id")
-            if not isinstance(qid, str | int | float) or not isinstance(row.get("text"), str):
-                raise ConfigError(f"{path}:{n}: an answer needs 'question_id' and a string 'text'")
-            by_question.setdefault(json.dumps(qid), []).append(row)
-    except FileNotFoundError:
-        raise ConfigError(f"answer file {path} does not exist") from None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    for n, row in read_object_rows(path, "answer"):
+        qid = row.get("question_id")
+        if not isinstance(qid, str | int | float) or not isinstance(row.get("text"), str):
+            raise ConfigError(f"{path}:{n}: an answer needs 'question_id' and a string 'text'")
+        by_question.setdefault(json.dumps(qid), []).append(row)
     return by_question
 
 
@@ -160,14 +158,6 @@ def generate_runs(
     cfg: EvalConfig, questions: list[EvalQuestion]
 ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, str]]:
     """Generate (or take from the journal) every answer set; write each as an answer file."""
-    from selfee.infer.job import (
-        JournaledAnswer,
-        answer_row,
-        check_config,
-        generate_answers,
-        model_fingerprint,
-    )
-
     base = _infer_config(cfg)
     folder = cfg.folder
     check_config(base.model_copy(update={"questions": cfg.questions,
@@ -299,9 +289,8 @@ def score_all(
 
 
 def _progress(done: int, total: int, seconds: float) -> str:
-    eta = seconds / done * (total - done) if done else None
     return (f"scored {done}/{total} ({done / max(seconds, 1e-9):.1f}/s) · elapsed "
-            f"{format_duration(seconds)} · ETA {format_duration(eta) if eta is not None else '?'}")  # fmt: skip
+            f"{format_duration(seconds)} · ETA {format_eta(seconds, done, total)}")  # fmt: skip
 
 
 # --- putting it together ------------------------------------------------------------------

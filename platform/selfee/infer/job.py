@@ -28,7 +28,7 @@ from selfee.chain import render_prompt
 from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
 from selfee.console import detail, progress_bar
 from selfee.engines import check_model, engine_for, engine_name, load_engine
-from selfee.progress import format_duration
+from selfee.progress import format_duration, format_eta
 from selfee.records import read_objects, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
 
@@ -76,15 +76,21 @@ def revision_settings(cfg: GenerationConfig, seed_offset: int = 0) -> RevisionSe
     return RevisionSettings(**values)
 
 
-def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
-    """Rows of a question file (or a FastChat answer file): each an object with a
-    ``question_id`` (a string or number, once per file) and a string ``text``."""
+def read_object_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSON Lines file of objects; a missing or unreadable file is
+    a ``ConfigError`` that names it."""
     try:
-        rows = list(read_objects(path))
+        return list(read_objects(path))
     except FileNotFoundError:
         raise ConfigError(f"{what} file {path} does not exist") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
+    """Rows of a question file (or a FastChat answer file): each an object with a
+    ``question_id`` (a string or number, once per file) and a string ``text``."""
+    rows = read_object_rows(path, what)
     seen = set()
     for n, row in rows:
         qid = row.get("question_id")
@@ -358,11 +364,10 @@ class _Tally:
 
 
 def _progress(finished: int, total: int, tokens: int, seconds: float) -> str:
-    eta = seconds / finished * (total - finished) if finished else None
     return (
         f"questions {finished}/{total} ({100 * finished / total:.0f}%) · tokens {tokens:,} "
         f"({tokens / max(seconds, 1e-9):,.0f}/s) · elapsed {format_duration(seconds)} · "
-        f"ETA {format_duration(eta) if eta is not None else '?'}"
+        f"ETA {format_eta(seconds, finished, total)}"
     )
 
 

@@ -40,6 +40,13 @@ logger = logging.getLogger("ray.serve")
 app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
 
 
+def _record_first_text(arrived: float) -> None:
+    """Defined above the ingress: ``serve.ingress`` pickles the class by value as it is
+    decorated, with only the module names that exist by then."""
+    metrics.record("selfee_time_to_first_token_seconds", time.monotonic() - arrived,
+                   stage="serve")  # fmt: skip
+
+
 @serve.ingress(app)
 class OpenAIIngress:
     def __init__(
@@ -128,31 +135,29 @@ class OpenAIIngress:
         """Run the chain step by step: the new text as the engine writes it (when
         ``stream``), and "" after each step, when the controller may have added text.
         Metrics: the time to the first text, and the finished chain."""
-        arrived, first_text = time.monotonic(), True
+        arrived, waiting = time.monotonic(), True  # waiting: no text written yet
         while (step := controller.next_request()) is not None:
             done: Completion | None = None
             async for event in self._step(step, stream):
                 if isinstance(event, StepFailed):
                     raise api.APIError(event.status, event.message, code=event.code)
                 if isinstance(event, str):
-                    if event and first_text:
-                        first_text = False
-                        metrics.record("selfee_time_to_first_token_seconds",
-                                       time.monotonic() - arrived, stage="serve")  # fmt: skip
+                    if event and waiting:
+                        waiting = False
+                        _record_first_text(arrived)
                     yield event
                 else:
                     done = event
             assert done is not None, "the model deployment ended a step without its result"
-            if first_text and done.text:  # not streamed: the first step brought the text
-                first_text = False
-                metrics.record("selfee_time_to_first_token_seconds", time.monotonic() - arrived,
-                               stage="serve")  # fmt: skip
+            if done.text and waiting:  # not streamed: the first step brought the text
+                waiting = False
+                _record_first_text(arrived)
             controller.feed(done)
             yield ""
         result = controller.result().summary()
         metrics.record_chain("serve", result)
-        if seconds := time.monotonic() - arrived:
-            metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve")
+        seconds = max(time.monotonic() - arrived, 1e-9)
+        metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve")
 
     async def _step(self, step: CompletionRequest, stream: bool) -> AsyncIterator[Any]:
         """One step on the model deployment; closed early, the deployment drops it."""
