@@ -111,6 +111,7 @@ def test_cli_with_sources_and_no_config(sources, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gsm8k" in done.stdout and "total" in done.stdout
     assert len(read_rows(tmp_path / "o" / "instructions.parquet")) == 3
+    assert "[collect] shaping: 100%|" in done.stderr and " 3/3 " in done.stderr  # the bar
 
 
 def test_cli_user_errors_have_no_traceback(tmp_path: Path) -> None:

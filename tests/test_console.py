@@ -3,12 +3,13 @@ run's log file (named at the start and in any error); --verbose shows it all."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from selfee.console import OURS_RE
+from selfee.console import OURS_RE, _Console
 from selfee.records import read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +75,23 @@ def test_our_lines_are_recognized_also_as_ray_forwards_them() -> None:
     assert OURS_RE.match("[infer] questions 3/16").group(1) == "[infer] questions 3/16"  # type: ignore[union-attr]
     for other in ("2026-11-22 INFO worker.py -- [infer] not ours", "[ray] x", "(pid=1) step 3"):
         assert OURS_RE.match(other) is None
+
+
+def test_step_lines_are_drawn_as_the_stage_progress_bar() -> None:
+    """Training reports from Ray workers as "[train] step k/N · ..." lines: the console draws
+    them as one bar (what the line says after the step, as its postfix), and a line printed
+    meanwhile comes out whole, not in the middle of the bar."""
+    out, err = io.StringIO(), io.StringIO()
+    console = _Console(out, err)
+    for step in (10, 20):
+        console.line(f"[train] step {step}/40 · loss 6.{step} · 900 tokens/s", err)
+    drawn = err.getvalue()
+    assert "[train] steps:  50%|" in drawn and "20/40" in drawn and "loss 6.20 · 900" in drawn
+    assert "[train] step 10/40" not in drawn  # a bar, not the lines
+    console.line("[train] saved a checkpoint", err)
+    assert "\r[train] saved a checkpoint\n" in err.getvalue()  # the bar cleared first
+    console.line("[train] step 40/40 · loss 5.01", err)
+    assert "[train] steps: 100%|" in err.getvalue() and "loss 5.01" in err.getvalue()
+    assert not console.step_bars  # closed when done
+    console.line("[train] step 10/40 · loss 7.0", err)  # a new run: a new bar
+    assert console.step_bars["train"].n == 10

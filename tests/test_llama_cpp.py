@@ -4,6 +4,7 @@ quantizer, and the llama.cpp engine under revision control, against the HF engin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,10 +16,8 @@ import pytest
 
 from conftest import check_manifest, selfee_serve
 from selfee.chain import parse
-from selfee.config import ExportGGUFConfig
 from selfee.engines.hf import HFEngine
 from selfee.engines.llama_cpp import GGUFError, LlamaCppEngine
-from selfee.export.gguf import run_export
 from selfee.export.tokenizer_check import strings
 from selfee.revision import (
     Completion,
@@ -34,10 +33,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def exported(selfee_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Exported as a user does it, from the command line."""
     out = tmp_path_factory.mktemp("gguf")
-    summary = run_export(ExportGGUFConfig(model=selfee_model_dir, output=out,
-                                          quant=["f16", "q8_0", "q4_K_M"], prompts=4))  # fmt: skip
-    return {f["type"]: f for f in summary["files"]} | {"summary": summary, "out": out}
+    done = subprocess.run([sys.executable, "-m", "selfee.cli", "export", "gguf", "--model",
+                           str(selfee_model_dir), "--output", str(out), "--quant", "f16", "q8_0",
+                           "q4_K_M", "--prompts", "4"], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "SELFEE_LOG_DIR": str(out / "logs")})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "export.json").read_text())
+    return {f["type"]: f for f in summary["files"]} | {"summary": summary, "out": out,
+                                                        "console": done.stderr, "table": done.stdout}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,10 @@ def test_export_writes_each_type_and_says_what_it_holds(exported: dict) -> None:
         )
     manifest = check_manifest(exported["out"] / "manifest.json", "export")
     assert set(manifest["outputs"]) == {"f16", "q8_0", "q4_K_M"}
-    assert json.loads((exported["out"] / "export.json").read_text())["files"][0]["type"] == "f16"
+    assert summary["files"][0]["type"] == "f16"
+    # the console: a bar over the steps (convert, tokenizer, reference, one per type), the table
+    assert "[export] steps: 100%|" in exported["console"] and " 6/6 " in exported["console"]
+    assert "greedy identical" in exported["table"]  # on stdout
 
 
 def test_the_gguf_tokenizer_gives_the_models_ids(f16: LlamaCppEngine, hf: HFEngine) -> None:

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 LOG_DIR_ENV = "SELFEE_LOG_DIR"
 DEFAULT_LOG_DIR = Path("outputs/logs")
 STAGES = ("collect", "augment", "train", "export", "infer", "judge", "eval", "quickstart")
@@ -34,19 +36,47 @@ OURS_RE = re.compile(r"^(?:\x1b\[[0-9;]*m)*(?:\([^)]*pid=\d+[^)]*\)(?:\x1b\[[0-9
                      rf"(\[(?:{'|'.join(STAGES)})\] .*)$")  # fmt: skip
 
 
+# "[train] step 10/200 · loss 6.2 · ...": a step line, drawn as the stage's progress bar
+STEP_RE = re.compile(r"^\[(\w+)\] step (\d+)/(\d+)(?: · (.*))?$")
+
+
 class _Console:
     """The real console while a quiet run is on: stdout and stderr as they were."""
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out, self.err = out, err
         self.last = ""
+        self.step_bars: dict[str, Any] = {}  # stage → its tqdm bar
 
     def line(self, text: str, stream: TextIO | None = None) -> None:
         if text == self.last:  # Ray forwards some worker lines twice
             return
         self.last = text
-        (stream or self.out).write(text + "\n")
-        (stream or self.out).flush()
+        if step := STEP_RE.match(text):
+            self.step(*step.groups())
+            return
+        with tqdm.external_write_mode(file=stream or self.out):  # under any open bar
+            (stream or self.out).write(text + "\n")
+            (stream or self.out).flush()
+
+    def step(self, stage: str, done: str, total: str, rest: str | None) -> None:
+        """A step line as a bar (done/total, steps/s, ETA, the line's rest after it), so a
+        stage that reports from Ray workers (training) gets one as the driver does."""
+        bar = self.step_bars.get(stage)
+        if bar is None or bar.total != int(total) or int(done) < bar.n:  # new or restarted
+            self.close_bar(stage)
+            bar = self.step_bars[stage] = tqdm(
+                total=int(total), initial=int(done), desc=f"[{stage}] steps", unit="step",
+                mininterval=0.5, ncols=130, file=self.err)  # fmt: skip
+        bar.set_postfix_str(rest or "", refresh=False)
+        bar.update(int(done) - bar.n)
+        bar.refresh()  # step lines come seldom (every few steps): each one is drawn
+        if bar.n >= bar.total:
+            self.close_bar(stage)
+
+    def close_bar(self, stage: str) -> None:
+        if (bar := self.step_bars.pop(stage, None)) is not None:
+            bar.close()
 
 
 class _Router(io.TextIOBase):
@@ -124,8 +154,6 @@ def detail(line: str, err: bool = False) -> None:
 def progress_bar(stage: str, what: str, total: int, unit: str) -> Iterator[Any]:
     """A tqdm bar on the console's stderr while a quiet run is on (done/total, rate, ETA;
     the caller adds tokens/s and such as its postfix); a bar that draws nothing otherwise."""
-    from tqdm import tqdm
-
     bar = tqdm(total=total, desc=f"[{stage}] {what}", unit=unit, mininterval=0.5, ncols=110,
                file=_console.err if _console else None, disable=_console is None)  # fmt: skip
     try:
@@ -183,6 +211,8 @@ def quiet_run(command: str, verbose: bool = False) -> Iterator[Path | None]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        for stage in list(_console.step_bars):  # a run that ended mid-way
+            _console.close_bar(stage)
         sys.stdout, sys.stderr = real_stdout, real_stderr
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)

@@ -22,6 +22,7 @@ from selfee import lineage
 from selfee.collect import filters
 from selfee.collect.sources import SOURCES, BadRow, Skip, data_files, read_records
 from selfee.config import CollectConfig, dump_config
+from selfee.console import progress_bar
 from selfee.ray_runtime import ray_runtime
 from selfee.records import INSTRUCTION_FIELDS, instruction_id, stable_fraction, write_jsonl
 
@@ -129,14 +130,21 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     with ray_runtime(cfg.ray):
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # first of duplicates = first in config
-        shaped = (
+        # Reading is quick and tells how many rows there are to shape (the costly part:
+        # HTML cleanup, language identification) for the progress bar.
+        read = (
             ray.data.from_items(tasks)
             .flat_map(read_file)
             # One big file reads into one block: split it so shaping runs on every CPU.
             .repartition(target_num_rows_per_block=BATCH_SIZE * 4)
-            .map_batches(shape_batch, batch_size=BATCH_SIZE, batch_format="pandas")
+            .materialize()
         )
-        results = list(shaped.iter_rows())
+        shaped = read.map_batches(shape_batch, batch_size=BATCH_SIZE, batch_format="pandas")
+        results: list[dict[str, Any]] = []
+        with progress_bar("collect", "shaping", read.count(), "row") as bar:
+            for batch in shaped.iter_batches(batch_size=None, batch_format="pandas"):
+                results += batch.to_dict("records")
+                bar.update(len(batch))
     log(f"read and shaped {len(results)} rows from {len(tasks)} files "
         f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
     instructions, summary = finish(results, cfg)

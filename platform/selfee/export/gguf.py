@@ -26,7 +26,7 @@ from typing import Any
 
 from selfee import chain, lineage
 from selfee.config import ConfigError, ExportGGUFConfig, dump_config
-from selfee.console import say
+from selfee.console import progress_bar, say
 from selfee.export.tokenizer_check import strings as tokenizer_strings
 
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_K": 10, "q3_K_M": 12, "q4_K_S": 14,
@@ -201,33 +201,45 @@ def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
     base_type = "f32" if "f32" in cfg.quant else "f16"
     base = out / f"{name}-{base_type}.gguf"
     pre = declared_pre_tokenizer(model)
-    log(f"converting {model} to {base_type} with llama.cpp's converter"
-        + (f" (BPE pre-tokenizer declared: {pre})" if pre else ""))  # fmt: skip
-    _tools(folder, "convert", str(model), str(base), base_type, *(["--pre", pre] if pre else []),
-           log_file=log_file)  # fmt: skip
+    kinds = list(dict.fromkeys(cfg.quant))  # in order, each once
+    with progress_bar("export", "steps", 3 + len(kinds), "step") as bar:
+        bar.set_postfix_str(f"converting to {base_type}")
+        log(f"converting {model} to {base_type} with llama.cpp's converter"
+            + (f" (BPE pre-tokenizer declared: {pre})" if pre else ""))  # fmt: skip
+        _tools(folder, "convert", str(model), str(base), base_type,
+               *(["--pre", pre] if pre else []), log_file=log_file)  # fmt: skip
+        bar.update()
 
-    from selfee.engines.hf import HFEngine
-    from selfee.engines.llama_cpp import LlamaCppEngine
+        from selfee.engines.hf import HFEngine
+        from selfee.engines.llama_cpp import LlamaCppEngine
 
-    hf = HFEngine.load(model, device="cpu", dtype="float32")
-    base_engine = LlamaCppEngine(base, cfg.threads)
-    checked = prove_tokenizer(base_engine, hf.tokenizer, base)
-    base_engine.close()
-    log(f"tokenizer proved: {checked} of {checked} strings give the model's own ids")
-    prompts = [chain.render_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)] + " " * (i // 8))
-               for i in range(cfg.prompts)]  # fmt: skip
-    source = reference(hf, prompts, held_texts(cfg), cfg.max_new_tokens)
-    files = []
-    for kind in dict.fromkeys(cfg.quant):  # in order, each once
-        path = base if kind == base_type else out / f"{name}-{kind}.gguf"
-        fallback = 0 if path == base else quantize(base, path, kind)
-        held = json.loads(_tools(folder, "inspect", str(path), log_file=log_file))
-        engine = LlamaCppEngine(path, cfg.threads)
-        measured = compare(source, engine)
-        engine.close()
-        files.append({"type": kind, "file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3),
-                      "fallback_tensors": fallback, **held, **measured})  # fmt: skip
-        log(f"{path.name}: {held['bits_per_weight']} bits/weight, tensors {held['tensor_types']}")
+        bar.set_postfix_str("proving the tokenizer")
+        hf = HFEngine.load(model, device="cpu", dtype="float32")
+        base_engine = LlamaCppEngine(base, cfg.threads)
+        checked = prove_tokenizer(base_engine, hf.tokenizer, base)
+        base_engine.close()
+        log(f"tokenizer proved: {checked} of {checked} strings give the model's own ids")
+        bar.update()
+        bar.set_postfix_str("the source model's reference outputs")
+        prompts = [chain.render_prompt(INSTRUCTIONS[i % len(INSTRUCTIONS)] + " " * (i // 8))
+                   for i in range(cfg.prompts)]  # fmt: skip
+        source = reference(hf, prompts, held_texts(cfg), cfg.max_new_tokens)
+        bar.update()
+        files = []
+        for kind in kinds:
+            bar.set_postfix_str(f"{kind}: quantizing and measuring")
+            path = base if kind == base_type else out / f"{name}-{kind}.gguf"
+            fallback = 0 if path == base else quantize(base, path, kind)
+            held = json.loads(_tools(folder, "inspect", str(path), log_file=log_file))
+            engine = LlamaCppEngine(path, cfg.threads)
+            measured = compare(source, engine)
+            engine.close()
+            files.append({"type": kind, "file": str(path),
+                          "size_mb": round(path.stat().st_size / 2**20, 3),
+                          "fallback_tensors": fallback, **held, **measured})  # fmt: skip
+            log(f"{path.name}: {held['bits_per_weight']} bits/weight, "
+                f"tensors {held['tensor_types']}")  # fmt: skip
+            bar.update()
     if base_type not in cfg.quant:
         base.unlink()
     summary = {"model": str(model), "pre_tokenizer": pre or "recognized by the converter",
