@@ -5,7 +5,10 @@ length-grouped micro-batches. The plain loop is one process with torch's default
 the Ray path is ``selfee train`` (2 workers x 1 CPU, ZeRO-2, gloo), timed by its own
 tokens/s over its training steps (start-up and checkpoints excluded on both sides).
 
-    .venv/bin/python bench/train_throughput.py [--chains 400] [--steps 30]
+    .venv/bin/python bench/train_throughput.py [--chains 400] [--steps 30] [--adapter lora]
+
+``--adapter lora``: both sides train LoRA adapters (rank 16, every linear layer) on the
+same model saved as a base directory, as ``selfee train --adapter lora`` does.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from results import append_rows, machine
+from selfee.adapter import wrap_for_training
 from selfee.config import TrainConfig
 from selfee.records import write_jsonl
 from selfee.train import sft
@@ -50,11 +54,13 @@ def varied_chains(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def plain_loop_tokens_per_s(cfg: TrainConfig, tokenizer, examples, steps: int) -> float:
-    spec = {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
-                                                        cfg.max_length), "seed": 0}  # fmt: skip
+def plain_loop_tokens_per_s(cfg: TrainConfig, spec: dict, tokenizer, examples, steps: int) -> float:
     model = build_model(spec, 0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    if cfg.adapter != "none":
+        model = wrap_for_training(model, cfg.lora.model_dump(), quantized=False,
+                                  checkpointing=False)  # fmt: skip
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate)
     lengths = [len(ids) for ids, _ in examples]
     batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching)
     per_step = cfg.global_batch_size // cfg.micro_batch_size
@@ -79,12 +85,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chains", type=int, default=400)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--adapter", choices=["none", "lora"], default="none")
     args = parser.parse_args()
 
     rows = varied_chains(args.chains)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     write_jsonl(work / "chains.jsonl", rows)
-    cfg = TrainConfig(
+    settings = dict(
         data=work / "chains.jsonl", output=work / "run", model="tiny",
         tiny={"hidden_size": 256, "num_layers": 4, "num_heads": 8, "intermediate_size": 688,
               "vocab_size": 2048},
@@ -93,9 +100,16 @@ def main() -> None:
         checkpoint_every_steps=10_000, log_every_steps=1,
         deepspeed=REPO / "configs" / "deepspeed" / "zero2.json", ray={"dashboard": False},
     )  # fmt: skip
+    cfg = TrainConfig(**settings)
 
     texts = [sft.chain_text(r) for r in rows]
     tokenizer = train_tiny_tokenizer(texts, cfg.tiny.vocab_size)
+    spec = {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
+                                                        cfg.max_length), "seed": 0}  # fmt: skip
+    if args.adapter != "none":  # the same model, saved as the base the adapter trains on
+        build_model(spec, 0).save_pretrained(work / "base")
+        tokenizer.save_pretrained(work / "base")
+        cfg = TrainConfig(**{**settings, "model": str(work / "base"), "adapter": args.adapter})
     tokenized = [sft.tokenize_chain(tokenizer, r, max_length=cfg.max_length) for r in rows]
     examples = [(e.input_ids, e.labels) for e in tokenized if e.status != "dropped"]
     lengths = [len(ids) for ids, _ in examples]
@@ -106,7 +120,7 @@ def main() -> None:
             batches = sft.make_batches(lengths, micro, 0, grouping)
             padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8)
 
-    plain = plain_loop_tokens_per_s(cfg, tokenizer, examples, args.steps)
+    plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)
     from selfee.train.job import run_train
 
     summary = run_train(cfg)
@@ -114,27 +128,29 @@ def main() -> None:
     ray_tps = sum(h["tokens"] for h in history) / sum(h["seconds"] for h in history)
 
     today = datetime.date.today().isoformat()
-    params = sum(p.numel() for p in build_model(
-        {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
-                                                     cfg.max_length)}, 0).parameters())  # fmt: skip
+    params = sum(p.numel() for p in build_model(spec, 0).parameters())
+    what = f"tiny LLaMA {params / 1e6:.1f}M"
+    if cfg.adapter != "none":
+        what += f" + {cfg.adapter} r{cfg.lora.rank} (all linear layers)"
     append_rows(
         "\n## Training throughput (`bench/train_throughput.py`)\n\n"
         "| date | machine | model | chains | steps | plain PyTorch (1 process) | Ray Train + "
         "DeepSpeed ZeRO-2 (2 workers x 1 CPU) | ratio |\n|---|---|---|---|---|---|---|---|\n",
-        [f"| {today} | {machine()} | tiny LLaMA {params / 1e6:.1f}M | {len(examples)} | "
+        [f"| {today} | {machine()} | {what} | {len(examples)} | "
          f"{args.steps} | {plain:,.0f} tokens/s | {ray_tps:,.0f} tokens/s | "
          f"**{ray_tps / plain:.2f}** |"],
     )  # fmt: skip
-    append_rows(
-        "\n## Padding: real tokens / computed tokens (`bench/train_throughput.py`)\n\n"
-        "| date | examples | micro batch | length-grouped | random, pad to longest (upstream) |"
-        "\n|---|---|---|---|---|\n",
-        [
-            f"| {today} | {len(examples)} | {micro} | **{padding[(micro, 'length-grouped')]:.3f}** "
-            f"| {padding[(micro, 'random')]:.3f} |"
-            for micro in (4, 8, 16)
-        ],
-    )
+    if cfg.adapter == "none":  # the same batches either way: measured once
+        append_rows(
+            "\n## Padding: real tokens / computed tokens (`bench/train_throughput.py`)\n\n"
+            "| date | examples | micro batch | length-grouped | random, pad to longest (upstream) |"
+            "\n|---|---|---|---|---|\n",
+            [
+                f"| {today} | {len(examples)} | {micro} | **{padding[(micro, 'length-grouped')]:.3f}** "
+                f"| {padding[(micro, 'random')]:.3f} |"
+                for micro in (4, 8, 16)
+            ],
+        )
     print(json.dumps({"plain_tokens_per_s": plain, "ray_tokens_per_s": ray_tps,
                       "padding": {f"{m}/{g}": v for (m, g), v in padding.items()}}, indent=1))  # fmt: skip
 

@@ -36,6 +36,10 @@ def test_gpu_configs_are_complete_and_validate() -> None:
     for name in ["selfee-7b.yaml", "selfee-13b.yaml"]:
         cfg = load_config(CONFIG_OF["train"], REPO / "configs" / name)
         assert cfg.use_gpu and cfg.bf16() and cfg.num_workers >= 8
+    for name, adapter in [("selfee-7b-lora.yaml", "lora"), ("selfee-13b-lora.yaml", "qlora")]:
+        cfg = load_config(CONFIG_OF["train"], REPO / "configs" / name)
+        assert cfg.use_gpu and cfg.bf16() and cfg.adapter == adapter and cfg.num_workers <= 2
+        assert cfg.learning_rate == 2e-4 and cfg.lora.export == "merged"
     infer = load_config(CONFIG_OF["infer"], REPO / "configs" / "infer.yaml")
     assert infer.gpus_per_actor == 1 and infer.min_revisions == 3
     assert infer.engine == "vllm"  # what GPU users run

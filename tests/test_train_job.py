@@ -20,7 +20,7 @@ from selfee import chain
 from selfee.config import ConfigError, JobFailed, TrainConfig
 from selfee.records import write_jsonl
 from selfee.train.job import run_train
-from train_data import make_chains
+from train_data import make_chains, write_pad_less_base
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -203,34 +203,12 @@ def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(
     (like LLaMA's) gets [PAD] with a zero embedding row, trains, exports, and the delta
     between base and result restores the result exactly."""
     from safetensors.torch import load_file
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from selfee.train import sft
     from selfee.train.delta import apply_delta, make_delta
 
-    rows = make_chains(8)
-    texts = [sft.chain_text(r) for r in rows]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )  # fmt: skip
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    no_pad = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    base_dir = write_pad_less_base(tmp_path / "base")
+    no_pad = AutoTokenizer.from_pretrained(base_dir)
     assert no_pad.pad_token is None
-    base_dir = tmp_path / "base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(no_pad), hidden_size=64, intermediate_size=128,
-                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                    tie_word_embeddings=False)
-    ).save_pretrained(base_dir)  # fmt: skip
-    no_pad.save_pretrained(base_dir)
-
     summary = run_train(
         tiny_config(chains_file, tmp_path / "run", model=str(base_dir), max_steps=3)
     )

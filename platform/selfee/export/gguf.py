@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from selfee import chain, lineage
+from selfee.adapter import AdapterError, require_full_model
 from selfee.config import ConfigError, ExportGGUFConfig, dump_config
 from selfee.console import progress_bar, say
 from selfee.export.tokenizer_check import strings as tokenizer_strings
@@ -185,6 +186,10 @@ def compare(source: Reference, gguf: Any) -> dict:
 def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
     started = time.monotonic()
     model = Path(cfg.model)
+    try:
+        require_full_model(model, "GGUF export")
+    except AdapterError as e:
+        raise ConfigError(f"--model {e}") from None
     if not (model / "config.json").is_file():
         raise ConfigError(f"--model {model} is not a Hugging Face model directory (no config.json)")
     architectures = json.loads((model / "config.json").read_text()).get("architectures") or []

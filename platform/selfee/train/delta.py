@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from selfee.adapter import is_adapter
 from selfee.records import atomic_directory
 
 DELTA_FILE = "selfee-delta.json"
@@ -37,6 +38,12 @@ class WeightReader:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        if is_adapter(self.folder):
+            raise DeltaError(
+                f"{self.folder} is a LoRA adapter: it already is a small delta on its base "
+                "(share the adapter directory as it is; its base is named in "
+                "adapter_config.json), and a weight delta needs a full model (lora.export merged)"
+            )
         if not (self.folder / "config.json").is_file():
             raise DeltaError(f"{self.folder}: not a Hugging Face model directory (no config.json)")
         self.where: dict[str, Path] = {}

@@ -92,6 +92,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             f"{total_steps} steps ({steps_per_epoch}/epoch) · global batch {cfg.global_batch_size}"
             f" = {cfg.micro_batch_size} micro x {cfg.accumulation()} accumulation x "
             f"{cfg.num_workers} workers · ZeRO-{zero_stage(settings.deepspeed)} · "
+            f"{'full fine-tuning' if cfg.adapter == 'none' else cfg.adapter} · "
             f"{'bf16' if cfg.bf16() else 'fp32'} on {'GPU' if cfg.use_gpu else 'CPU'}"
         )
         result = fit(cfg, settings, dataset, storage, run_name)
@@ -114,6 +115,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
                     "steps": state["step"],
                 },
                 dtype="bfloat16" if cfg.bf16() else "float32",
+                adapter=settings.adapter,
             )
     history = state["history"]
     batches = sft.make_batches(counts["lengths"], cfg.micro_batch_size, cfg.seed, cfg.batching)
@@ -149,7 +151,11 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         f"{summary['final_loss']:.3f} over {summary['steps']} steps"
         + (f" ({summary['restarts']} restarts from checkpoints)" if summary["restarts"] else "")
     )
-    log(f"model: {model_dir}  (load with AutoModelForCausalLM.from_pretrained)")
+    if cfg.adapter != "none" and cfg.lora.export == "adapter":
+        log(f"adapter: {model_dir} on base {cfg.model}  (selfee infer/serve/eval --model "
+            f"{model_dir} load both; peft: PeftModel.from_pretrained)")  # fmt: skip
+    else:
+        log(f"model: {model_dir}  (load with AutoModelForCausalLM.from_pretrained)")
     log(f"summary: {out / 'summary.json'}  checkpoints: {storage}/{run_name}")
     return summary
 
@@ -170,6 +176,9 @@ def worker_settings(
         ),
         "accumulation": cfg.accumulation(),
         "pad_id": pad_id,
+        "adapter": None
+        if cfg.adapter == "none"
+        else {"kind": cfg.adapter, **cfg.lora.model_dump()},
     }
     same_names = {
         f.name: getattr(cfg, f.name) for f in fields(TrainSettings) if f.name not in derived

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfee.adapter import wrap_for_training
 from selfee.metrics import record as record_metric
 from selfee.train import sft
 from selfee.train.model import build_model, use_cpu_accelerator_unless_cuda, zero_stage
@@ -55,6 +56,7 @@ class TrainSettings:
     log_every_steps: int
     checkpoint_every_steps: int
     pad_id: int
+    adapter: dict[str, Any] | None = None  # {"kind": "lora" | "qlora", **LoraSettings}
     fault_injection_step: int | None = None
 
 
@@ -101,10 +103,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from transformers.integrations import HfDeepSpeedConfig
 
         keep_alive = HfDeepSpeedConfig(settings.deepspeed)  # from_pretrained shards at load
-    model = build_model(settings.model, settings.model.get("seed", settings.seed))
+    adapter = settings.adapter
+    quantized = adapter is not None and adapter["kind"] == "qlora"
+    model = build_model(settings.model, settings.model.get("seed", settings.seed), quantized)
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if adapter is not None:  # the base frozen, the low-rank weights trained
+        model = wrap_for_training(model, adapter, quantized, settings.gradient_checkpointing)
+        if rank == 0:
+            trained, total = model.get_nb_trainable_parameters()
+            print(f"[train] {adapter['kind']}: {trained:,} of {total:,} parameters trained "
+                  f"({trained / total:.2%}), rank {adapter['rank']}", flush=True)  # fmt: skip
     optimizer = torch.optim.AdamW(
         parameter_groups(model, settings.weight_decay), lr=settings.learning_rate
     )
@@ -121,7 +131,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            engine.load_checkpoint(folder, tag=DS_TAG)
+            # an adapter's checkpoints hold its own weights only; the base comes from disk
+            engine.load_checkpoint(folder, tag=DS_TAG, load_module_strict=adapter is None)
             state = TrainerState(**json.loads((Path(folder) / STATE_FILE).read_text()))
         state.restarts += 1
         resumed = True
@@ -200,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 record_metric("selfee_train_tokens_per_second", metrics["tokens_per_s"], run=run)
                 record_metric("selfee_train_step", step, run=run)
             if checkpoint_now:
-                report_checkpoint(engine, state, metrics, rank)
+                report_checkpoint(engine, state, metrics, rank, frozen=adapter is None)
                 last_report = time.monotonic()
             elif since_report >= REPORT_INTERVAL_S:
                 ray.train.report(metrics)
@@ -220,14 +231,15 @@ def progress_line(metrics: dict[str, float], total: int, elapsed: float, done: i
 
 
 def report_checkpoint(
-    engine: Any, state: TrainerState, metrics: dict[str, float], rank: int
+    engine: Any, state: TrainerState, metrics: dict[str, float], rank: int, frozen: bool = True
 ) -> None:
-    """Every rank writes its DeepSpeed shards; Ray Train gathers them into one checkpoint."""
+    """Every rank writes its DeepSpeed shards; Ray Train gathers them into one checkpoint.
+    ``frozen``: with the frozen parameters (an adapter run leaves its frozen base out)."""
     import ray.train
 
     folder = tempfile.mkdtemp(prefix="selfee-ckpt-")
     try:
-        engine.save_checkpoint(folder, tag=DS_TAG)
+        engine.save_checkpoint(folder, tag=DS_TAG, exclude_frozen_parameters=not frozen)
         if rank == 0:
             (Path(folder) / STATE_FILE).write_text(json.dumps(asdict(state)))
         ray.train.report(
@@ -246,10 +258,12 @@ def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    # DeepSpeed drops an empty group (LoRA trains no norm), which the schedule would count
+    return [group for group in groups if group["params"]]
 
 
 def load_examples(shard: Any) -> list[tuple[Any, Any]]:

@@ -54,14 +54,24 @@ def model_config(spec: dict[str, Any]) -> Any:
     return config
 
 
-def build_model(spec: dict[str, Any], seed: int) -> Any:
+def build_model(spec: dict[str, Any], seed: int, quantized: bool = False) -> Any:
+    """``quantized``: the base in 4 bits (NF4, bf16 compute) on this process's GPU, for
+    QLoRA (bitsandbytes)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if spec["kind"] == "tiny":
         return LlamaForCausalLM(model_config(spec))
-    model = AutoModelForCausalLM.from_pretrained(spec["path"], dtype=torch.float32)
+    load: dict[str, Any] = {"dtype": torch.float32}
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        load = {"dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()},
+                "quantization_config": BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=torch.bfloat16)}  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(spec["path"], **load)
     old = model.get_input_embeddings().weight.shape[0]
     if spec["vocab_size"] > old:
         model.resize_token_embeddings(spec["vocab_size"], mean_resizing=False)

@@ -1,0 +1,131 @@
+"""LoRA and QLoRA adapters (peft): their settings, how training wraps a model in one, and
+how an exported adapter is loaded for inference on top of its base.
+
+An adapter directory, as ``selfee train`` exports it with ``lora.export: adapter``, holds
+peft's ``adapter_config.json`` and ``adapter_model.safetensors`` (the low-rank weights
+only), the run's tokenizer and ``selfee.json``; ``adapter_config.json`` names the base
+model's directory. A base whose vocabulary the run grew (SelFee's ``[PAD]``) is grown the
+same way when the adapter is loaded: the new embedding rows are zero and frozen in
+training, so they are rebuilt, not stored. ``lora.export: merged`` writes a full Hugging
+Face model instead (base + adapter folded into the weights), which every engine takes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ADAPTER_CONFIG = "adapter_config.json"
+# Every linear layer of a LLaMA block, as QLoRA trains them (attention and MLP).
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSettings(BaseModel):
+    """The low-rank update ``W + (alpha / rank) * B @ A`` on each target module."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1, description="rank r of each update (trainable size grows with it)")
+    alpha: float = Field(32.0, gt=0, description="scale: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LLAMA_LINEAR),
+        min_length=1,
+        description="module names that get an adapter (default: every linear layer of LLaMA)",
+    )
+    export: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="'merged': a full model with the adapter folded in (every engine takes it); "
+        "'adapter': the adapter alone (MBs), loaded on its base by infer, serve and eval",
+    )
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be used as asked."""
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base model directory an adapter was trained on (named in its config)."""
+    path = Path(path)
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{path / ADAPTER_CONFIG}: cannot read it ({e})") from None
+    base = Path(str(config.get("base_model_name_or_path") or ""))
+    if not (base / "config.json").is_file():
+        raise AdapterError(
+            f"{path} is a LoRA adapter whose base model {str(base) or '(not named)'} is not a "
+            f"Hugging Face model directory here: put the base there, or set "
+            f"base_model_name_or_path in {path / ADAPTER_CONFIG}"
+        )
+    return base
+
+
+def wrap_for_training(
+    model: Any, lora: dict[str, Any], quantized: bool, checkpointing: bool
+) -> Any:
+    """The model with trainable LoRA weights; everything else frozen."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:  # QLoRA: norms in fp32, inputs that carry gradients through frozen 4-bit
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    config = LoraConfig(
+        r=lora["rank"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_names(model: Any) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def load_adapter_weights(model: Any, state: dict[str, Any]) -> None:
+    """The trained LoRA weights (a checkpoint's trainable parameters) into a wrapped model;
+    every adapter weight must be there and nothing else."""
+    expected = trainable_names(model)
+    missing = expected - set(state)
+    unexpected = set(state) - {name for name, _ in model.named_parameters()}
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint does not match the adapter: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    # The grown vocabulary's rows are zero and frozen: rebuilt at load, not saved.
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+
+
+def load_merged(path: str | Path, tokenizer: Any, dtype: Any) -> Any:
+    """The base with the adapter folded in (as fast as a plain model at inference)."""
+    from peft import PeftModel
+
+    from selfee.train.model import build_model
+
+    base = adapter_base(path)
+    spec = {"kind": "hf", "path": str(base), "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    model = PeftModel.from_pretrained(build_model(spec, seed=0), str(path))
+    return model.merge_and_unload().to(dtype)
+
+
+def require_full_model(path: str | Path, what: str) -> None:
+    """A clear refusal where a tool needs a full model and was given an adapter."""
+    if is_adapter(path):
+        raise AdapterError(
+            f"{path} is a LoRA adapter, not a full model: {what} needs the base with the "
+            "adapter merged — train with lora.export merged (or adapter: none)"
+        )

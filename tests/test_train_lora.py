@@ -1,0 +1,172 @@
+"""LoRA fine-tuning under Ray Train + DeepSpeed (2 CPU workers) on a pad-less base model:
+the loss falls, only the adapter trains and is checkpointed, the adapter export and the
+merged export give the same logits as base + adapter, and the adapter alone loads in
+infer and serve on its base. What cannot take an adapter says so in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+from peft import PeftModel
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from test_train_job import tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import selfee_serve
+from selfee.config import ConfigError, ExportGGUFConfig, InferConfig
+from selfee.engines import check_model
+from selfee.engines.hf import HFEngine
+from selfee.export.gguf import run_export
+from selfee.infer.job import run_infer
+from selfee.records import read_jsonl, write_jsonl
+from selfee.revision import CompletionRequest
+from selfee.train.delta import DeltaError, make_delta
+from selfee.train.export import export_model
+from selfee.train.job import run_train
+from selfee.train.model import build_model
+from selfee_model import question_file
+from train_data import make_chains, write_pad_less_base
+
+pytestmark = pytest.mark.slow
+STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def lora_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One LoRA run (a worker killed mid-way) whose export is the adapter alone; the merged
+    form exported from the same final checkpoint."""
+    folder = tmp_path_factory.mktemp("lora")
+    chains_file = folder / "chains.jsonl"
+    write_jsonl(chains_file, make_chains(48))
+    base = write_pad_less_base(folder / "base")
+    lora = {"rank": 16, "alpha": 32, "dropout": 0.0, "export": "adapter"}
+    cfg = tiny_config(chains_file, folder / "run", model=str(base), adapter="lora", lora=lora,
+                      max_steps=STEPS, learning_rate=3e-3, checkpoint_every_steps=16,
+                      max_length=256, fault_injection_step=20, max_failures=1)  # fmt: skip
+    summary = run_train(cfg)
+    checkpoint = max(p for p in Path(summary["checkpoints"]).glob("checkpoint_*") if p.is_dir())
+    tokenizer = AutoTokenizer.from_pretrained(summary["model"])
+    spec = {"kind": "hf", "path": str(base), "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    merged = export_model(checkpoint, spec, tokenizer, folder / "merged", {},
+                          adapter={"kind": "lora", **cfg.lora.model_dump(), "export": "merged"})  # fmt: skip
+    return {"summary": summary, "adapter": Path(summary["model"]), "merged": merged,
+            "base": base, "spec": spec, "checkpoint": checkpoint, "folder": folder}  # fmt: skip
+
+
+def test_lora_learns_and_trains_and_saves_only_the_adapter(lora_run: dict) -> None:
+    summary, adapter = lora_run["summary"], lora_run["adapter"]
+    assert summary["steps"] == STEPS
+    # a worker killed at step 20: the run went on from the adapter-only checkpoint of step 16
+    assert summary["restarts"] == 1
+    assert [h["step"] for h in summary["history"]] == list(range(1, STEPS + 1))
+    assert [h["restarts"] for h in summary["history"]] == [0] * 16 + [1] * (STEPS - 16)
+    # a random base's embeddings and head stay frozen: the loss falls from ln(401) = 6.0 to
+    # about 5.3 in 40 steps (full fine-tuning goes much lower; test_train_job)
+    assert summary["final_loss"] < summary["first_loss"] - 0.5, [
+        h["loss"] for h in summary["history"]
+    ]
+    # the export: peft's adapter files, no full weights; selfee.json says what it is
+    assert {"adapter_config.json", "adapter_model.safetensors", "selfee.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    assert not (adapter / "model.safetensors").exists()
+    meta = json.loads((adapter / "selfee.json").read_text())
+    assert meta["adapter"] == {"kind": "lora", "export": "adapter"}
+    assert meta["base_model"] == str(lora_run["base"])
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_A" in k or "lora_B" in k for k in weights)
+    layers = {k.split(".self_attn.")[-1].split(".mlp.")[-1].split(".")[0] for k in weights}
+    assert layers == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # checkpoints hold the adapter and its optimizer state, not the frozen base
+    base_bytes = (lora_run["base"] / "model.safetensors").stat().st_size
+    module_states = sum(p.stat().st_size for p in lora_run["checkpoint"].rglob("*model_states.pt"))
+    assert 0 < module_states < 0.5 * base_bytes
+    # the base stayed frozen: the merged model's embeddings are the base's (+ the zero [PAD])
+    merged = load_file(lora_run["merged"] / "model.safetensors")
+    base = load_file(lora_run["base"] / "model.safetensors")
+    embedding = merged["model.embed_tokens.weight"]
+    assert torch.equal(embedding[:-1], base["model.embed_tokens.weight"])
+    assert embedding[-1].eq(0).all()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])  # the adapter folded into the weights
+
+
+def test_merged_and_adapter_exports_give_base_plus_adapter_logits(lora_run: dict) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(lora_run["adapter"])
+    ids = tokenizer("### Human: What color is the car?\n\n### Assistant:", return_tensors="pt")
+    with torch.no_grad():
+        unmerged = PeftModel.from_pretrained(build_model(lora_run["spec"], 0),
+                                             str(lora_run["adapter"])).eval()  # fmt: skip
+        expected = unmerged(**ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(lora_run["merged"]).eval()(**ids).logits
+        base = build_model(lora_run["spec"], 0).eval()(**ids).logits
+    assert torch.allclose(merged, expected, atol=1e-5), (merged - expected).abs().max()
+    assert (base - expected).abs().max() > 1e-2  # the adapter changes what the model says
+    # the engines: the adapter on its base, and the merged model, greedy token for token
+    request = CompletionRequest(prompt="### Human: What color is the car?\n\n### Assistant:",
+                                stop=(), max_tokens=24)  # fmt: skip
+    from_adapter = HFEngine.load(lora_run["adapter"], device="cpu").complete(request)
+    from_merged = HFEngine.load(lora_run["merged"], device="cpu").complete(request)
+    assert from_adapter.ids == from_merged.ids and len(from_adapter.ids) == 24
+
+
+def test_the_adapter_loads_in_infer_and_serve(lora_run: dict, tmp_path: Path) -> None:
+    questions = question_file(tmp_path / "q.jsonl", 3)
+    answers = {}
+    for name in ("adapter", "merged"):
+        cfg = InferConfig(model=str(lora_run[name]), questions=questions,
+                          output=tmp_path / f"{name}.jsonl", max_new_tokens=24)  # fmt: skip
+        run_infer(cfg)
+        answers[name] = [a["whole_generation"] for a in read_jsonl(cfg.output)]
+    assert answers["adapter"] == answers["merged"] and len(answers["adapter"]) == 3
+
+    with selfee_serve(lora_run["adapter"], tmp_path / "serve.log") as url:
+        client = openai.OpenAI(base_url=url, api_key="none")
+        done = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": "What color is the car?"}], max_tokens=24,
+        )  # fmt: skip
+    assert done.model_extra["selfee"]["text"]
+
+
+def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Path) -> None:
+    adapter = lora_run["adapter"]
+    with pytest.raises(ValueError, match="is a LoRA adapter, not a full model: engine vllm"):
+        check_model(adapter, engine="vllm")
+    assert check_model(adapter) == "hf"
+    with pytest.raises(ConfigError, match="LoRA adapter, not a full model: GGUF export"):
+        run_export(ExportGGUFConfig(model=adapter, output=tmp_path / "gguf"))
+    with pytest.raises(DeltaError, match="is a LoRA adapter: it already is a small delta"):
+        make_delta(lora_run["base"], adapter, tmp_path / "delta")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for part in adapter.iterdir():
+        (moved / part.name).write_bytes(part.read_bytes())
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"whose base model .*gone is not a Hugging Face model"):
+        check_model(moved)
+
+
+def test_adapter_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"qlora loads the base in 4 bits .* CUDA GPUs only"):
+        tiny_config(tmp_path / "c.jsonl", tmp_path / "o", model=str(tmp_path), adapter="qlora")
+    with pytest.raises(ValidationError, match="the tiny model starts random, with nothing to"):
+        tiny_config(tmp_path / "c.jsonl", tmp_path / "o", adapter="lora")
+    done = subprocess.run(
+        [sys.executable, "-m", "selfee.cli", "train", "--model", str(tmp_path), "--adapter",
+         "qlora", "--data", str(tmp_path / "c.jsonl")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(errors) == 1 and "CUDA GPUs only" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
