@@ -130,6 +130,9 @@ def test_a_failed_run_resumes_on_request_and_only_unchanged(
         run_train(tiny_config(chains_file, out))
     with pytest.raises(ConfigError, match="learning_rate changed"):
         run_train(tiny_config(chains_file, out, resume=True, learning_rate=1e-3))
+    with pytest.raises(ConfigError, match=r"num_workers changed .* split per worker: resume "
+                       r"with the run's num_workers, 2\)"):  # fmt: skip
+        run_train(tiny_config(chains_file, out, resume=True, num_workers=1))
 
     summary = run_train(tiny_config(chains_file, out, resume=True))
     assert summary["restarts"] == 1 and summary["steps"] == 8

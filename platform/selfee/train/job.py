@@ -227,9 +227,12 @@ def prepare_output(
         if earlier["data_sha256"] != fingerprint["data_sha256"]:
             changed.append("data (file content)")
         if changed:
+            why = (" (DeepSpeed's ZeRO checkpoints are split per worker: resume with the "
+                   f"run's num_workers, {earlier['config'].get('num_workers')})"
+                   if "num_workers" in changed else "")  # fmt: skip
             raise ConfigError(
-                f"cannot resume the run in {out}: {', '.join(changed)} changed since it started "
-                "(--overwrite starts over)"
+                f"cannot resume the run in {out}: {', '.join(changed)} changed since it started"
+                f"{why}; --overwrite starts over"
             )
         log(f"resuming the run in {out} from its latest checkpoint")
         return earlier["run_name"], True
