@@ -78,6 +78,9 @@ def test_zero3_run_learns_exports_and_generates(
     assert summary["examples"] == 48 and summary["steps"] == 36
     assert summary["accumulation"] == 2  # 16 = 4 micro x 2 accumulation x 2 workers
     assert [h["step"] for h in summary["history"]] == list(range(1, 37))
+    # each worker streamed the set and kept its own share: together they held each of the
+    # 48 examples once (a worker holding the whole set would make this 96)
+    assert {h["examples_held"] for h in summary["history"]} == {48}
     assert summary["final_loss"] < 0.4 * summary["first_loss"], [
         h["loss"] for h in summary["history"]
     ]

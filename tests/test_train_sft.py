@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,6 @@ def test_collate_pads_with_ignored_labels_and_no_attention(tokenizer, chains: li
 
 
 def test_length_grouping_wastes_less_than_random_batches() -> None:
-    import random
-
     rng = random.Random(1)
     lengths = [rng.randint(20, 2000) for _ in range(4000)]
     grouped = sft.length_grouped_batches(lengths, 8, seed=0)
@@ -153,6 +152,24 @@ def test_rank_schedule_covers_each_micro_batch_once_per_step() -> None:
     assert steps == 3 and all(p[0] == steps for p in plans)
     used = sorted(i for _, mine in plans for i in mine)
     assert used == list(range(steps * world * accumulation))  # no repeats, tail left out
+
+
+def test_each_rank_reads_only_its_share_and_the_shares_cover_the_epoch_once() -> None:
+    rng = random.Random(0)
+    for n, world, accumulation, micro in [(100, 2, 2, 4), (97, 3, 1, 5), (40, 4, 3, 1)]:
+        lengths = [rng.randint(5, 300) for _ in range(n)]
+        for epoch in range(3):
+            batches = sft.make_batches(lengths, micro, epoch, "length-grouped")
+            plans = [sft.rank_schedule(len(batches), world, accumulation, r)[1]
+                     for r in range(world)]  # fmt: skip
+            shares = [set(sft.epoch_share(batches, mine, accumulation, 0)) for mine in plans]
+            scheduled = {i for mine in plans for p in mine for i in batches[p]}
+            assert set().union(*shares) == scheduled  # every scheduled example, by one rank
+            assert sum(len(s) for s in shares) == len(scheduled)  # no overlap
+            assert all(len(s) <= -(-n // world) + micro for s in shares)  # about 1/world each
+            # resumed at step 1: only the micro-batches still to come
+            later = sft.epoch_share(batches, plans[0], accumulation, 1)
+            assert set(later) == {i for p in plans[0][accumulation:] for i in batches[p]}
 
 
 def test_deepspeed_configs_fill_auto_values() -> None:

@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             f"{counts['dropped']} dropped (over max_length {cfg.max_length}); "
             f"{counts['tokens']:,} tokens, {counts['target_tokens']:,} with loss"
         )
+        settings = replace(settings, lengths=counts["lengths"], example_ids=counts["example_ids"])
         steps_per_epoch, total_steps = plan_steps(counts["examples"], settings, cfg.num_workers)
         log(
             f"{total_steps} steps ({steps_per_epoch}/epoch) · global batch {cfg.global_batch_size}"
@@ -122,7 +123,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,
-        **{k: v for k, v in counts.items() if k != "lengths"},
+        **{k: v for k, v in counts.items() if k not in ("lengths", "example_ids")},
         "padding_efficiency": round(sft.padding_efficiency(batches, counts["lengths"], 8), 4),
         "steps": state["step"],
         "restarts": state["restarts"],
@@ -176,10 +177,10 @@ def worker_settings(
         ),
         "accumulation": cfg.accumulation(),
         "pad_id": pad_id,
-        "adapter": None
-        if cfg.adapter == "none"
-        else {"kind": cfg.adapter, **cfg.lora.model_dump()},
-    }
+        "adapter": None if cfg.adapter == "none" else {"kind": cfg.adapter, **cfg.lora.model_dump()},
+        "lengths": [],  # the SFT set's: filled in once it is tokenized
+        "example_ids": [],
+    }  # fmt: skip
     same_names = {
         f.name: getattr(cfg, f.name) for f in fields(TrainSettings) if f.name not in derived
     }
@@ -338,15 +339,16 @@ def build_sft_dataset(
         )
         .materialize()
     )
-    summary = tokenized.select_columns(["status", "length", "target_tokens"]).to_pandas()
-    kept = summary[summary.status != "dropped"]
+    summary = tokenized.select_columns(["idx", "status", "length", "target_tokens"]).to_pandas()
+    kept = summary[summary.status != "dropped"].sort_values("idx")
     counts = {
         "examples": len(kept),
         "truncated": int((summary.status == "truncated").sum()),
         "dropped": int((summary.status == "dropped").sum()),
         "tokens": int(kept.length.sum()),
         "target_tokens": int(kept.target_tokens.sum()),
-        "lengths": [int(n) for n in kept.length],
+        "lengths": [int(n) for n in kept.length],  # the batch plan's input, in idx order
+        "example_ids": [int(i) for i in kept.idx],
     }
     dataset = tokenized.filter(expr="status != 'dropped'").materialize()
     dataset.context.enable_progress_bars = False  # each worker reads it once, in a blink
@@ -400,7 +402,8 @@ def fit(
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=[]),  # every rank plans over all examples
+        # not split: every rank streams the set and keeps its share of the plan (loop.py)
+        dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,

@@ -5,9 +5,12 @@ Read it like a script: load the tokenized examples, build the model, wrap it in 
 hands one over (a restart after a failure, or a resumed run), then step through
 length-grouped micro-batches; report metrics and checkpoints through ``ray.train.report``.
 
-Every rank sees the whole tokenized set and the same seeded batch plan, and takes its own
-micro-batches from it (``sft.rank_schedule``), so a resumed run continues with exactly the
-batches it would have seen.
+The tokenized set lives once in Ray's object store (a materialized Ray Data dataset). Every
+rank computes the same seeded batch plan from the examples' lengths (sent with the
+settings), takes its own micro-batches from it (``sft.rank_schedule``), and at the start of
+each epoch streams the set's batches keeping only the examples of its share
+(``sft.epoch_share``): no rank holds the whole set, and a resumed run continues with exactly
+the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class TrainSettings:
     pad_id: int
     adapter: dict[str, Any] | None = None  # {"kind": "lora" | "qlora", **LoraSettings}
     fault_injection_step: int | None = None
+    # the plan's input, in example order: each example's length, and its row's ``idx``
+    lengths: list[int] = field(default_factory=list)
+    example_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -93,9 +99,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    examples = load_examples(ray.train.get_dataset_shard("train"))
-    lengths = [len(ids) for ids, _ in examples]
-    steps_per_epoch, total_steps = plan_steps(len(examples), settings, world)
+    shard = ray.train.get_dataset_shard("train")
+    lengths = settings.lengths
+    steps_per_epoch, total_steps = plan_steps(len(lengths), settings, world)
 
     # The model, DeepSpeed, AdamW and the cosine schedule.
     keep_alive = None
@@ -153,6 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching
         )
         _, mine = sft.rank_schedule(len(batches), world, settings.accumulation, rank)
+        share = sft.epoch_share(batches, mine, settings.accumulation, first)
+        examples = load_examples(shard, {settings.example_ids[i]: i for i in share})
         for in_epoch in range(first, steps_per_epoch):
             if state.step >= total_steps:
                 break
@@ -186,9 +194,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # One collective carries the metrics and rank 0's clock, so every rank agrees
             # on whether this step reports to Ray Train.
             since_report = time.monotonic() - last_report if rank == 0 else 0.0
-            loss_sum, loss_count, tokens, since_report = all_reduce(
-                [sum(window_losses), len(window_losses), window_tokens, since_report]
-            )
+            loss_sum, loss_count, tokens, since_report, held = all_reduce(
+                [sum(window_losses), len(window_losses), window_tokens, since_report,
+                 len(examples)]
+            )  # fmt: skip
             elapsed = time.monotonic() - window_start
             metrics = {
                 "step": step,
@@ -199,6 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "tokens": tokens,
                 "seconds": elapsed,
                 "restarts": state.restarts,
+                "examples_held": int(held),  # all ranks together: the epoch's share, once
             }
             state.history.append(metrics)
             if rank == 0:
@@ -266,20 +276,26 @@ def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [group for group in groups if group["params"]]
 
 
-def load_examples(shard: Any) -> list[tuple[Any, Any]]:
-    """(input_ids, labels) as int32 arrays, in the order of the ``idx`` column."""
+def load_examples(shard: Any, wanted: dict[int, int]) -> dict[int, tuple[Any, Any]]:
+    """The examples whose ``idx`` is in ``wanted`` (idx → position in the plan), as
+    (input_ids, labels) int32 arrays by position; one streamed pass over the set."""
     import numpy as np
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # one pass over a materialized set
-    rows: list[tuple[int, Any, Any]] = []
+    examples: dict[int, tuple[Any, Any]] = {}
     for table in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
-        idx = table.column("idx").to_pylist()
+        keep = [(row, wanted[idx]) for row, idx in enumerate(table.column("idx").to_pylist())
+                if idx in wanted]  # fmt: skip
+        if not keep:
+            continue
         ids = _split_lists(table.column("input_ids"), np)
         labels = _split_lists(table.column("labels"), np)
-        rows += zip(idx, ids, labels, strict=True)
-    rows.sort(key=lambda r: r[0])
-    return [(ids, labels) for _, ids, labels in rows]
+        for row, position in keep:
+            examples[position] = (ids[row], labels[row])
+    if len(examples) != len(wanted):
+        raise RuntimeError(f"the SFT set lacks {len(wanted) - len(examples)} planned examples")
+    return examples
 
 
 def _split_lists(column: Any, np: Any) -> list[Any]:

@@ -8,6 +8,8 @@ tokens are exactly those the model sees at inference, where it continues the pro
 
 Batches are length-grouped: shuffle, cut into mega-chunks, sort each chunk by length, cut
 into micro-batches, shuffle those. Upstream padded random batches to their longest member.
+Every rank computes the same seeded plan from the examples' lengths alone, and reads from
+the set only the examples of its own micro-batches (``epoch_share``).
 """
 
 from __future__ import annotations
@@ -201,6 +203,15 @@ def rank_schedule(
     """
     steps = n_batches // (world_size * accumulation)
     return steps, [j * world_size + rank for j in range(steps * accumulation)]
+
+
+def epoch_share(
+    batches: Sequence[Sequence[int]], mine: Sequence[int], accumulation: int, first_step: int
+) -> list[int]:
+    """The examples a rank trains on from ``first_step`` to the end of the epoch (its
+    micro-batches ``mine`` of ``batches``): all it reads of the set for that epoch. The
+    ranks' shares never overlap, and together cover every scheduled micro-batch."""
+    return sorted({i for position in mine[first_step * accumulation :] for i in batches[position]})
 
 
 def collate(
