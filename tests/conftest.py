@@ -28,7 +28,8 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session (2 CPUs, no dashboard)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": its own Ray even where `ray start` runs a head on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

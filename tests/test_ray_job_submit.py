@@ -163,3 +163,26 @@ def test_jobs_find_the_package_in_the_uploaded_working_dir(tmp_path: Path) -> No
                           env={"PATH": os.environ["PATH"], "PYTHONNOUSERSITE": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith(str(copy / "platform" / "selfee"))
+
+
+def test_an_embedded_run_ignores_a_head_started_on_this_machine(tmp_path: Path) -> None:
+    """`ray start` leaves the head's address in <ray temp dir>/ray_current_cluster, and a plain
+    ray.init() joins it (and refuses num_cpus): a stage without ray.address runs its own Ray.
+    Before: `selfee collect` failed with 'When connecting to an existing cluster, num_cpus
+    and num_gpus must not be provided' while `cluster/local.sh start` was up."""
+    root = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+    try:
+        (Path(root) / "ray").mkdir()
+        (Path(root) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+        source = tmp_path / "gsm8k.jsonl"
+        source.write_text(json.dumps({"question": "What is 1+1?", "answer": "2\n#### 2"}) + "\n")
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": root}
+        done = subprocess.run(
+            [sys.executable, "-m", "selfee.cli", "collect", "--source", f"gsm8k={source}",
+             "--output", str(tmp_path / "out"), "--ray.num-cpus", "1", "--no-ray.dashboard"],
+            capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (tmp_path / "out" / "instructions.parquet").is_file()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -94,7 +94,9 @@ class TeacherConfig(StageConfig):
 
 class RayConfig(StageConfig):
     address: str | None = Field(
-        None, description="Ray cluster address; empty starts an embedded Ray"
+        None,
+        description="Ray cluster address; empty: $RAY_ADDRESS (as `ray job submit` sets it), "
+        "else an embedded Ray of the job's own",
     )
     num_cpus: int | None = Field(None, gt=0, description="CPUs for an embedded Ray")
     dashboard: bool = Field(

@@ -1,7 +1,9 @@
-"""Connecting a job to Ray: an embedded Ray on a laptop, or the cluster a config names."""
+"""Connecting a job to Ray: the cluster a config names, the one ``ray job submit`` runs it
+on ($RAY_ADDRESS), or else an embedded Ray of its own."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,9 +21,12 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     """
     started = not ray.is_initialized()
     if started:
-        embedded = cfg.address is None
+        address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+        embedded = address is None
         context = ray.init(
-            address=cfg.address,
+            # "local": a new Ray even where `ray start` runs a head on this machine (Ray
+            # would join that one, and refuse num_cpus)
+            address="local" if embedded else address,
             num_cpus=cfg.num_cpus if embedded else None,
             include_dashboard=cfg.dashboard if embedded else None,
         )
