@@ -227,6 +227,20 @@ def test_a_hugging_face_base_gains_pad_and_round_trips_through_a_delta(
     assert embedding[tokenizer.pad_token_id].eq(0).all()  # padding never trains its row
     base_weights = load_file(base_dir / "model.safetensors")
     assert not torch.equal(embedding[: len(no_pad)], base_weights["model.embed_tokens.weight"])
+    total = sum(w.numel() for w in weights.values())
+    assert {h["parameters_loaded"] for h in summary["history"]} == {2 * total}  # ZeRO-2: whole
+
+    # ZeRO-3: each worker loads only its partition of the base (transformers' DeepSpeed
+    # integration set up before from_pretrained), and [PAD]'s new row still starts at zero
+    zero3 = run_train(tiny_config(chains_file, tmp_path / "zero3", model=str(base_dir),
+                                  max_steps=2, deepspeed="zero3", learning_rate=1e-9))  # fmt: skip
+    loaded = zero3["history"][0]["parameters_loaded"]
+    # partitions (padded to the world size), but for the embedding and head that transformers
+    # rebuilds whole on each worker when it grows them (partitioned at DeepSpeed's initialize)
+    grown = weights["model.embed_tokens.weight"].numel() + weights["lm_head.weight"].numel()
+    assert total <= loaded < total + grown + 1000 < 2 * total, (loaded, total, grown)
+    zero3_weights = load_file(Path(zero3["model"]) / "model.safetensors")
+    assert zero3_weights["model.embed_tokens.weight"][tokenizer.pad_token_id].abs().max() < 1e-6
 
     make_delta(base_dir, model_dir, tmp_path / "delta")
     apply_delta(base_dir, tmp_path / "delta", tmp_path / "restored")

@@ -108,10 +108,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if zero_stage(settings.deepspeed) == 3 and settings.model["kind"] != "tiny":
         from transformers.integrations import HfDeepSpeedConfig
 
+        # DeepSpeed must see Ray Train's process group before from_pretrained partitions
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
         keep_alive = HfDeepSpeedConfig(settings.deepspeed)  # from_pretrained shards at load
     adapter = settings.adapter
     quantized = adapter is not None and adapter["kind"] == "qlora"
     model = build_model(settings.model, settings.model.get("seed", settings.seed), quantized)
+    # what this worker holds after loading: under ZeRO-3 with an HF base, its partition only
+    loaded = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -194,9 +198,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # One collective carries the metrics and rank 0's clock, so every rank agrees
             # on whether this step reports to Ray Train.
             since_report = time.monotonic() - last_report if rank == 0 else 0.0
-            loss_sum, loss_count, tokens, since_report, held = all_reduce(
+            loss_sum, loss_count, tokens, since_report, held, loaded_sum = all_reduce(
                 [sum(window_losses), len(window_losses), window_tokens, since_report,
-                 len(examples)]
+                 len(examples), loaded]
             )  # fmt: skip
             elapsed = time.monotonic() - window_start
             metrics = {
@@ -209,6 +213,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "seconds": elapsed,
                 "restarts": state.restarts,
                 "examples_held": int(held),  # all ranks together: the epoch's share, once
+                "parameters_loaded": int(loaded_sum),  # all ranks: the model once under ZeRO-3
             }
             state.history.append(metrics)
             if rank == 0:
