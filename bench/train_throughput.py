@@ -35,6 +35,14 @@ WORDS = (
     "the a model answer feedback revision score code list value result because of to and is".split()
 )
 REPO = Path(__file__).resolve().parents[1]
+SIZES = {  # the model and the batch: the 34M one keeps a run of a few steps in minutes here
+    "tiny": {"tiny": {"hidden_size": 256, "num_layers": 4, "num_heads": 8,
+                      "intermediate_size": 688, "vocab_size": 2048},
+             "max_length": 1024, "global_batch_size": 16, "micro_batch_size": 4},
+    "34m": {"tiny": {"hidden_size": 512, "num_layers": 10, "num_heads": 8,
+                     "intermediate_size": 1376, "vocab_size": 2048},
+            "max_length": 512, "global_batch_size": 8, "micro_batch_size": 2},
+}  # fmt: skip
 
 
 def varied_chains(n: int, seed: int = 0) -> list[dict]:
@@ -86,17 +94,16 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=400)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--adapter", choices=["none", "lora"], default="none")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny",
+                        help="tiny: 3.4M parameters; 34m: where all-reduce no longer dominates")  # fmt: skip
     args = parser.parse_args()
 
     rows = varied_chains(args.chains)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     write_jsonl(work / "chains.jsonl", rows)
     settings = dict(
-        data=work / "chains.jsonl", output=work / "run", model="tiny",
-        tiny={"hidden_size": 256, "num_layers": 4, "num_heads": 8, "intermediate_size": 688,
-              "vocab_size": 2048},
-        max_length=1024, global_batch_size=16, micro_batch_size=4, num_workers=2,
-        gradient_checkpointing=False, learning_rate=1e-3, max_steps=args.steps,
+        data=work / "chains.jsonl", output=work / "run", model="tiny", **SIZES[args.size],
+        num_workers=2, gradient_checkpointing=False, learning_rate=1e-3, max_steps=args.steps,
         checkpoint_every_steps=10_000, log_every_steps=1,
         deepspeed=REPO / "configs" / "deepspeed" / "zero2.json", ray={"dashboard": False},
     )  # fmt: skip
