@@ -35,11 +35,11 @@ WORDS = (
     "the a model answer feedback revision score code list value result because of to and is".split()
 )
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {  # the model and the batch: the 34M one keeps a run of a few steps in minutes here
+SIZES = {  # the model and the batch: the 32M one keeps a run of a few steps in minutes here
     "tiny": {"tiny": {"hidden_size": 256, "num_layers": 4, "num_heads": 8,
                       "intermediate_size": 688, "vocab_size": 2048},
              "max_length": 1024, "global_batch_size": 16, "micro_batch_size": 4},
-    "34m": {"tiny": {"hidden_size": 512, "num_layers": 10, "num_heads": 8,
+    "32m": {"tiny": {"hidden_size": 512, "num_layers": 10, "num_heads": 8,
                      "intermediate_size": 1376, "vocab_size": 2048},
             "max_length": 512, "global_batch_size": 8, "micro_batch_size": 2},
 }  # fmt: skip
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--adapter", choices=["none", "lora"], default="none")
     parser.add_argument("--size", choices=list(SIZES), default="tiny",
-                        help="tiny: 3.4M parameters; 34m: where all-reduce no longer dominates")  # fmt: skip
+                        help="tiny: 3.4M parameters; 32m: where all-reduce no longer dominates")  # fmt: skip
     args = parser.parse_args()
 
     rows = varied_chains(args.chains)
