@@ -30,7 +30,7 @@ from selfee.revision import CompletionRequest
 from selfee.train.delta import DeltaError, make_delta
 from selfee.train.export import export_model
 from selfee.train.job import run_train
-from selfee.train.model import build_model
+from selfee.train.model import build_model, hf_spec
 from selfee_model import question_file
 from train_data import make_chains, write_pad_less_base
 
@@ -53,8 +53,7 @@ def lora_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dic
     summary = run_train(cfg)
     checkpoint = max(p for p in Path(summary["checkpoints"]).glob("checkpoint_*") if p.is_dir())
     tokenizer = AutoTokenizer.from_pretrained(summary["model"])
-    spec = {"kind": "hf", "path": str(base), "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    spec = hf_spec(base, tokenizer)
     merged = export_model(checkpoint, spec, tokenizer, folder / "merged", {},
                           adapter={"kind": "lora", **cfg.lora.model_dump(), "export": "merged"})  # fmt: skip
     return {"summary": summary, "adapter": Path(summary["model"]), "merged": merged,

@@ -113,12 +113,10 @@ def load_merged(path: str | Path, tokenizer: Any, dtype: Any) -> Any:
     """The base with the adapter folded in (as fast as a plain model at inference)."""
     from peft import PeftModel
 
-    from selfee.train.model import build_model
+    from selfee.train.model import build_model, hf_spec
 
-    base = adapter_base(path)
-    spec = {"kind": "hf", "path": str(base), "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
-    model = PeftModel.from_pretrained(build_model(spec, seed=0), str(path))
+    base = build_model(hf_spec(adapter_base(path), tokenizer), seed=0)
+    model = PeftModel.from_pretrained(base, str(path))
     return model.merge_and_unload().to(dtype)
 
 

@@ -109,7 +109,8 @@ class HFEngine:
         from selfee.train.tokenizer import load_tokenizer
 
         path = Path(path)
-        if not (path / "config.json").is_file() and not adapter.is_adapter(path):
+        lora = adapter.is_adapter(path)
+        if not (path / "config.json").is_file() and not lora:
             raise FileNotFoundError(
                 f"{path} is not a Hugging Face model directory (no config.json) nor an adapter"
             )
@@ -118,7 +119,7 @@ class HFEngine:
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         tokenizer = load_tokenizer(path)
-        if adapter.is_adapter(path):  # a LoRA adapter: on its base, merged
+        if lora:  # a LoRA adapter: on its base, merged
             return cls(adapter.load_merged(path, tokenizer, getattr(torch, dtype)).to(device),
                        tokenizer)  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -24,6 +24,7 @@ from selfee.train.export import export_model
 from selfee.train.loop import STATE_FILE, TrainSettings, plan_steps, train_loop_per_worker
 from selfee.train.model import (
     fill_deepspeed_config,
+    hf_spec,
     load_deepspeed_config,
     tiny_llama_config,
     zero_stage,
@@ -281,12 +282,7 @@ def make_tokenizer_and_spec(
                 "(no config.json there)"
             )
         tokenizer = load_tokenizer(cfg.model)
-        spec = {
-            "kind": "hf",
-            "path": str(Path(cfg.model).resolve()),
-            "vocab_size": len(tokenizer),
-            "pad_token_id": tokenizer.pad_token_id,
-        }
+        spec = hf_spec(cfg.model, tokenizer)
     tokenizer.save_pretrained(saved)
     return tokenizer, spec
 

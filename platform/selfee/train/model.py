@@ -41,6 +41,12 @@ def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_length: int) -> 
     return config.to_dict()
 
 
+def hf_spec(path: str | Path, tokenizer: Any) -> dict[str, Any]:
+    """The spec of a Hugging Face base, grown to the run's tokenizer (its ``[PAD]``)."""
+    return {"kind": "hf", "path": str(Path(path).resolve()), "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+
+
 def model_config(spec: dict[str, Any]) -> Any:
     """The transformers config of a model spec, with the run's vocabulary size."""
     from transformers import AutoConfig, LlamaConfig
