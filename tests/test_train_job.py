@@ -191,14 +191,14 @@ def test_the_default_deepspeed_config_ships_with_the_package(
     from selfee.train.model import load_deepspeed_config
 
     monkeypatch.chdir(tmp_path)  # not the repository
-    for stage, name in ((2, TrainConfig().deepspeed), (3, Path("zero3"))):
+    for stage, name in ((1, Path("zero1")), (2, TrainConfig().deepspeed), (3, Path("zero3"))):
         shipped = load_deepspeed_config(name)
         assert shipped["zero_optimization"]["stage"] == stage
         # configs/deepspeed/ holds the same files, for users to copy and edit
         assert shipped == json.loads(
             (REPO / "configs" / "deepspeed" / f"zero{stage}.json").read_text()
         )
-    with pytest.raises(FileNotFoundError, match="zero2 / zero3 for the ones the package ships"):
+    with pytest.raises(FileNotFoundError, match="zero1 / zero2 / zero3 for the ones the package"):
         load_deepspeed_config("zero9")
 
 

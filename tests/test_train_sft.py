@@ -145,6 +145,29 @@ def test_length_grouping_wastes_less_than_random_batches() -> None:
     assert sft.length_grouped_batches(lengths, 8, seed=1) != grouped
 
 
+def test_ranks_training_side_by_side_get_the_same_amount_of_work() -> None:
+    """At every micro-step the ranks' micro-batches come from one sorted run: the slowest
+    rank (the one everyone waits for at the gradient reduction) is barely slower."""
+    rng = random.Random(2)
+    lengths = [rng.randint(20, 2000) for _ in range(1003)]
+    micro, world = 4, 2
+
+    def straggling(batches: list[list[int]]) -> float:
+        """Mean over micro-steps of (slowest rank's padded tokens / the mean rank's)."""
+        cost = [len(b) * max(lengths[i] for i in b) for b in batches]
+        steps = [cost[j : j + world] for j in range(0, len(cost) - world + 1, world)]
+        return sum(max(s) / (sum(s) / world) for s in steps) / len(steps)
+
+    balanced = sft.make_batches(lengths, micro, 0, "length-grouped", world)
+    assert sorted(i for b in balanced for i in b) == list(range(len(lengths)))
+    assert all(len(b) == micro for b in balanced[:-1])  # the short one is the epoch's tail
+    assert sft.padding_efficiency(balanced, lengths) > 0.95
+    unaware = sft.make_batches(lengths, micro, 0, "length-grouped")  # one rank's plan, dealt
+    assert straggling(unaware) > 1.3
+    assert straggling(balanced) < 1.02
+    assert sft.make_batches(lengths, micro, 0, "length-grouped", 1) == unaware
+
+
 def test_rank_schedule_covers_each_micro_batch_once_per_step() -> None:
     world, accumulation, n = 3, 2, 20
     plans = [sft.rank_schedule(n, world, accumulation, rank) for rank in range(world)]
@@ -159,7 +182,7 @@ def test_each_rank_reads_only_its_share_and_the_shares_cover_the_epoch_once() ->
     for n, world, accumulation, micro in [(100, 2, 2, 4), (97, 3, 1, 5), (40, 4, 3, 1)]:
         lengths = [rng.randint(5, 300) for _ in range(n)]
         for epoch in range(3):
-            batches = sft.make_batches(lengths, micro, epoch, "length-grouped")
+            batches = sft.make_batches(lengths, micro, epoch, "length-grouped", world)
             plans = [sft.rank_schedule(len(batches), world, accumulation, r)[1]
                      for r in range(world)]  # fmt: skip
             shares = [set(sft.epoch_share(batches, mine, accumulation, 0)) for mine in plans]

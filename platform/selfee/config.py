@@ -397,7 +397,8 @@ class TrainConfig(StageConfig):
     )
     deepspeed: Path = Field(
         Path("zero2"),
-        description="DeepSpeed JSON ('auto' keys are filled), or zero2 / zero3: the package's own",
+        description="DeepSpeed JSON ('auto' keys are filled), or the package's zero1 (gradients "
+        "reduced once per step: fastest when they fit) / zero2 / zero3",
     )
     gradient_checkpointing: bool = Field(True, description="recompute activations (less memory)")
     epochs: int = Field(3, ge=1, description="passes over the data (SelFee: 3)")

@@ -120,7 +120,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
                 adapter=settings.adapter,
             )
     history = state["history"]
-    batches = sft.make_batches(counts["lengths"], cfg.micro_batch_size, cfg.seed, cfg.batching)
+    batches = sft.make_batches(
+        counts["lengths"], cfg.micro_batch_size, cfg.seed, cfg.batching, cfg.num_workers
+    )
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,

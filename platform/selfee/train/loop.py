@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while state.step < total_steps:
         epoch, first = divmod(state.step, steps_per_epoch)
         batches = sft.make_batches(
-            lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching
+            lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching, world
         )
         _, mine = sft.rank_schedule(len(batches), world, settings.accumulation, rank)
         share = sft.epoch_share(batches, mine, settings.accumulation, first)

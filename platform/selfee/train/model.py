@@ -91,11 +91,11 @@ def build_model(spec: dict[str, Any], seed: int, quantized: bool = False) -> Any
     return model
 
 
-SHIPPED_DEEPSPEED = ("zero2", "zero3")  # inside the package: found from any directory
+SHIPPED_DEEPSPEED = ("zero1", "zero2", "zero3")  # inside the package: found from any directory
 
 
 def load_deepspeed_config(path: str | Path) -> dict[str, Any]:
-    """A DeepSpeed JSON file, or the name of one the package ships (``zero2``, ``zero3``)."""
+    """A DeepSpeed JSON file, or the name of one the package ships (``zero1``, ``zero2``, ``zero3``)."""
     path = Path(path)
     if not path.is_file() and str(path) in SHIPPED_DEEPSPEED:
         path = Path(__file__).with_name("deepspeed") / f"{path}.json"

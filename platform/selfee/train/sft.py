@@ -155,26 +155,43 @@ def random_batches(lengths: Sequence[int], micro_batch_size: int, seed: int) -> 
 
 
 def length_grouped_batches(
-    lengths: Sequence[int], micro_batch_size: int, seed: int
+    lengths: Sequence[int], micro_batch_size: int, seed: int, world_size: int = 1
 ) -> list[list[int]]:
+    """Shuffle, cut into mega-chunks, sort each by length, cut into micro-batches, shuffle.
+
+    With several ranks the ``world_size`` micro-batches trained side by side (positions
+    ``j*world + rank``) are dealt round robin from one sorted run of examples: ranks wait
+    for each other at every gradient reduction, so each gets the same amount of work.
+    """
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    chunk = micro_batch_size * MEGA_CHUNK
-    batches: list[list[int]] = []
+    group = micro_batch_size * world_size  # the examples of one micro-step, all ranks
+    chunk = group * MEGA_CHUNK
+    groups: list[list[int]] = []
     for i in range(0, len(order), chunk):
         part = sorted(order[i : i + chunk], key=lambda j: lengths[j], reverse=True)
-        batches += [part[k : k + micro_batch_size] for k in range(0, len(part), micro_batch_size)]
-    rng.shuffle(batches)
+        groups += [part[k : k + group] for k in range(0, len(part), group)]
+    rng.shuffle(groups)
+    if world_size == 1:
+        return groups
+    groups.sort(key=lambda g: len(g) < group)  # the one short group last: the epoch's tail
+    batches: list[list[int]] = []
+    for g in groups:
+        if len(g) == group:
+            batches += [g[rank::world_size] for rank in range(world_size)]
+        else:
+            batches += [g[k : k + micro_batch_size] for k in range(0, len(g), micro_batch_size)]
     return batches
 
 
 def make_batches(
-    lengths: Sequence[int], micro_batch_size: int, seed: int, grouping: str
+    lengths: Sequence[int], micro_batch_size: int, seed: int, grouping: str, world_size: int = 1
 ) -> list[list[int]]:
+    """The seeded micro-batch plan every rank computes alike (``rank_schedule`` deals it)."""
     if grouping == "random":
         return random_batches(lengths, micro_batch_size, seed)
-    return length_grouped_batches(lengths, micro_batch_size, seed)
+    return length_grouped_batches(lengths, micro_batch_size, seed, world_size)
 
 
 def padded_length(longest: int, multiple: int) -> int:
