@@ -70,8 +70,10 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, spec: dict, tokenizer, examples, s
                                   checkpointing=False)  # fmt: skip
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate)
+    model.config.use_cache = False  # as in training (packed rows need it off)
     lengths = [len(ids) for ids, _ in examples]
-    batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching)
+    width = cfg.max_length if cfg.batching == "packed" else None
+    batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching, 1, width)
     per_step = cfg.global_batch_size // cfg.micro_batch_size
     tokens, seconds = 0, 0.0
     for step in range(steps + 1):  # step 0 warms up
@@ -79,10 +81,11 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, spec: dict, tokenizer, examples, s
         step_tokens = 0
         for k in range(per_step):
             batch = batches[(step * per_step + k) % len(batches)]
-            inputs = sft.collate([examples[i] for i in batch], tokenizer.pad_token_id)
+            inputs = sft.collate([examples[i] for i in batch], tokenizer.pad_token_id,
+                                 pack_width=width)  # fmt: skip
             loss = model(**inputs).loss / per_step
             loss.backward()
-            step_tokens += int(inputs["attention_mask"].sum())
+            step_tokens += sum(lengths[i] for i in batch)
         optimizer.step()
         optimizer.zero_grad()
         if step:
@@ -98,6 +101,10 @@ def main() -> None:
     parser.add_argument("--deepspeed", choices=["zero1", "zero2"], default="zero2",
                         help="zero1 reduces gradients once per optimizer step; zero2 at every "
                         "micro-batch")  # fmt: skip
+    parser.add_argument("--batching", choices=["length-grouped", "packed"],
+                        default="length-grouped",
+                        help="packed: both sides train on rows of max_length tokens "
+                        "(micro-batches of 1 row, 4 rows a step)")  # fmt: skip
     parser.add_argument("--size", choices=list(SIZES), default="tiny",
                         help="tiny: 3.4M parameters; 32m: where all-reduce no longer dominates")  # fmt: skip
     args = parser.parse_args()
@@ -109,8 +116,10 @@ def main() -> None:
         data=work / "chains.jsonl", output=work / "run", model="tiny", **SIZES[args.size],
         num_workers=2, gradient_checkpointing=False, learning_rate=1e-3, max_steps=args.steps,
         checkpoint_every_steps=10_000, log_every_steps=1,
-        deepspeed=args.deepspeed, ray={"dashboard": False},
+        deepspeed=args.deepspeed, ray={"dashboard": False}, batching=args.batching,
     )  # fmt: skip
+    if args.batching == "packed":  # a row holds ~2.5 examples (tiny) or ~1.7 (32m)
+        settings.update(global_batch_size=4, micro_batch_size=1)
     cfg = TrainConfig(**settings)
 
     texts = [sft.chain_text(r) for r in rows]
@@ -127,9 +136,10 @@ def main() -> None:
 
     padding = {}
     for micro in (4, 8, 16):
-        for grouping in ("length-grouped", "random"):
-            batches = sft.make_batches(lengths, micro, 0, grouping)
-            padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8)
+        for grouping in ("length-grouped", "random", "packed"):
+            width = cfg.max_length if grouping == "packed" else None
+            batches = sft.make_batches(lengths, micro, 0, grouping, 1, width)
+            padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8, width)
 
     plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)
     from selfee.train.job import run_train
@@ -143,6 +153,8 @@ def main() -> None:
     what = f"tiny LLaMA {params / 1e6:.1f}M"
     if cfg.adapter != "none":
         what += f" + {cfg.adapter} r{cfg.lora.rank} (all linear layers)"
+    if cfg.batching == "packed":
+        what += f", packed rows of {cfg.max_length}"
     append_rows(
         "\n## Training throughput (`bench/train_throughput.py`)\n\n"
         "| date | machine | model | chains | steps | plain PyTorch (1 process) | Ray Train + "
@@ -152,14 +164,16 @@ def main() -> None:
          f"{args.steps} | {plain:,.0f} tokens/s | {ray_tps:,.0f} tokens/s | "
          f"{args.deepspeed}, balanced | **{ray_tps / plain:.2f}** |"],
     )  # fmt: skip
-    if cfg.adapter == "none":  # the same batches either way: measured once
+    if cfg.adapter == "none" and cfg.batching != "packed":  # the same every time: once
         append_rows(
             "\n## Padding: real tokens / computed tokens (`bench/train_throughput.py`)\n\n"
-            "| date | examples | micro batch | length-grouped | random, pad to longest (upstream) |"
-            "\n|---|---|---|---|---|\n",
+            "| date | examples | max length | micro batch (examples; rows when packed) | "
+            "length-grouped | packed | random, pad to longest (upstream) |"
+            "\n|---|---|---|---|---|---|---|\n",
             [
-                f"| {today} | {len(examples)} | {micro} | **{padding[(micro, 'length-grouped')]:.3f}** "
-                f"| {padding[(micro, 'random')]:.3f} |"
+                f"| {today} | {len(examples)} | {cfg.max_length} | {micro} | "
+                f"**{padding[(micro, 'length-grouped')]:.3f}** | "
+                f"**{padding[(micro, 'packed')]:.3f}** | {padding[(micro, 'random')]:.3f} |"
                 for micro in (4, 8, 16)
             ],
         )

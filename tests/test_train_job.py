@@ -123,6 +123,22 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(
     assert kept == ["checkpoint_000006", "checkpoint_000008"]  # keep_checkpoints: 2
 
 
+def test_packed_rows_train_and_a_killed_worker_resumes_with_the_same_rows(
+    ray_session: None, chains_file: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(chains_file, tmp_path / "run", batching="packed", micro_batch_size=2,
+                      global_batch_size=8, max_steps=8, fault_injection_step=5, max_failures=1)  # fmt: skip
+    summary = run_train(cfg)
+    assert summary["restarts"] == 1 and summary["steps"] == 8
+    assert [h["step"] for h in summary["history"]] == list(range(1, 9))
+    assert summary["final_loss"] < summary["first_loss"]
+    held = [h["examples_held"] for h in summary["history"]]
+    assert held[0] == 48  # the rows hold every example, each in one worker's share
+    assert held[3] < 48  # resumed at step 3: only the rows still to come this epoch
+    # rows of 128 tokens hold 1-3 of these 50-110-token chains: little padding is left
+    assert summary["padding_efficiency"] > 0.9
+
+
 def test_a_failed_run_resumes_on_request_and_only_unchanged(
     ray_session: None, chains_file: Path, tmp_path: Path
 ) -> None:

@@ -382,13 +382,18 @@ class TrainConfig(StageConfig):
     overflow: Literal["truncate", "drop"] = Field(
         "truncate", description="what happens to longer examples (counted in the summary)"
     )
-    batching: Literal["length-grouped", "random"] = Field(
-        "length-grouped", description="'random' pads random batches to their longest (upstream)"
+    batching: Literal["length-grouped", "random", "packed"] = Field(
+        "length-grouped",
+        description="'random' pads random batches to their longest (upstream); 'packed' puts "
+        "whole examples side by side in rows of max_length tokens, kept apart "
+        "(micro_batch_size then counts rows)",
     )
     global_batch_size: int = Field(
         128, ge=1, description="examples per optimizer step, all workers (SelFee: 128)"
     )
-    micro_batch_size: int = Field(4, ge=1, description="examples per forward pass per worker")
+    micro_batch_size: int = Field(
+        4, ge=1, description="examples per forward pass per worker (rows when packed)"
+    )
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPUs)")
     use_gpu: bool = Field(False, description="one GPU per worker, bf16 (see 'precision')")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves per worker")

@@ -21,7 +21,13 @@ from selfee.config import ConfigError, JobFailed, TrainConfig, dump_config
 from selfee.ray_runtime import ray_runtime
 from selfee.train import sft
 from selfee.train.export import export_model
-from selfee.train.loop import STATE_FILE, TrainSettings, plan_steps, train_loop_per_worker
+from selfee.train.loop import (
+    STATE_FILE,
+    TrainSettings,
+    plan_batches,
+    plan_steps,
+    train_loop_per_worker,
+)
 from selfee.train.model import (
     fill_deepspeed_config,
     hf_spec,
@@ -89,7 +95,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             f"{counts['tokens']:,} tokens, {counts['target_tokens']:,} with loss"
         )
         settings = replace(settings, lengths=counts["lengths"], example_ids=counts["example_ids"])
-        steps_per_epoch, total_steps = plan_steps(counts["examples"], settings, cfg.num_workers)
+        steps_per_epoch, total_steps = plan_steps(settings, cfg.num_workers)
         log(
             f"{total_steps} steps ({steps_per_epoch}/epoch) · global batch {cfg.global_batch_size}"
             f" = {cfg.micro_batch_size} micro x {cfg.accumulation()} accumulation x "
@@ -120,14 +126,15 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
                 adapter=settings.adapter,
             )
     history = state["history"]
-    batches = sft.make_batches(
-        counts["lengths"], cfg.micro_batch_size, cfg.seed, cfg.batching, cfg.num_workers
-    )
+    batches = plan_batches(settings, 0, cfg.num_workers)
+    pack_width = cfg.max_length if cfg.batching == "packed" else None
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,
         **{k: v for k, v in counts.items() if k not in ("lengths", "example_ids")},
-        "padding_efficiency": round(sft.padding_efficiency(batches, counts["lengths"], 8), 4),
+        "padding_efficiency": round(
+            sft.padding_efficiency(batches, counts["lengths"], 8, pack_width), 4
+        ),
         "steps": state["step"],
         "restarts": state["restarts"],
         "accumulation": cfg.accumulation(),

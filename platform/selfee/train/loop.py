@@ -55,6 +55,7 @@ class TrainSettings:
     warmup_ratio: float
     seed: int
     batching: str
+    max_length: int  # a packed row's width
     gradient_checkpointing: bool
     log_every_steps: int
     checkpoint_every_steps: int
@@ -75,14 +76,25 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def plan_steps(n_examples: int, settings: TrainSettings, world_size: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps of the run)."""
-    micro_batches = math.ceil(n_examples / settings.micro_batch_size)
+def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[list[int]]:
+    """The epoch's micro-batches: the same on every rank (a seeded plan from the lengths)."""
+    packed = settings.batching == "packed"
+    return sft.make_batches(
+        settings.lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching,
+        world_size, settings.max_length if packed else None,
+    )  # fmt: skip
+
+
+def plan_steps(settings: TrainSettings, world_size: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps of the run). Packed rows are packed once per
+    run, so every epoch has as many micro-batches as the first."""
+    micro_batches = len(plan_batches(settings, 0, world_size))
     per_epoch, _ = sft.rank_schedule(micro_batches, world_size, settings.accumulation, 0)
     if per_epoch == 0:
+        unit = "rows" if settings.batching == "packed" else "examples"
         raise ValueError(
-            f"{n_examples} examples make {micro_batches} micro-batches of "
-            f"{settings.micro_batch_size}; one optimizer step needs "
+            f"{len(settings.lengths)} examples make {micro_batches} micro-batches of "
+            f"{settings.micro_batch_size} {unit}; one optimizer step needs "
             f"{world_size * settings.accumulation}: lower global_batch_size or add data"
         )
     return per_epoch, settings.max_steps or settings.epochs * per_epoch
@@ -101,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     shard = ray.train.get_dataset_shard("train")
     lengths = settings.lengths
-    steps_per_epoch, total_steps = plan_steps(len(lengths), settings, world)
+    steps_per_epoch, total_steps = plan_steps(settings, world)
 
     # The model, DeepSpeed, AdamW and the cosine schedule.
     keep_alive = None
@@ -116,9 +128,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(settings.model, settings.model.get("seed", settings.seed), quantized)
     # what this worker holds after loading: under ZeRO-3 with an HF base, its partition only
     loaded = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
+    # no KV cache in training (with one, transformers would not see packed rows' boundaries)
+    model.config.use_cache = False
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     if adapter is not None:  # the base frozen, the low-rank weights trained
         model = wrap_for_training(model, adapter, quantized, settings.gradient_checkpointing)
         if rank == 0:
@@ -159,9 +172,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_start, window_tokens, window_losses = time.monotonic(), 0, []
     while state.step < total_steps:
         epoch, first = divmod(state.step, steps_per_epoch)
-        batches = sft.make_batches(
-            lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching, world
-        )
+        batches = plan_batches(settings, epoch, world)
         _, mine = sft.rank_schedule(len(batches), world, settings.accumulation, rank)
         share = sft.epoch_share(batches, mine, settings.accumulation, first)
         examples = load_examples(shard, {settings.example_ids[i]: i for i in share})
@@ -172,13 +183,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 in_epoch * settings.accumulation : (in_epoch + 1) * settings.accumulation
             ]
             for position in positions:
-                batch = sft.collate([examples[i] for i in batches[position]], settings.pad_id)
+                batch = sft.collate(
+                    [examples[i] for i in batches[position]], settings.pad_id,
+                    pack_width=settings.max_length if settings.batching == "packed" else None,
+                )  # fmt: skip
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
                 loss = engine(**batch).loss
                 engine.backward(loss)
                 engine.step()
                 window_losses.append(loss.item())
-                window_tokens += int(batch["attention_mask"].sum())
+                window_tokens += sum(lengths[i] for i in batches[position])
             state.step += 1
             step = state.step
 

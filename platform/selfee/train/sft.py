@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from selfee import chain
 from selfee.records import read_rows
+from selfee.train import packing
 
 Objective = Literal["full", "answer-only"]
 SEGMENT_KINDS = ("answer", "feedback", "revision")
@@ -185,12 +186,33 @@ def length_grouped_batches(
     return batches
 
 
-def make_batches(
-    lengths: Sequence[int], micro_batch_size: int, seed: int, grouping: str, world_size: int = 1
+def packed_batches(
+    lengths: Sequence[int], rows_per_batch: int, seed: int, world_size: int, width: int
 ) -> list[list[int]]:
-    """The seeded micro-batch plan every rank computes alike (``rank_schedule`` deals it)."""
+    """Micro-batches of ``rows_per_batch`` packed rows, listed row after row (rows in packing
+    order, so ``packing.split_rows`` rebuilds them); rows are length-grouped by their fill."""
+    rows = packing.pack_rows(lengths, width)
+    fills = [sum(lengths[i] for i in row) for row in rows]
+    grouped = length_grouped_batches(fills, rows_per_batch, seed, world_size)
+    return [[i for r in sorted(batch) for i in rows[r]] for batch in grouped]
+
+
+def make_batches(
+    lengths: Sequence[int],
+    micro_batch_size: int,
+    seed: int,
+    grouping: str,
+    world_size: int = 1,
+    pack_width: int | None = None,
+) -> list[list[int]]:
+    """The seeded micro-batch plan every rank computes alike (``rank_schedule`` deals it).
+    ``packed``: micro-batches of ``micro_batch_size`` rows of ``pack_width`` tokens."""
     if grouping == "random":
         return random_batches(lengths, micro_batch_size, seed)
+    if grouping == "packed":
+        if pack_width is None:
+            raise ValueError("packed batches need the row width (the run's max_length)")
+        return packed_batches(lengths, micro_batch_size, seed, world_size, pack_width)
     return length_grouped_batches(lengths, micro_batch_size, seed, world_size)
 
 
@@ -199,14 +221,24 @@ def padded_length(longest: int, multiple: int) -> int:
 
 
 def padding_efficiency(
-    batches: Iterable[Sequence[int]], lengths: Sequence[int], pad_to_multiple: int = 1
+    batches: Iterable[Sequence[int]],
+    lengths: Sequence[int],
+    pad_to_multiple: int = 1,
+    pack_width: int | None = None,
 ) -> float:
-    """Real tokens / tokens the model computes on (padding included)."""
+    """Real tokens / tokens the model computes on (padding included); ``pack_width``: the
+    batches are packed rows (``collate`` with the same width)."""
     real = padded = 0
     for batch in batches:
-        longest = padded_length(max(lengths[i] for i in batch), pad_to_multiple)
-        real += sum(lengths[i] for i in batch)
-        padded += longest * len(batch)
+        sizes = [lengths[i] for i in batch]
+        rows = (
+            packing.split_rows(sizes, pack_width)
+            if pack_width
+            else [[k] for k in range(len(sizes))]
+        )
+        longest = padded_length(max(sum(sizes[k] for k in row) for row in rows), pad_to_multiple)
+        real += sum(sizes)
+        padded += longest * len(rows)
     return real / padded if padded else 1.0
 
 
@@ -232,17 +264,38 @@ def epoch_share(
 
 
 def collate(
-    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, pad_to_multiple: int = 8
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    pad_to_multiple: int = 8,
+    pack_width: int | None = None,
 ) -> dict[str, Any]:
-    """Right-padded tensors: padding has attention 0 and label -100."""
+    """Right-padded tensors: padding has attention 0 and label -100.
+
+    ``pack_width``: examples side by side in rows of that many tokens (``packing``): position
+    ids restart with each example and there is no attention mask (transformers then keeps
+    the examples apart); each example's first label and the padding are -100."""
     import torch
 
-    width = padded_length(max(len(ids) for ids, _ in examples), pad_to_multiple)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, labs) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(labs)] = torch.tensor(labs)
-        attention[row, : len(ids)] = 1
+    sizes = [len(ids) for ids, _ in examples]
+    rows = packing.split_rows(sizes, pack_width) if pack_width else [[k] for k in range(len(sizes))]
+    fills = [sum(sizes[k] for k in row) for row in rows]
+    width = padded_length(max(fills), pad_to_multiple)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for k in row:
+            ids, labs = examples[k]
+            end = start + len(ids)
+            input_ids[r, start:end] = torch.tensor(ids)
+            labels[r, start:end] = torch.tensor(labs)
+            position_ids[r, start:end] = torch.arange(len(ids))
+            if pack_width:
+                labels[r, start] = IGNORE  # not predicted from the example before it
+            start = end
+        position_ids[r, start:] = torch.arange(width - start)  # the padding: a run of its own
+    if pack_width:
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    attention = (torch.arange(width) < torch.tensor(fills)[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
