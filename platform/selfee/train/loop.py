@@ -1,9 +1,9 @@
 """What each Ray Train worker runs: DeepSpeed around a Hugging Face causal LM.
 
 Read it like a script: load the tokenized examples, build the model, wrap it in DeepSpeed
-(ZeRO-2/3, AdamW, cosine schedule with warmup), restore the latest checkpoint if Ray Train
+(ZeRO-1/2/3, AdamW, cosine schedule with warmup), restore the latest checkpoint if Ray Train
 hands one over (a restart after a failure, or a resumed run), then step through
-length-grouped micro-batches; report metrics and checkpoints through ``ray.train.report``.
+length-grouped (or packed) micro-batches; report metrics and checkpoints through ``ray.train.report``.
 
 The tokenized set lives once in Ray's object store (a materialized Ray Data dataset). Every
 rank computes the same seeded batch plan from the examples' lengths (sent with the
