@@ -50,7 +50,7 @@ def build_model(folder: Path, hidden: int = 768, layers: int = 8, mlp: int = 204
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from selfee.train.tokenizer import train_tiny_tokenizer
+    from selfee.tokenizer import train_tiny_tokenizer
 
     samples = Path(str(resources.files("selfee") / "samples"))
     texts = [p.read_text() for p in samples.glob("*.jsonl")] * 20

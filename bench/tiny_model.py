@@ -1,15 +1,12 @@
 """The model the revision, inference and serving benchmarks run: the tests' tiny SelFee model
-(its recipe lives with the tests, trained here in ~10 s), or a model directory (``--model``)."""
+(``selfee.testing.selfee_model``, trained here in ~10 s), or a model directory (``--model``)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from selfee_model import QUESTIONS, prompt, train_selfee_model
+from selfee.testing.selfee_model import QUESTIONS, prompt, train_selfee_model
 
 __all__ = ["QUESTIONS", "add_model_option", "model_dir", "prompt"]
 

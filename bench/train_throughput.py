@@ -28,9 +28,9 @@ from results import append_rows, machine
 from selfee.adapter import wrap_for_training
 from selfee.config import TrainConfig
 from selfee.records import write_jsonl
+from selfee.tokenizer import train_tiny_tokenizer
 from selfee.train import sft
 from selfee.train.model import build_model, tiny_llama_config
-from selfee.train.tokenizer import train_tiny_tokenizer
 
 WORDS = (
     "the a model answer feedback revision score code list value result because of to and is".split()

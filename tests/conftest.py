@@ -66,7 +66,7 @@ def start_teacher() -> Iterator:
 @pytest.fixture(scope="session")
 def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SelFee model trained for this session (seconds): one revision, then done."""
-    from selfee_model import train_selfee_model
+    from selfee.testing.selfee_model import train_selfee_model
 
     return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")
 

@@ -31,8 +31,8 @@ def main(out: Path) -> None:
     from test_train_job import tiny_config
 
     from selfee.records import write_jsonl
+    from selfee.testing.chains import make_chains
     from selfee.train.job import run_train
-    from train_data import make_chains
 
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}

@@ -12,7 +12,7 @@ from ray import serve
 from conftest import deploy_from_serve_config, deploy_selfee, free_port
 from selfee.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
-from selfee_model import QUESTIONS
+from selfee.testing.selfee_model import QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

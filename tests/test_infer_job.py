@@ -13,7 +13,7 @@ from selfee.cli import main
 from selfee.config import ConfigError, InferConfig
 from selfee.infer.job import run_infer
 from selfee.records import read_jsonl
-from selfee_model import question_file
+from selfee.testing.selfee_model import question_file
 
 ANSWER_FIELDS = {"question_id", "text", "whole_generation", "answer_id", "model_id", "metadata"}
 

@@ -26,7 +26,7 @@ from selfee.revision import (
     generate,
     generate_batch,
 )
-from selfee_model import QUESTIONS, prompt
+from selfee.testing.selfee_model import QUESTIONS, prompt
 
 pytestmark = pytest.mark.slow
 

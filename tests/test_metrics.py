@@ -16,7 +16,7 @@ from selfee.augment.job import run_augment
 from selfee.config import AugmentConfig, InferConfig, RetryConfig
 from selfee.infer.job import run_infer
 from selfee.records import make_instruction, write_jsonl
-from selfee_model import QUESTIONS, question_file
+from selfee.testing.selfee_model import QUESTIONS, question_file
 
 
 def test_augment_infer_and_serve_metrics(

@@ -12,7 +12,7 @@ from selfee.engines.completions_api import CompletionsAPIEngine, EndpointError
 from selfee.engines.hf import HFEngine
 from selfee.llm import Secret
 from selfee.revision import CompletionRequest, RevisionSettings, generate, generate_batch
-from selfee_model import prompt
+from selfee.testing.selfee_model import prompt
 
 
 @pytest.fixture(scope="module")

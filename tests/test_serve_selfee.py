@@ -15,7 +15,7 @@ from ray import serve
 
 from conftest import deploy_selfee as deploy
 from selfee.chain import final_answer, parse
-from selfee_model import QUESTIONS
+from selfee.testing.selfee_model import QUESTIONS
 
 USER = [{"role": "user", "content": QUESTIONS[0]}]
 

@@ -15,7 +15,7 @@ from ray import serve
 
 from conftest import deploy_selfee
 from selfee.chain import final_answer
-from selfee_model import QUESTIONS
+from selfee.testing.selfee_model import QUESTIONS
 
 USER = [{"role": "user", "content": QUESTIONS[0]}]
 

@@ -19,8 +19,8 @@ from conftest import check_manifest
 from selfee import chain
 from selfee.config import ConfigError, JobFailed, TrainConfig
 from selfee.records import write_jsonl
+from selfee.testing.chains import make_chains, write_pad_less_base
 from selfee.train.job import run_train
-from train_data import make_chains, write_pad_less_base
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

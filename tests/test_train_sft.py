@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from selfee import chain
+from selfee.testing.chains import make_chains
+from selfee.tokenizer import SELFEE_PHRASES, train_tiny_tokenizer
 from selfee.train import sft
 from selfee.train.model import fill_deepspeed_config, load_deepspeed_config
-from selfee.train.tokenizer import SELFEE_PHRASES, train_tiny_tokenizer
-from train_data import make_chains
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import pytest
 
 from selfee.engines.hf import HFEngine
 from selfee.revision import CompletionRequest, RevisionSettings, generate, generate_batch
-from selfee_model import prompt
+from selfee.testing.selfee_model import prompt
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_batch_inference_on_vllm_matches_the_hf_engine_and_resumes(
     from selfee.config import InferConfig
     from selfee.infer.job import run_infer
     from selfee.records import read_jsonl
-    from selfee_model import question_file
+    from selfee.testing.selfee_model import question_file
 
     def config(engine: str, out: str, n: int) -> InferConfig:
         return InferConfig(

@@ -106,7 +106,7 @@ class HFEngine:
         """A model directory (ours or any HF causal LM); ``auto``: CUDA + bf16 when present."""
         from transformers import AutoModelForCausalLM
 
-        from selfee.train.tokenizer import load_tokenizer
+        from selfee.tokenizer import load_tokenizer
 
         path = Path(path)
         lora = adapter.is_adapter(path)

@@ -88,7 +88,7 @@ class VLLMEngine:
         self, path: str | Path, options: VLLMConfig | None = None, dtype: str = "auto",
         seed: int = 0,
     ) -> None:  # fmt: skip
-        from selfee.train.tokenizer import load_tokenizer
+        from selfee.tokenizer import load_tokenizer
 
         self.path = Path(path)
         if not (self.path / "config.json").is_file():

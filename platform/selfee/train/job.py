@@ -19,6 +19,7 @@ from typing import Any
 from selfee import lineage
 from selfee.config import ConfigError, JobFailed, TrainConfig, dump_config
 from selfee.ray_runtime import ray_runtime
+from selfee.tokenizer import load_tokenizer, train_tiny_tokenizer
 from selfee.train import sft
 from selfee.train.export import export_model
 from selfee.train.loop import (
@@ -35,7 +36,6 @@ from selfee.train.model import (
     tiny_llama_config,
     zero_stage,
 )
-from selfee.train.tokenizer import load_tokenizer, train_tiny_tokenizer
 
 RUN_FILE = "run.json"  # what the run in an output folder was started with
 # Keys that may change when a run is resumed: they do not change what is learned.

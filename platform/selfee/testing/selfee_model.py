@@ -1,5 +1,5 @@
 """A tiny SelFee model trained in seconds: it answers, asks for one revision, revises, and
-then says "Revision is not needed." (the chains of ``train_data.make_chains``); forced to
+then says "Revision is not needed." (the chains of ``selfee.testing.chains.make_chains``); forced to
 go on, it keeps revising in the same format."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from selfee.chain import render_prompt
+from selfee.testing.chains import make_chains
+from selfee.tokenizer import train_tiny_tokenizer
 from selfee.train import sft
-from selfee.train.tokenizer import train_tiny_tokenizer
-from train_data import make_chains
 
 QUESTIONS = [c["instruction"] for c in make_chains(64, seed=1)]
 
