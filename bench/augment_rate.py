@@ -28,8 +28,9 @@ import openai
 import ray
 
 from results import append_rows, machine
+from selfee.augment.config import AugmentConfig
 from selfee.augment.job import run_augment
-from selfee.config import AugmentConfig, RayConfig
+from selfee.config import RayConfig
 from selfee.llm import Secret, TeacherCall
 from selfee.ratelimit import RateLimiter, WorkerShare
 from selfee.records import make_instruction, write_jsonl

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from results import append_rows, machine
+from selfee.collect.config import CollectConfig
 from selfee.collect.job import run_collect
-from selfee.config import CollectConfig
 
 QUESTIONS = [
     "How do I {}?",

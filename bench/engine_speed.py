@@ -34,9 +34,9 @@ from revision_speed import without_eos
 
 from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, render_prompt, revision_header
-from selfee.config import ExportGGUFConfig
 from selfee.engines.hf import HFEngine
 from selfee.engines.llama_cpp import LlamaCppEngine
+from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
 from selfee.revision import CompletionRequest, RevisionSettings, generate
 

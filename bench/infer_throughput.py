@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 from results import append_rows, machine
-from selfee.config import InferConfig
+from selfee.infer.config import InferConfig
 from selfee.infer.job import run_infer
 from tiny_model import QUESTIONS, add_model_option, model_dir
 

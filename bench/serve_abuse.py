@@ -36,8 +36,8 @@ def main() -> None:
     from ray import serve
 
     from results import append_rows, machine
-    from selfee.config import ServeConfig
     from selfee.serve.app import selfee_application
+    from selfee.serve.config import ServeConfig
     from selfee.testing import abuse
     from tiny_model import add_model_option, model_dir
 

@@ -134,8 +134,8 @@ def deploy(**settings: object) -> str:
     """The SelFee app on the local Ray with one model replica; returns its /v1 URL."""
     from ray import serve
 
-    from selfee.config import ServeConfig
     from selfee.serve.app import selfee_application
+    from selfee.serve.config import ServeConfig
 
     serve.shutdown()
     serve.start(http_options={"host": "127.0.0.1", "port": 8765})
@@ -150,7 +150,7 @@ def engines_under_load(engines: list[str], tokens: int) -> None:
     from ray import serve
 
     from results import append_rows, machine
-    from selfee.config import ExportGGUFConfig
+    from selfee.export.config import ExportGGUFConfig
     from selfee.export.gguf import run_export
 
     rows = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selfee.config import TeacherConfig
+from selfee.teacher.config import TeacherConfig
 from selfee.teacher.server import TeacherThread
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,12 @@ import httpx
 import pytest
 
 from conftest import check_manifest
+from selfee.augment.config import AugmentConfig
 from selfee.augment.job import run_augment
 from selfee.augment.loop import STOP_MAX_ITERATIONS, STOP_NOT_NEEDED
 from selfee.chain import Verdict, detect_verdict, parse, render_prompt, render_target
-from selfee.config import AugmentConfig, ConfigError, RetryConfig
+from selfee.errors import ConfigError
+from selfee.llm_config import RetryConfig
 from selfee.records import make_instruction, read_jsonl, write_jsonl
 
 GOLD_HINT = "Compare it with what the task expects"  # the offline critic's sign it saw gold

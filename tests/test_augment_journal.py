@@ -9,7 +9,7 @@ import pytest
 
 from selfee import journal
 from selfee.augment import resume
-from selfee.config import ConfigError
+from selfee.errors import ConfigError
 from selfee.records import ChainRow
 
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from selfee.cli import COMMANDS
-from selfee.config import DemoConfig, ServeConfig, load_config
+from selfee.config import load_config
+from selfee.serve.config import DemoConfig, ServeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY = REPO / "cluster" / "kuberay"

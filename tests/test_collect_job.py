@@ -11,8 +11,8 @@ import pytest
 
 from collect_data import write_sources
 from conftest import check_manifest
+from selfee.collect.config import CollectConfig
 from selfee.collect.job import CollectError, run_collect
-from selfee.config import CollectConfig
 from selfee.records import read_rows
 
 REPO = Path(__file__).resolve().parents[1]

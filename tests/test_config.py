@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from selfee.config import (
-    AugmentConfig,
-    CollectConfig,
-    ConfigError,
-    QuickstartConfig,
-    TeacherConfig,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    dump_config,
-    load_config,
-)
+from selfee.augment.config import AugmentConfig
+from selfee.collect.config import CollectConfig
+from selfee.config import dump_config, load_config
+from selfee.config_cli import add_config_arguments, config_from_args
+from selfee.errors import ConfigError
+from selfee.quickstart_config import QuickstartConfig
+from selfee.teacher.config import TeacherConfig
+from selfee.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 from ray import serve
 
 from conftest import deploy_from_serve_config, deploy_selfee, free_port
-from selfee.config import DemoConfig
+from selfee.serve.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
 from selfee.testing.selfee_model import QUESTIONS
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import check_manifest
 from selfee.chain import feedback_header, render_prompt, revision_header
 from selfee.cli import main
-from selfee.config import ConfigError
+from selfee.errors import ConfigError
 from selfee.eval.config import EvalConfig
 from selfee.eval.job import run_eval
 from selfee.records import read_jsonl, write_jsonl

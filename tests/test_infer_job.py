@@ -10,7 +10,8 @@ import pytest
 from conftest import check_manifest
 from selfee.chain import final_answer, parse
 from selfee.cli import main
-from selfee.config import ConfigError, InferConfig
+from selfee.errors import ConfigError
+from selfee.infer.config import InferConfig
 from selfee.infer.job import run_infer
 from selfee.records import read_jsonl
 from selfee.testing.selfee_model import question_file

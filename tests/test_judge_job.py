@@ -9,9 +9,11 @@ import httpx
 import pytest
 
 from conftest import check_manifest
-from selfee.config import ConfigError, JudgeConfig, RetryConfig
+from selfee.errors import ConfigError
 from selfee.judge import parse_score
+from selfee.judge.config import JudgeConfig
 from selfee.judge.job import run_judge
+from selfee.llm_config import RetryConfig
 from selfee.prompts import CODING_JUDGE, GENERAL_JUDGE, MATH_JUDGE
 from selfee.records import read_jsonl, write_jsonl
 

@@ -180,7 +180,7 @@ def test_bad_files_are_one_clear_error(exported: dict, tmp_path: Path) -> None:
 
 
 def test_infer_with_a_gguf_file(ray_session: None, exported: dict, tmp_path: Path) -> None:
-    from selfee.config import InferConfig
+    from selfee.infer.config import InferConfig
     from selfee.infer.job import run_infer
     from selfee.records import read_jsonl, write_jsonl
 

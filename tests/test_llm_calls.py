@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 
-from selfee.config import RetryConfig
 from selfee.llm import (
     CallFailed,
     ContextOverflow,
@@ -19,6 +18,7 @@ from selfee.llm import (
     TeacherCall,
     retry_after_s,
 )
+from selfee.llm_config import RetryConfig
 from selfee.ratelimit import RateLimiter, WorkerShare
 
 USER = [{"role": "user", "content": "Give two tips for better sleep."}]

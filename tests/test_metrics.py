@@ -12,9 +12,11 @@ from ray import serve
 
 from conftest import deploy_selfee
 from selfee import metrics
+from selfee.augment.config import AugmentConfig
 from selfee.augment.job import run_augment
-from selfee.config import AugmentConfig, InferConfig, RetryConfig
+from selfee.infer.config import InferConfig
 from selfee.infer.job import run_infer
+from selfee.llm_config import RetryConfig
 from selfee.records import make_instruction, write_jsonl
 from selfee.testing.selfee_model import QUESTIONS, question_file
 

@@ -15,9 +15,12 @@ from ray import serve
 from conftest import free_port
 from selfee.chain import final_answer, parse, render_prompt, render_target
 from selfee.collect.sources import SOURCES
-from selfee.config import QuickstartConfig, TeacherConfig, TinyModelConfig, dump_config
+from selfee.config import dump_config
 from selfee.quickstart import run_quickstart, sample_instructions_path, sample_path
+from selfee.quickstart_config import QuickstartConfig
 from selfee.records import make_instruction, read_jsonl
+from selfee.teacher.config import TeacherConfig
+from selfee.train.config import TinyModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

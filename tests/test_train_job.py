@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import check_manifest
 from selfee import chain
-from selfee.config import ConfigError, JobFailed, TrainConfig
+from selfee.errors import ConfigError, JobFailed
 from selfee.records import write_jsonl
 from selfee.testing.chains import make_chains, write_pad_less_base
+from selfee.train.config import TrainConfig
 from selfee.train.job import run_train
 
 pytestmark = pytest.mark.slow

@@ -20,10 +20,12 @@ from test_train_job import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import selfee_serve
-from selfee.config import ConfigError, ExportGGUFConfig, InferConfig
 from selfee.engines import check_model
 from selfee.engines.hf import HFEngine
+from selfee.errors import ConfigError
+from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
+from selfee.infer.config import InferConfig
 from selfee.infer.job import run_infer
 from selfee.records import read_jsonl, write_jsonl
 from selfee.revision import CompletionRequest

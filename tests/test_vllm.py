@@ -138,7 +138,7 @@ def test_batch_inference_on_vllm_matches_the_hf_engine_and_resumes(
     """``selfee infer --engine vllm``: one engine in the Ray Data actor, every question of
     its input in flight at once; the answers are the HF engine's, and a re-run (with more
     questions) generates only the missing ones."""
-    from selfee.config import InferConfig
+    from selfee.infer.config import InferConfig
     from selfee.infer.job import run_infer
     from selfee.records import read_jsonl
     from selfee.testing.selfee_model import question_file

@@ -16,28 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfee import __version__
-from selfee.config import (
-    AugmentConfig,
-    CollectConfig,
-    ConfigError,
-    DeltaApplyConfig,
-    DeltaMakeConfig,
-    DemoConfig,
-    ExportGGUFConfig,
-    InferConfig,
-    JobFailed,
-    JudgeConfig,
-    QuickstartConfig,
-    ReportConfig,
-    ServeConfig,
-    StageConfig,
-    TeacherConfig,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-)
+from selfee.augment.config import AugmentConfig
+from selfee.collect.config import CollectConfig
+from selfee.config import StageConfig
+from selfee.config_cli import add_config_arguments, config_from_args
 from selfee.console import note, quiet_run, say
+from selfee.errors import ConfigError, JobFailed
 from selfee.eval.config import EvalConfig
+from selfee.export.config import ExportGGUFConfig
+from selfee.infer.config import InferConfig
+from selfee.judge.config import JudgeConfig, ReportConfig
+from selfee.quickstart_config import QuickstartConfig
+from selfee.serve.config import DemoConfig, ServeConfig
+from selfee.teacher.config import TeacherConfig
+from selfee.train.config import DeltaApplyConfig, DeltaMakeConfig, TrainConfig
 
 
 def _run_teacher(cfg: TeacherConfig) -> None:

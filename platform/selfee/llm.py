@@ -25,7 +25,7 @@ from typing import Any
 
 import openai
 
-from selfee.config import RetryConfig
+from selfee.llm_config import RetryConfig
 from selfee.ratelimit import RateLimiter
 
 OFFLINE_KEY = "offline-teacher-needs-no-key"

@@ -22,9 +22,10 @@ from typing import Any
 
 import openai
 
-from selfee.config import ConfigError, LLMJobConfig
 from selfee.console import detail, progress_bar
+from selfee.errors import ConfigError
 from selfee.llm import OFFLINE_KEY, EndpointRejected, Secret, TeacherCall
+from selfee.llm_config import LLMJobConfig
 from selfee.progress import Progress
 from selfee.ratelimit import LimitError, RateLimiter, WorkerShare, split_limits, workers_for
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfee import metrics
-from selfee.config import PricesConfig
+from selfee.llm_config import PricesConfig
 
 
 @dataclass

@@ -22,27 +22,23 @@ import httpx
 from ray import serve
 
 from selfee import lineage
+from selfee.augment.config import AugmentConfig
 from selfee.augment.job import run_augment
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
+from selfee.collect.config import CollectConfig, SourceSpec
 from selfee.collect.samples import write_sample_sources
-from selfee.config import (
-    AugmentConfig,
-    CollectConfig,
-    DemoConfig,
-    ExportGGUFConfig,
-    InferConfig,
-    JudgeConfig,
-    QuickstartConfig,
-    ServeConfig,
-    SourceSpec,
-    TrainConfig,
-    dump_config,
-)
+from selfee.config import dump_config
 from selfee.console import details, say
 from selfee.eval.config import EvalConfig
+from selfee.export.config import ExportGGUFConfig
+from selfee.infer.config import InferConfig
+from selfee.judge.config import JudgeConfig
+from selfee.quickstart_config import QuickstartConfig
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl, write_jsonl
+from selfee.serve.config import DemoConfig, ServeConfig
 from selfee.teacher.deployment import teacher_application
+from selfee.train.config import TrainConfig
 
 TEACHER_APP = "offline-teacher"
 

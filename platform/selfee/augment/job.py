@@ -18,8 +18,10 @@ from typing import Any
 
 from selfee import journal, lineage
 from selfee.augment import resume
+from selfee.augment.config import AugmentConfig
 from selfee.augment.loop import LoopSettings, augment_record
-from selfee.config import AugmentConfig, ConfigError, dump_config
+from selfee.config import dump_config
+from selfee.errors import ConfigError
 from selfee.llm import TeacherCall
 from selfee.llm_job import LLMWorker, ResolvedEndpoint, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress, format_duration

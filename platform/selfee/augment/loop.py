@@ -17,8 +17,8 @@ from typing import Any
 
 from selfee import prompts
 from selfee.augment.cleanup import clean_answer, clean_feedback
+from selfee.augment.config import PromptsConfig
 from selfee.chain import Verdict, detect_verdict
-from selfee.config import PromptsConfig
 from selfee.llm import CallFailed, ContextOverflow, Message, estimate_tokens
 
 Ask = Callable[[list[Message]], Awaitable[str]]

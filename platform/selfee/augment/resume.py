@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from selfee.config import ConfigError
+from selfee.errors import ConfigError
 from selfee.records import write_jsonl
 
 JOURNAL = "journal.jsonl"

@@ -20,8 +20,9 @@ import ray
 
 from selfee import lineage
 from selfee.collect import filters
+from selfee.collect.config import CollectConfig
 from selfee.collect.sources import SOURCES, BadRow, Skip, data_files, read_records
-from selfee.config import CollectConfig, dump_config
+from selfee.config import dump_config
 from selfee.console import progress_bar
 from selfee.ray_runtime import ray_runtime
 from selfee.records import INSTRUCTION_FIELDS, instruction_id, stable_fraction, write_jsonl

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-from selfee.config import VLLMConfig
+from selfee.engines.config import VLLMConfig
 from selfee.engines.rows import OnText, check_context
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from selfee.config import ModelConfig, RayConfig
+from selfee.config import RayConfig
+from selfee.engines.config import ModelConfig
 from selfee.eval.sandbox import SandboxLimits
 from selfee.eval.tasks import TaskName
 

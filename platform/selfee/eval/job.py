@@ -30,12 +30,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from selfee import journal, lineage
-from selfee.config import ConfigError, InferConfig, ModelConfig, dump_config
+from selfee.config import dump_config
 from selfee.console import detail, progress_bar
+from selfee.engines.config import ModelConfig
+from selfee.errors import ConfigError
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
 from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
 from selfee.eval.tasks import TASKS, Task, gold_of_row, question_of_row
+from selfee.infer.config import InferConfig
 from selfee.infer.job import (
     JournaledAnswer,
     answer_row,

@@ -26,8 +26,10 @@ from typing import Any
 
 from selfee import chain, lineage
 from selfee.adapter import AdapterError, require_full_model
-from selfee.config import ConfigError, ExportGGUFConfig, dump_config
+from selfee.config import dump_config
 from selfee.console import progress_bar, say
+from selfee.errors import ConfigError
+from selfee.export.config import ExportGGUFConfig
 from selfee.export.tokenizer_check import strings as tokenizer_strings
 
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_K": 10, "q3_K_M": 12, "q4_K_S": 14,

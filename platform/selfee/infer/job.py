@@ -25,9 +25,12 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from selfee import journal, lineage, metrics
 from selfee.chain import render_prompt
-from selfee.config import ConfigError, GenerationConfig, InferConfig, dump_config
+from selfee.config import dump_config
 from selfee.console import detail, progress_bar
 from selfee.engines import check_model, engine_for, engine_name, load_engine
+from selfee.engines.config import GenerationConfig
+from selfee.errors import ConfigError
+from selfee.infer.config import InferConfig
 from selfee.progress import format_duration, format_eta
 from selfee.records import read_objects, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch

@@ -19,10 +19,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from selfee import journal, lineage
-from selfee.config import ConfigError, JudgeConfig, dump_config
+from selfee.config import dump_config
 from selfee.console import say
+from selfee.errors import ConfigError
 from selfee.infer.job import read_questions
 from selfee.judge import report
+from selfee.judge.config import JudgeConfig
 from selfee.judge.scores import parse_score
 from selfee.judge.templates import load_upstream, our_reviewers, reviewer_for
 from selfee.llm import CallFailed, TeacherCall

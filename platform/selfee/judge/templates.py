@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfee.config import ConfigError
+from selfee.errors import ConfigError
 from selfee.prompts import CODING_JUDGE, GENERAL_JUDGE, MATH_JUDGE, JudgeTemplate
 from selfee.records import read_jsonl
 

@@ -28,9 +28,9 @@ from ray.serve.handle import DeploymentHandle
 
 from selfee import metrics
 from selfee import openai_wire as wire
-from selfee.config import ServeConfig
 from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
+from selfee.serve.config import ServeConfig
 from selfee.serve.models import SelFeeModel, StepFailed
 
 API_KEY_ENV = "SELFEE_API_KEY"
@@ -248,8 +248,8 @@ def build(args: dict[str, Any]) -> Application:
 
 def serve_forever(cfg: ServeConfig) -> None:
     """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
-    from selfee.config import ConfigError
     from selfee.engines import check_model
+    from selfee.errors import ConfigError
     from selfee.ray_runtime import ray_runtime
 
     if cfg.model is None:

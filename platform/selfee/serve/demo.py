@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from selfee.chain import parse_generation
-from selfee.config import DemoConfig
+from selfee.serve.config import DemoConfig
 
 Message = dict[str, str]
 

@@ -21,9 +21,9 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
-from selfee.config import ServeConfig
 from selfee.engines.vllm import engine_kwargs, finish_of, sampling
 from selfee.revision import Completion, CompletionRequest
+from selfee.serve.config import ServeConfig
 from selfee.serve.models import StepFailed
 
 SERVED_ID = "selfee"  # the model id inside Ray Serve LLM (clients see ServeConfig's name)

@@ -18,9 +18,9 @@ from typing import Any
 
 from ray import serve
 
-from selfee.config import ServeConfig
 from selfee.engines.rows import OnText
 from selfee.revision import Completion, CompletionRequest
+from selfee.serve.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
 StepEvent = str | Completion  # a piece of new text, or the step's end

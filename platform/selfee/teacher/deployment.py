@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
-from selfee.config import TeacherConfig
+from selfee.teacher.config import TeacherConfig
 from selfee.teacher.server import create_app
 
 

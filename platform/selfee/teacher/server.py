@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from selfee import openai_wire as wire
-from selfee.config import TeacherConfig
+from selfee.teacher.config import TeacherConfig
 from selfee.teacher.replies import (
     ReplySettings,
     count_tokens,

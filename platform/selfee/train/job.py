@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from selfee import lineage
-from selfee.config import ConfigError, JobFailed, TrainConfig, dump_config
+from selfee.config import dump_config
+from selfee.errors import ConfigError, JobFailed
 from selfee.ray_runtime import ray_runtime
 from selfee.tokenizer import load_tokenizer, train_tiny_tokenizer
 from selfee.train import sft
+from selfee.train.config import TrainConfig
 from selfee.train.export import export_model
 from selfee.train.loop import (
     STATE_FILE,

@@ -1,0 +1,97 @@
+"""Every key of a stage's config as a command-line option of the same name.
+
+``rpm: 60`` in YAML is ``--rpm 60``; nested keys use dots: ``--teacher.rpm 60``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from selfee.config import C, StageConfig, is_config_model, load_config
+
+_DEST_PREFIX = "config:"
+
+
+def leaf_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, annotation, pydantic FieldInfo) for every non-model field."""
+    leaves = []
+    for name, info in cls.model_fields.items():
+        if is_config_model(info.annotation):
+            leaves += leaf_fields(info.annotation, f"{prefix}{name}.")
+        else:
+            leaves.append((prefix + name, info.annotation, info))
+    return leaves
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return bool in typing.get_args(annotation)
+    return False
+
+
+def _option_help(info: Any) -> str:
+    """The key's description and its default, unless the description already says what an
+    unset key means ("default: ...", "empty: ...")."""
+    text = info.description or ""
+    if info.is_required():
+        return f"{text} (required)"
+    value = info.get_default(call_default_factory=True)
+    if "default" in text or (value is None and "empty" in text):
+        return text
+    return f"{text} (default: {'not set' if value is None else value})"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]) -> None:
+    """``--config FILE`` plus one option for every key of ``cls``, named as in the YAML."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config; options below override it")
+    group = parser.add_argument_group("config keys (same names as in the YAML file)")
+    for dotted, annotation, info in leaf_fields(cls):
+        dashed = f"--{dotted.replace('_', '-')}"
+        names = [dashed] if dashed == f"--{dotted}" else [dashed, f"--{dotted}"]
+        kwargs: dict[str, Any] = {
+            "dest": _DEST_PREFIX + dotted,
+            "default": argparse.SUPPRESS,
+            "metavar": dotted.rsplit(".", 1)[-1].upper(),
+            "help": _option_help(info),
+        }
+        if _is_bool(annotation):
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs.pop("metavar")
+        elif _is_list(annotation):
+            kwargs["nargs"] = "+"
+            kwargs["action"] = "extend"
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        names += [str(alias) for alias in extra.get("cli_aliases", [])]  # type: ignore[union-attr]
+        group.add_argument(*names, **kwargs)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    overrides = {
+        dest[len(_DEST_PREFIX) :]: _parse_cli_value(value)
+        for dest, value in vars(args).items()
+        if dest.startswith(_DEST_PREFIX)
+    }
+    return load_config(cls, getattr(args, "config", None), overrides)
+
+
+def _parse_cli_value(value: Any) -> Any:
+    """Leave scalars to pydantic's coercion; let ``null``/``none`` clear an optional key."""
+    if isinstance(value, str) and value.lower() in ("null", "none"):
+        return None
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

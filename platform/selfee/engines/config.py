@@ -1,0 +1,104 @@
+"""Which model answers on which engine, and revision control's generation settings
+(``selfee infer``, ``selfee eval`` and the Serve endpoint share them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from selfee.config import StageConfig
+
+EngineName = Literal["auto", "hf", "llama_cpp", "vllm"]
+
+
+ENGINE_HELP = (
+    "'auto': llama_cpp for a .gguf file; vllm where GPUs are reserved and vLLM is installed; "
+    "else hf (Hugging Face transformers)"
+)
+
+
+class VLLMConfig(StageConfig):
+    """How a vLLM engine starts (``selfee.engines.vllm``); empty: a default for the device."""
+
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size (empty: vLLM's share of GPU memory; 1 GiB on CPU)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="share of GPU memory vLLM may take (weights + KV cache)"
+    )
+    max_num_seqs: int = Field(256, ge=1, description="requests in flight in one engine step")
+    max_context: int | None = Field(
+        None, ge=16, description="vLLM's max_model_len (empty: the model's own context)"
+    )
+    block_size: int | None = Field(
+        None, ge=1, description="tokens per KV block, the unit of prefix caching (empty: 32 on "
+        "CPU, vLLM's default on GPU)",
+    )  # fmt: skip
+    enforce_eager: bool | None = Field(
+        None, description="skip CUDA graphs / torch.compile (empty: on CPU only)"
+    )
+
+
+class GenerationConfig(StageConfig):
+    """Revision control and sampling (``selfee.revision``): the same keys in batch
+    inference and as request fields of the Serve endpoint."""
+
+    min_revisions: int = Field(
+        0, ge=0, le=100, description="force at least this many revisions (0: the model decides)"
+    )
+    max_revisions: int | None = Field(
+        None, ge=0, le=100, description="stop before the revision past this many (empty: no cap)"
+    )
+    max_new_tokens: int = Field(
+        1024, ge=1, description="tokens generated per question, all revisions"
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    seed: int = Field(0, description="sampling seed (each question adds its index)")
+    answer_only: bool = Field(
+        False, description="write the answer only: no feedback, no revision (sampling baselines)"
+    )
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> GenerationConfig:
+        if self.max_revisions is not None and self.min_revisions > self.max_revisions:
+            raise ValueError(
+                f"min_revisions ({self.min_revisions}) is above max_revisions ({self.max_revisions})"
+            )
+        if self.answer_only and self.min_revisions:
+            raise ValueError("answer_only writes no revision: min_revisions must be 0")
+        return self
+
+
+class ModelConfig(StageConfig):
+    """Which model answers, on which engine, with what resources (``selfee infer`` and
+    ``selfee eval``): model actors on Ray Data, or an OpenAI-compatible endpoint."""
+
+    model: str | None = Field(
+        None,
+        description="a Hugging Face model directory, a LoRA adapter directory (loaded on its "
+        "base) or a .gguf file; with base_url, the endpoint's model name",
+    )
+    engine: EngineName = Field("auto", description=ENGINE_HELP)
+    model_id: str | None = Field(
+        None, description="model_id in the answers (default: the model directory's name)"
+    )
+    base_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible /v1 endpoint (vLLM, Ray Serve) instead of a local model",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with its key")
+    batch_size: int = Field(
+        8, ge=1, le=512, description="questions generated together per actor call"
+    )
+    concurrency: int = Field(1, ge=1, le=256, description="model actors (each holds one copy)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (1 on GPUs)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto': CUDA if the actor has a GPU"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
