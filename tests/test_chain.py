@@ -91,6 +91,17 @@ def test_prompt_with_input_is_exact() -> None:
     )
 
 
+def test_a_prompt_reads_back_and_a_follow_up_turn_is_exact() -> None:
+    from selfee.chain import is_selfee_prompt, prompt_fields, render_follow_up
+
+    assert prompt_fields(render_prompt("Translate.", "Bonjour")) == ("Translate.", "Bonjour")
+    assert prompt_fields(render_prompt("Say hi.")) == ("Say hi.", "")
+    two_turns = render_prompt("Say hi.") + "Hi." + render_follow_up("Again.")
+    assert two_turns.endswith("Hi.\n\n### Instruction:\nAgain.\n\n### Answer:\n")
+    assert prompt_fields(two_turns) == ("Say hi.", "")  # the first turn's instruction
+    assert is_selfee_prompt(two_turns) and not is_selfee_prompt("Say hi.")
+
+
 def test_target_is_exact_and_ends_with_last_feedback_and_eos() -> None:
     outputs = [
         {"output": "a0", "feedback": "f0. Revision is needed."},

@@ -36,18 +36,22 @@ PROMPT_WITH_INPUT = (
     "further context. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Answer:\n"
 )
+INSTRUCTION_HEADER = "### Instruction:"
+INPUT_HEADER = "### Input:"
 ANSWER_HEADER = "### Answer:"
+FEEDBACK = "### Feedback"  # + " k:" (``feedback_header``)
+REVISION = "### Revision"
 
 VERDICT_NEEDED = "Revision is needed."
 VERDICT_NOT_NEEDED = "Revision is not needed."
 
 
 def feedback_header(k: int) -> str:
-    return f"\n\n### Feedback {k}:\n"
+    return f"\n\n{FEEDBACK} {k}:\n"
 
 
 def revision_header(k: int) -> str:
-    return f"\n\n### Revision {k}:\n"
+    return f"\n\n{REVISION} {k}:\n"
 
 
 def render_prompt(instruction: str, input: str = "") -> str:
@@ -55,6 +59,31 @@ def render_prompt(instruction: str, input: str = "") -> str:
     if input:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def render_follow_up(instruction: str) -> str:
+    """A later user turn appended to a conversation's prompt (earlier turns keep only their
+    final answer, as upstream's chat did)."""
+    return f"\n\n{INSTRUCTION_HEADER}\n{instruction}\n\n{ANSWER_HEADER}\n"
+
+
+def is_selfee_prompt(text: str) -> bool:
+    """Whether ``text`` already holds a SelFee prompt (taken as it is, not wrapped again)."""
+    return ANSWER_HEADER in text
+
+
+def prompt_fields(prompt: str) -> tuple[str, str]:
+    """(instruction, input) of a SelFee prompt: ``render_prompt`` read back."""
+
+    def field(name: str) -> str:
+        start = prompt.find(f"### {name}:\n")
+        if start < 0:
+            return ""
+        start += len(f"### {name}:\n")
+        end = prompt.find("\n\n###", start)
+        return prompt[start : end if end >= 0 else len(prompt)].strip()
+
+    return field("Instruction"), field("Input")
 
 
 def render_target(outputs: Iterable[Mapping[str, str]], eos: str = "") -> str:

@@ -16,11 +16,11 @@ from selfee import chain
 
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "[PAD]"  # [PAD]: the token SelFee added to LLaMA
 SELFEE_PHRASES = [
-    "### Instruction:",
-    "### Input:",
+    chain.INSTRUCTION_HEADER,
+    chain.INPUT_HEADER,
     chain.ANSWER_HEADER,
-    "### Feedback",
-    "### Revision",
+    chain.FEEDBACK,
+    chain.REVISION,
     chain.VERDICT_NEEDED,
     chain.VERDICT_NOT_NEEDED,
 ]

@@ -7,8 +7,10 @@ import itertools
 
 from selfee import chain
 
-HEADERS = ["### Instruction:", "### Input:", "### Answer:", "### Feedback 1:", "### Revision 1:",
-           "### Feedback 12:", "### Revision 10:", chain.VERDICT_NEEDED, chain.VERDICT_NOT_NEEDED,
+HEADERS = [chain.INSTRUCTION_HEADER, chain.INPUT_HEADER, chain.ANSWER_HEADER,
+           *(header.strip() for header in (chain.feedback_header(1), chain.revision_header(1),
+                                           chain.feedback_header(12), chain.revision_header(10))),
+           chain.VERDICT_NEEDED, chain.VERDICT_NOT_NEEDED,
            "No revision is needed.", "revision is not needed"]  # fmt: skip
 CODE = ["def f(x):\n    return x ** 2\n", "for i in range(10):\n\tprint(i)",
         "if (a && b) { return -1; }", "x = [1, 2, 3]  # list\n", "print(\"hello\\n\")",
@@ -35,8 +37,8 @@ def strings() -> list[str]:
         )
     ]
     chains = [
-        chain.render_prompt(w) + "Red.\n\n### Feedback 1:\nToo short. " + chain.VERDICT_NEEDED
-        + "\n\n### Revision 1:\n" + c + "\n\n### Feedback 2:\n" + chain.VERDICT_NOT_NEEDED
+        chain.render_prompt(w) + "Red." + chain.feedback_header(1) + "Too short. " + chain.VERDICT_NEEDED
+        + chain.revision_header(1) + c + chain.feedback_header(2) + chain.VERDICT_NOT_NEEDED
         for w, c in zip(WORDS, CODE + UNICODE, strict=False)
     ]  # fmt: skip
     return singles + pairs + chains

@@ -34,7 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfee import openai_wire as wire
-from selfee.chain import final_answer, parse_generation, render_prompt
+from selfee.chain import (
+    final_answer,
+    is_selfee_prompt,
+    parse_generation,
+    render_follow_up,
+    render_prompt,
+)
 from selfee.openai_wire import APIError
 from selfee.revision import RevisionResult, RevisionSettings
 
@@ -68,11 +74,7 @@ def chat_prompt(messages: list[dict[str, str]]) -> str:
     for i, message in enumerate(turns):
         if message["role"] == "user":
             instruction = message["content"]
-            prompt += (
-                render_prompt(instruction)
-                if not prompt
-                else (f"\n\n### Instruction:\n{instruction}\n\n### Answer:\n")
-            )
+            prompt += render_follow_up(instruction) if prompt else render_prompt(instruction)
         elif i:  # an assistant turn: its final answer, whether it sent the chain or not
             prompt += final_answer(message["content"])
     return prompt
@@ -96,7 +98,7 @@ def parse_request(body: Any, limits: Limits, chat: bool) -> GenerationRequest:
     else:
         # an instruction alone gets the SelFee prompt; a SelFee prompt is taken as it is
         text = request.prompt_text
-        prompt = text if "### Answer:" in text else render_prompt(text)
+        prompt = text if is_selfee_prompt(text) else render_prompt(text)
     settings = RevisionSettings(
         min_revisions=request.min_revisions,
         max_revisions=request.max_revisions,

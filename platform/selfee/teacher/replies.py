@@ -235,8 +235,7 @@ def selfee_continuation(prompt: str, settings: ReplySettings) -> str:
     far): answer, critiques and revisions as the teacher writes them for augmentation, so
     revision control can be tested over HTTP. Ends where the model would end (EOS)."""
     head, body = chain.split_prompt(prompt)
-    instruction = _between(head, "### Instruction:\n", "\n\n###")
-    context = _between(head, "### Input:\n", "\n\n###") if "### Input:" in head else ""
+    instruction, context = chain.prompt_fields(head)
     parsed = chain.parse_generation(body, head)
     last = parsed.segments[-1]
     if last.text.strip():
