@@ -203,8 +203,8 @@ def test_bearer_token_auth(
     ray_session: None, selfee_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serve.shutdown()  # the module's app is redeployed by its fixture only once; run last
-    monkeypatch.setenv("SELFEE_API_KEY", "sk-test-secret-1")
-    base = deploy(selfee_model_dir)
+    monkeypatch.setenv("MY_SELFEE_KEY", "sk-test-secret-1")  # the variable the config names
+    base = deploy(selfee_model_dir, api_key_env="MY_SELFEE_KEY")
     try:
         with pytest.raises(openai.AuthenticationError) as refused:
             client(base, "sk-wrong").chat.completions.create(model="model", messages=USER)

@@ -33,7 +33,6 @@ from selfee.serve import openai_api as api
 from selfee.serve.config import ServeConfig
 from selfee.serve.models import SelFeeModel, StepFailed
 
-API_KEY_ENV = "SELFEE_API_KEY"
 logger = logging.getLogger("ray.serve")
 
 
@@ -60,7 +59,7 @@ class OpenAIIngress:
         self.name = cfg.served_name()
         # the key's hash travels in the app's arguments (the dashboard shows them); the
         # replica's own environment may hold the key too
-        self.key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV)) or key_sha256
+        self.key_sha256 = wire.key_sha256(os.environ.get(cfg.api_key_env)) or key_sha256
         self.limits: api.Limits | None = None
 
     async def _limits(self) -> api.Limits:
@@ -234,7 +233,7 @@ def uses_vllm(cfg: ServeConfig) -> bool:
 
 def selfee_application(cfg: ServeConfig) -> Application:
     model = model_deployment(cfg)
-    key_sha256 = wire.key_sha256(os.environ.get(API_KEY_ENV))
+    key_sha256 = wire.key_sha256(os.environ.get(cfg.api_key_env))
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
     ).bind(model, cfg, key_sha256, uses_vllm(cfg))
@@ -266,8 +265,10 @@ def serve_forever(cfg: ServeConfig) -> None:
               flush=True)  # fmt: skip
         print(f"[serve] try: curl {base}/chat/completions -H 'Content-Type: application/json' "
               """-d '{"messages": [{"role": "user", "content": "Hi"}], "min_revisions": 1}'""")  # fmt: skip
-        if os.environ.get(API_KEY_ENV):
-            print(f"[serve] requests need the key in ${API_KEY_ENV} (Authorization: Bearer ...)")
+        if os.environ.get(cfg.api_key_env):
+            print(
+                f"[serve] requests need the key in ${cfg.api_key_env} (Authorization: Bearer ...)"
+            )
         print("[serve] Ctrl-C stops it", flush=True)
         try:
             while True:

@@ -51,6 +51,10 @@ class ServeConfig(StageConfig):
     max_revisions_limit: int = Field(
         20, ge=0, le=100, description="the most min_revisions / max_revisions a request may ask for"
     )
+    api_key_env: str = Field(
+        "SELFEE_API_KEY", description="environment variable with the key requests must send "
+        "(Authorization: Bearer); unset or empty: no key needed",
+    )  # fmt: skip
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
     prefix_affinity: bool = Field(
         True, description="vllm: send a chain's continuations to the replica that holds its "
