@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
 from selfee.chain import (
     VERDICT_NEEDED,
     VERDICT_NOT_NEEDED,
@@ -44,6 +46,7 @@ from selfee.chain import (
     revision_header,
     verdict_span,
 )
+from selfee.config import StageConfig
 
 T = TypeVar("T")
 FinishReason = Literal["eos", "verdict", "max_revisions", "budget", "aborted", "answer_only"]
@@ -51,6 +54,7 @@ EngineFinish = Literal["stop", "eos", "length", "abort"]  # abort: the caller st
 
 VERDICT_STOP = VERDICT_NOT_NEEDED
 ANSWER_STOP = feedback_header(1).strip("\n").removesuffix(" 1:")  # "### Feedback", any number
+MAX_REVISIONS = 100  # the most a setting may force or allow
 GREEDY_BELOW = 1e-5  # temperatures under this sample greedily (as vLLM's _SAMPLING_EPS)
 
 
@@ -60,37 +64,66 @@ def revision_stop(k: int) -> str:
     return revision_header(k).rstrip("\n")
 
 
-@dataclass(frozen=True)
-class RevisionSettings:
-    min_revisions: int = 0  # 0: the model decides (autonomous)
-    max_revisions: int | None = None  # None: no cap
-    max_new_tokens: int = 1024
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    answer_only: bool = False  # stop after the answer: no feedback (sampling baselines)
+class RevisionSettings(StageConfig):
+    """Revision control and sampling: one type from a stage's YAML (``selfee infer``) and a
+    request's fields (the Serve endpoint) to the controller. Its errors say what is wrong in
+    the words of the keys, whichever way the values came."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.answer_only and self.min_revisions:
-            problems.append("answer_only writes no revision: min_revisions must be 0")
-        if self.min_revisions < 0:
-            problems.append(f"min_revisions must be 0 or more (got {self.min_revisions})")
-        if self.max_revisions is not None and self.max_revisions < 0:
-            problems.append(f"max_revisions must be 0 or more (got {self.max_revisions})")
+    model_config = ConfigDict(frozen=True)
+
+    min_revisions: int = Field(
+        0, description="force at least this many revisions (0: the model decides)"
+    )
+    max_revisions: int | None = Field(
+        None, description="stop before the revision past this many (empty: no cap)"
+    )
+    max_new_tokens: int = Field(1024, description="tokens generated per question, all revisions")
+    temperature: float = Field(0.0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, description="nucleus sampling mass")
+    seed: int = Field(0, description="sampling seed (each question adds its index)")
+    answer_only: bool = Field(
+        False, description="write the answer only: no feedback, no revision (sampling baselines)"
+    )
+
+    @field_validator("min_revisions", "max_revisions")
+    @classmethod
+    def _revisions(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not 0 <= value <= MAX_REVISIONS:
+            raise ValueError(f"{info.field_name} must be 0 or more, at most {MAX_REVISIONS} "
+                             f"(got {value})")  # fmt: skip
+        return value
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _tokens(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"max_new_tokens must be 1 or more (got {value})")
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if not 0 <= value <= 2:
+            raise ValueError(f"temperature must be 0 or more, at most 2 (got {value})")
+        return value
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _together(self) -> RevisionSettings:
         if self.max_revisions is not None and self.min_revisions > self.max_revisions:
-            problems.append(
+            raise ValueError(
                 f"min_revisions ({self.min_revisions}) is above max_revisions "
                 f"({self.max_revisions})"
             )
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be 1 or more (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            problems.append(f"temperature must be 0 or more (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if self.answer_only and self.min_revisions:
+            raise ValueError("answer_only writes no revision: min_revisions must be 0")
+        return self
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from selfee.config import StageConfig
 
@@ -38,37 +38,6 @@ class VLLMConfig(StageConfig):
     enforce_eager: bool | None = Field(
         None, description="skip CUDA graphs / torch.compile (empty: on CPU only)"
     )
-
-
-class GenerationConfig(StageConfig):
-    """Revision control and sampling (``selfee.revision``): the same keys in batch
-    inference and as request fields of the Serve endpoint."""
-
-    min_revisions: int = Field(
-        0, ge=0, le=100, description="force at least this many revisions (0: the model decides)"
-    )
-    max_revisions: int | None = Field(
-        None, ge=0, le=100, description="stop before the revision past this many (empty: no cap)"
-    )
-    max_new_tokens: int = Field(
-        1024, ge=1, description="tokens generated per question, all revisions"
-    )
-    temperature: float = Field(0.0, ge=0, le=2, description="sampling temperature (0: greedy)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    seed: int = Field(0, description="sampling seed (each question adds its index)")
-    answer_only: bool = Field(
-        False, description="write the answer only: no feedback, no revision (sampling baselines)"
-    )
-
-    @model_validator(mode="after")
-    def _min_below_max(self) -> GenerationConfig:
-        if self.max_revisions is not None and self.min_revisions > self.max_revisions:
-            raise ValueError(
-                f"min_revisions ({self.min_revisions}) is above max_revisions ({self.max_revisions})"
-            )
-        if self.answer_only and self.min_revisions:
-            raise ValueError("answer_only writes no revision: min_revisions must be 0")
-        return self
 
 
 class ModelConfig(StageConfig):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from selfee.config import RayConfig
-from selfee.engines.config import GenerationConfig, ModelConfig
+from selfee.engines.config import ModelConfig
+from selfee.revision import RevisionSettings
 
 
-class InferConfig(GenerationConfig, ModelConfig):
+class InferConfig(RevisionSettings, ModelConfig):
     """Batch inference with revision control: questions in, SelFee/FastChat answers out."""
+
+    model_config = ConfigDict(frozen=False)
 
     questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
     output: Path | None = Field(None, description="answer file to write (.jsonl)")

@@ -28,14 +28,13 @@ from selfee.chain import render_prompt
 from selfee.config import dump_config
 from selfee.console import detail, progress_bar
 from selfee.engines import check_model, engine_for, engine_name, load_engine
-from selfee.engines.config import GenerationConfig
 from selfee.errors import ConfigError
 from selfee.infer.config import InferConfig
 from selfee.progress import format_duration, format_eta
 from selfee.records import read_objects, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
 
-SETTINGS_KEYS = tuple(GenerationConfig.model_fields)
+SETTINGS_KEYS = tuple(RevisionSettings.model_fields)
 
 
 class JournaledResult(BaseModel):
@@ -68,12 +67,12 @@ def log(message: str) -> None:
     print(f"[infer] {message}", flush=True)
 
 
-def generation_settings(cfg: GenerationConfig) -> dict[str, Any]:
+def generation_settings(cfg: RevisionSettings) -> dict[str, Any]:
     """The revision-control and sampling keys of a config, as plain data."""
     return {key: getattr(cfg, key) for key in SETTINGS_KEYS}
 
 
-def revision_settings(cfg: GenerationConfig, seed_offset: int = 0) -> RevisionSettings:
+def revision_settings(cfg: RevisionSettings, seed_offset: int = 0) -> RevisionSettings:
     values = generation_settings(cfg)
     values["seed"] += seed_offset
     return RevisionSettings(**values)
