@@ -102,7 +102,7 @@ def test_missing_instructions_file_is_a_clear_error(tmp_path: Path) -> None:
         "quickstart",
         "--instructions",
         str(tmp_path / "nope.jsonl"),
-        "--output-dir",
+        "--output",
         str(tmp_path / "out"),
         "--serve-port",
         "8799",

@@ -136,7 +136,7 @@ def test_every_config_key_is_a_cli_option() -> None:
     add_config_arguments(parser, QuickstartConfig)
     options = {s for a in parser._actions for s in a.option_strings}
     for key in [
-        "--output-dir",
+        "--output",
         "--max-iterations",
         "--ray.address",
         "--teacher.needed-fraction",
@@ -144,6 +144,27 @@ def test_every_config_key_is_a_cli_option() -> None:
         "--serve-port",
     ]:
         assert key in options
+
+
+def test_renamed_keys_keep_working_for_a_release_with_a_warning(tmp_path: Path) -> None:
+    """One name for the output folder everywhere (``output``); judge's ``out_dir`` and the
+    quickstart's ``output_dir`` still work, in YAML and on the command line, and say so."""
+    from selfee.config_cli import config_from_args
+    from selfee.judge.config import JudgeConfig
+
+    old = tmp_path / "judge.yaml"
+    old.write_text("out_dir: elsewhere\n")
+    with pytest.warns(FutureWarning, match="'out_dir' is now 'output'"):
+        assert load_config(JudgeConfig, old).output == Path("elsewhere")
+    with pytest.raises(ConfigError, match="out_dir is the old name of output: give output only"):
+        load_config(JudgeConfig, old, {"output": "here"})
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, QuickstartConfig)
+    with pytest.warns(FutureWarning, match="'output_dir' is now 'output'"):
+        args = parser.parse_args(["--output-dir", "qs"])
+    assert config_from_args(QuickstartConfig, args).output == Path("qs")
+    assert "--output-dir" not in parser.format_help()  # the new name only in --help
 
 
 def test_a_tiny_model_gets_tiny_model_defaults_unless_set() -> None:

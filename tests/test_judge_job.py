@@ -37,7 +37,7 @@ def write_inputs(tmp_path: Path, n: int = 12) -> tuple[Path, Path, Path]:
 def config(teacher, paths, out: Path, **overrides) -> JudgeConfig:
     questions, a, b = paths
     return JudgeConfig(
-        questions=questions, answers=[a, b], out_dir=out, base_url=teacher.base_url,
+        questions=questions, answers=[a, b], output=out, base_url=teacher.base_url,
         model="offline-teacher", workers=2, concurrency=6, progress_interval_s=0.5,
         retry=RetryConfig(max_retries=0, backoff_s=0.01, timeout_s=2), **overrides,
     )  # fmt: skip

@@ -32,7 +32,7 @@ def test_whole_pipeline_meets_every_stage_contract(serve_cleanup: None, tmp_path
         for i, c in enumerate(["generic", "coding", "math", "generic"], 1)
     ))  # fmt: skip
     cfg = QuickstartConfig(
-        output_dir=tmp_path / "out",
+        output=tmp_path / "out",
         instructions=None,  # collect from the sample sources
         sample_rows=30,
         collect_cap=2,

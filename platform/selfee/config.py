@@ -7,11 +7,12 @@ it came from. Each stage's own config lives with the stage (``selfee/<stage>/con
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from selfee.errors import ConfigError
 
@@ -20,6 +21,27 @@ C = TypeVar("C", bound="StageConfig")
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+    # keys renamed in this release: old name -> new name, still accepted (with a warning)
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed.keys() & data.keys():
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old} is the old name of {new}: give {new} only")
+                warn_renamed(old, new)
+                data[new] = data.pop(old)
+        return data
+
+
+def warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"'{old}' is now '{new}'; the old name goes in the next release",
+                  FutureWarning, stacklevel=2)  # fmt: skip
 
 
 class RayConfig(StageConfig):

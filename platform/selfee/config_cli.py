@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from selfee.config import C, StageConfig, is_config_model, load_config
+from selfee.config import C, StageConfig, is_config_model, load_config, warn_renamed
 
 _DEST_PREFIX = "config:"
 
@@ -74,6 +74,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         names += [str(alias) for alias in extra.get("cli_aliases", [])]  # type: ignore[union-attr]
         group.add_argument(*names, **kwargs)
+        old = next((o for o, n in cls.renamed.items() if n == dotted), None)
+        if old is not None:  # the old name, for one release
+            group.add_argument(f"--{old.replace('_', '-')}", **{**kwargs, "help": argparse.SUPPRESS,
+                               "action": _RenamedOption, "new": dotted})  # fmt: skip
+
+
+class _RenamedOption(argparse.Action):
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        warn_renamed(str(option).lstrip("-").replace("-", "_"), self.new)
+        setattr(namespace, self.dest, values)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

@@ -81,7 +81,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     for path, what in ((cfg.instructions, "instructions"), (questions, "questions")):
         if path is not None and not any(True for _ in read_jsonl(path)):  # before Ray starts
             raise ValueError(f"{path} holds no {what}")
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output)
     t0 = time.monotonic()
     stages: dict[str, dict[str, Any]] = {}
     with ray_runtime(cfg.ray) as started_ray:
@@ -208,7 +208,7 @@ def run_stages(
             answers[name] = path
 
     judge = JudgeConfig(
-        questions=questions, answers=list(answers.values()), out_dir=out / "judge",
+        questions=questions, answers=list(answers.values()), output=out / "judge",
         base_url=teacher, model=cfg.teacher.model, progress_interval_s=5, ray=cfg.ray,
     )  # fmt: skip
     names = [p.name.removesuffix(".jsonl") for p in answers.values()]

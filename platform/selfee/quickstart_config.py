@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -17,7 +18,9 @@ class QuickstartConfig(StageConfig):
     sample instructions, a tiny model trains on the chains, answers the sample questions
     autonomously and with forced revisions, the teacher judges the two, the report compares."""
 
-    output_dir: Path = Field(Path("outputs/quickstart"), description="where results go")
+    renamed: ClassVar[dict[str, str]] = {"output_dir": "output"}
+
+    output: Path = Field(Path("outputs/quickstart"), description="where results go")
     instructions: Path | None = Field(
         None,
         description="Instruction JSONL to augment; empty: collect from the sample source files "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
@@ -13,11 +14,13 @@ from selfee.llm_config import LLMJobConfig
 class JudgeConfig(LLMJobConfig):
     """Pairwise judging of two answer files, in both orders (SelFee / Vicuna evaluation)."""
 
+    renamed: ClassVar[dict[str, str]] = {"out_dir": "output"}
+
     questions: Path | None = Field(None, description="questions (question.jsonl format)")
     answers: list[Path] = Field(
         default_factory=list, description="exactly two answer files: A.jsonl B.jsonl"
     )
-    out_dir: Path = Field(Path("outputs/judge"), description="reviews, cache and report")
+    output: Path = Field(Path("outputs/judge"), description="reviews, cache and report")
     prompts: Path | None = Field(
         None, description="upstream prompt.jsonl (with --reviewers): reproduce that setting"
     )

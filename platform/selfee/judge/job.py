@@ -167,7 +167,7 @@ def review_row(task: dict[str, Any], result: dict[str, Any], model: str, cached:
 
 def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
     started = time.monotonic()
-    out = Path(cfg.out_dir)
+    out = Path(cfg.output)
     with resolve_endpoint(cfg, log) as ep:
         tasks, (name_a, name_b), skipped = plan(cfg, ep.model)
         if skipped:
