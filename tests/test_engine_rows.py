@@ -65,3 +65,14 @@ def test_a_row_whose_caller_went_away_ends_at_the_next_token() -> None:
     assert row.take(1, False, "a", lambda _, piece: True)
     assert not row.take(2, False, "b", lambda _, piece: False)  # not evaluated: not cached
     assert row.finish == "abort" and row.completion().finish_reason == "abort"
+
+
+def test_a_batch_may_not_name_one_chain_twice() -> None:
+    from selfee.engines.rows import batch_keys
+
+    def request(key: str) -> CompletionRequest:
+        return CompletionRequest("p", (), 4, key=key)
+
+    assert batch_keys([request("a"), request("b")]) == ["a", "b"]
+    with pytest.raises(ValueError, match="different keys"):
+        batch_keys([request("a"), request("a")])

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from selfee import adapter
-from selfee.engines.rows import OnText, RowCall, check_context, kept_prefix
+from selfee.engines.rows import OnText, RowCall, batch_keys, check_context, kept_prefix
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
@@ -140,9 +140,7 @@ class HFEngine:
         self, requests: Sequence[CompletionRequest], on_text: OnText | None = None
     ) -> list[Completion]:
         """``on_text``: stream each row's new text after every token (see ``rows.OnText``)."""
-        keys = [r.key for r in requests]
-        if len(set(keys)) != len(keys):
-            raise ValueError("requests in one batch need different keys")
+        keys = batch_keys(requests)
         try:
             return self._complete_batch(requests, keys, on_text)
         except BaseException:  # a half-done call leaves the cache unknown: start over

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from selfee.engines.rows import OnText, RowCall, check_context, kept_prefix, shifted
+from selfee.engines.rows import OnText, RowCall, batch_keys, check_context, kept_prefix, shifted
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 GGUF_MAGIC = b"GGUF"
@@ -223,9 +223,7 @@ class LlamaCppEngine:
         self, requests: Sequence[CompletionRequest], on_text: OnText | None = None
     ) -> list[Completion]:
         """``on_text``: stream each row's new text after every token (see ``rows.OnText``)."""
-        keys = [r.key for r in requests]
-        if len(set(keys)) != len(keys):
-            raise ValueError("requests in one batch need different keys")
+        batch_keys(requests)  # refuses a repeated key
         out: list[Completion] = []
         for start in range(0, len(requests), self.slots):  # at most one chain per slot
             group = requests[start : start + self.slots]

@@ -25,6 +25,14 @@ def kept_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:
     return min(keep, len(ids) - 1)
 
 
+def batch_keys(requests: Sequence[CompletionRequest]) -> list[str]:
+    """The rows' keys: each names one chain's KV state, so a batch may not repeat one."""
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError("requests in one batch need different keys")
+    return keys
+
+
 def check_context(ids: Sequence[int], max_context: int) -> None:
     if len(ids) >= max_context:
         raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {max_context}")
