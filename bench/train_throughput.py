@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = {  # the model and the batch: the 32M one keeps a run of a few steps in minutes here
     "tiny": {"tiny": {"hidden_size": 256, "num_layers": 4, "num_heads": 8,
                       "intermediate_size": 688, "vocab_size": 2048},
-             "max_length": 1024, "global_batch_size": 16, "micro_batch_size": 4},
+             "max_context": 1024, "global_batch_size": 16, "micro_batch_size": 4},
     "32m": {"tiny": {"hidden_size": 512, "num_layers": 10, "num_heads": 8,
                      "intermediate_size": 1376, "vocab_size": 2048},
-            "max_length": 512, "global_batch_size": 8, "micro_batch_size": 2},
+            "max_context": 512, "global_batch_size": 8, "micro_batch_size": 2},
 }  # fmt: skip
 
 
@@ -72,7 +72,7 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, spec: dict, tokenizer, examples, s
     optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate)
     model.config.use_cache = False  # as in training (packed rows need it off)
     lengths = [len(ids) for ids, _ in examples]
-    width = cfg.max_length if cfg.batching == "packed" else None
+    width = cfg.max_context if cfg.batching == "packed" else None
     batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching, 1, width)
     per_step = cfg.global_batch_size // cfg.micro_batch_size
     tokens, seconds = 0, 0.0
@@ -103,7 +103,7 @@ def main() -> None:
                         "micro-batch")  # fmt: skip
     parser.add_argument("--batching", choices=["length-grouped", "packed"],
                         default="length-grouped",
-                        help="packed: both sides train on rows of max_length tokens "
+                        help="packed: both sides train on rows of max_context tokens "
                         "(micro-batches of 1 row, 4 rows a step)")  # fmt: skip
     parser.add_argument("--size", choices=list(SIZES), default="tiny",
                         help="tiny: 3.4M parameters; 32m: where all-reduce no longer dominates")  # fmt: skip
@@ -125,19 +125,19 @@ def main() -> None:
     texts = [sft.chain_text(r) for r in rows]
     tokenizer = train_tiny_tokenizer(texts, cfg.tiny.vocab_size)
     spec = {"kind": "tiny", "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer,
-                                                        cfg.max_length), "seed": 0}  # fmt: skip
+                                                        cfg.max_context), "seed": 0}  # fmt: skip
     if args.adapter != "none":  # the same model, saved as the base the adapter trains on
         build_model(spec, 0).save_pretrained(work / "base")
         tokenizer.save_pretrained(work / "base")
         cfg = TrainConfig(**{**settings, "model": str(work / "base"), "adapter": args.adapter})
-    tokenized = [sft.tokenize_chain(tokenizer, r, max_length=cfg.max_length) for r in rows]
+    tokenized = [sft.tokenize_chain(tokenizer, r, max_context=cfg.max_context) for r in rows]
     examples = [(e.input_ids, e.labels) for e in tokenized if e.status != "dropped"]
     lengths = [len(ids) for ids, _ in examples]
 
     padding = {}
     for micro in (4, 8, 16):
         for grouping in ("length-grouped", "random", "packed"):
-            width = cfg.max_length if grouping == "packed" else None
+            width = cfg.max_context if grouping == "packed" else None
             batches = sft.make_batches(lengths, micro, 0, grouping, 1, width)
             padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8, width)
 
@@ -154,7 +154,7 @@ def main() -> None:
     if cfg.adapter != "none":
         what += f" + {cfg.adapter} r{cfg.lora.rank} (all linear layers)"
     if cfg.batching == "packed":
-        what += f", packed rows of {cfg.max_length}"
+        what += f", packed rows of {cfg.max_context}"
     append_rows(
         "\n## Training throughput (`bench/train_throughput.py`)\n\n"
         "| date | machine | model | chains | steps | plain PyTorch (1 process) | Ray Train + "
@@ -171,7 +171,7 @@ def main() -> None:
             "length-grouped | packed | random, pad to longest (upstream) |"
             "\n|---|---|---|---|---|---|---|\n",
             [
-                f"| {today} | {len(examples)} | {cfg.max_length} | {micro} | "
+                f"| {today} | {len(examples)} | {cfg.max_context} | {micro} | "
                 f"**{padding[(micro, 'length-grouped')]:.3f}** | "
                 f"**{padding[(micro, 'packed')]:.3f}** | {padding[(micro, 'random')]:.3f} |"
                 for micro in (4, 8, 16)

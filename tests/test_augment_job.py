@@ -160,15 +160,13 @@ def test_a_damaged_journal_is_resumed_row_by_row(
 
 
 def test_long_inputs_fit_the_teachers_context(ray_session, start_teacher, tmp_path: Path) -> None:
-    teacher = start_teacher(context_tokens=1200)
+    teacher = start_teacher(max_context=1200)
     rows = [
         make_instruction("alpaca", f"Summarise text {i}.", "lorem ipsum " * 1500) for i in range(4)
     ]
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_augment(
-        config(
-            teacher, tmp_path / "in.jsonl", tmp_path / "out", context_tokens=1200, max_tokens=300
-        )
+        config(teacher, tmp_path / "in.jsonl", tmp_path / "out", max_context=1200, max_tokens=300)
     )
     got = chains(tmp_path / "out")
     assert all(c["error"] is None and c["iteration_truncated"] for c in got)
@@ -190,6 +188,6 @@ def test_user_mistakes_are_clear_errors(tmp_path: Path, start_teacher) -> None:
     with pytest.raises(ValueError, match=rf"{latin1}:1 is not UTF-8 text \(byte 0xf9"):
         run_augment(config(teacher, latin1, tmp_path / "out"))
     with pytest.raises(ValueError, match="max_tokens"):
-        AugmentConfig(max_tokens=4096, context_tokens=4096)
+        AugmentConfig(max_tokens=4096, max_context=4096)
     with pytest.raises(ValueError, match="either a gold answer or the initial answer"):
         AugmentConfig(gold_datasets=["sharegpt"])

@@ -46,7 +46,7 @@ def test_selfee_gpu_configs_carry_the_published_hyperparameters(
     name: str, micro: int, accumulation: int
 ) -> None:
     cfg = load_config(TrainConfig, REPO / "configs" / f"selfee-{name}.yaml")
-    assert (cfg.global_batch_size, cfg.learning_rate, cfg.epochs, cfg.max_length) == (
+    assert (cfg.global_batch_size, cfg.learning_rate, cfg.epochs, cfg.max_context) == (
         128,
         2e-5,
         3,
@@ -170,7 +170,7 @@ def test_renamed_keys_keep_working_for_a_release_with_a_warning(tmp_path: Path) 
 def test_a_tiny_model_gets_tiny_model_defaults_unless_set() -> None:
     """SelFee's 7B settings (2e-5, global batch 128) teach a tiny random model nothing."""
     tiny = TrainConfig()
-    assert (tiny.learning_rate, tiny.global_batch_size, tiny.max_length) == (1e-3, 8, 512)
+    assert (tiny.learning_rate, tiny.global_batch_size, tiny.max_context) == (1e-3, 8, 512)
     assert tiny.tiny_defaults_used["learning_rate"] == 1e-3
     assert not tiny.gradient_checkpointing and tiny.global_batch_size % (
         tiny.micro_batch_size * tiny.num_workers) == 0  # fmt: skip
@@ -180,3 +180,25 @@ def test_a_tiny_model_gets_tiny_model_defaults_unless_set() -> None:
     big = TrainConfig(model="/models/llama-7b")  # a real model keeps SelFee's settings
     assert (big.learning_rate, big.global_batch_size, big.tiny_defaults_used) == (2e-5, 128, {})
     assert dump_config(tiny)["learning_rate"] == 1e-3  # what the run records is what it used
+
+
+def test_a_key_renamed_since_an_earlier_run_does_not_block_its_resume(tmp_path: Path) -> None:
+    """Augment and train compare the settings an earlier run saved with today's: a key that
+    was only renamed (context_tokens, max_length) must not read as a changed setting."""
+    import json
+
+    from selfee.augment import resume
+    from selfee.augment.config import AugmentConfig
+    from selfee.train.config import TrainConfig
+    from selfee.train.job import _read_run_file
+
+    (tmp_path / resume.STATE).write_text(json.dumps({"settings": {"context_tokens": 4096}}))
+    resume.check_settings(tmp_path, {"max_context": 4096}, False, AugmentConfig.renamed)
+    with pytest.raises(ConfigError, match="different: max_context"):
+        resume.check_settings(tmp_path, {"max_context": 2048}, False, AugmentConfig.renamed)
+
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"run_name": "r", "config": {"max_length": 512}}))
+    assert _read_run_file(run_file)["config"] == {"max_context": 512}
+    with pytest.warns(FutureWarning, match="'max_length' is now 'max_context'"):
+        assert TrainConfig(max_length=300).max_context == 300

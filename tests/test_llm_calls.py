@@ -92,7 +92,7 @@ def test_a_wrong_key_stops_the_job_without_showing_the_key(start_teacher, monkey
 
 
 def test_context_overflow_is_its_own_error(start_teacher) -> None:
-    teacher = start_teacher(context_tokens=64)
+    teacher = start_teacher(max_context=64)
     error, usage, _ = call_once(teacher, messages=[{"role": "user", "content": "word " * 100}])
     assert isinstance(error, ContextOverflow) and "maximum context length" in str(error)
     assert usage.requests == 1  # not retried: the same prompt would fail the same way

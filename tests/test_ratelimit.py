@@ -87,6 +87,6 @@ def test_pause_holds_the_whole_worker() -> None:
 def test_shares_that_cannot_work_are_refused_with_advice() -> None:
     with pytest.raises(LimitError, match="use fewer workers"):
         split_limits(3, None, 4, 4096)
-    with pytest.raises(LimitError, match="context_tokens"):
+    with pytest.raises(LimitError, match="max_context"):
         split_limits(None, 10_000, 4, 4096)
     assert workers_for(60, 8) == 3 and workers_for(None, 8) == 8 and workers_for(5, 4) == 1

@@ -43,7 +43,7 @@ def tiny_config(chains: Path, output: Path, **overrides: object) -> TrainConfig:
         "model": "tiny",
         "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128,
                  "vocab_size": 400},
-        "max_length": 128,
+        "max_context": 128,
         "global_batch_size": 16,
         "micro_batch_size": 4,
         "num_workers": 2,

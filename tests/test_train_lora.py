@@ -51,7 +51,7 @@ def lora_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dic
     lora = {"rank": 16, "alpha": 32, "dropout": 0.0, "export": "adapter"}
     cfg = tiny_config(chains_file, folder / "run", model=str(base), adapter="lora", lora=lora,
                       max_steps=STEPS, learning_rate=3e-3, checkpoint_every_steps=16,
-                      max_length=256, fault_injection_step=20, max_failures=1)  # fmt: skip
+                      max_context=256, fault_injection_step=20, max_failures=1)  # fmt: skip
     summary = run_train(cfg)
     checkpoint = max(p for p in Path(summary["checkpoints"]).glob("checkpoint_*") if p.is_dir())
     tokenizer = AutoTokenizer.from_pretrained(summary["model"])

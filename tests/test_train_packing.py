@@ -66,7 +66,7 @@ def test_packed_examples_are_kept_apart_exactly() -> None:
     config = tiny_llama_config({**tiny, "vocab_size": 400}, tokenizer, width)
     model = build_model({"kind": "tiny", "config": config}, seed=0).eval()
     model.config.use_cache = False  # as the training loop sets it
-    examples = [sft.tokenize_chain(tokenizer, c, max_length=width) for c in chains]
+    examples = [sft.tokenize_chain(tokenizer, c, max_context=width) for c in chains]
     pairs = [(e.input_ids, e.labels) for e in examples]
 
     batch = sft.collate(pairs, tokenizer.pad_token_id, pack_width=width)

@@ -107,13 +107,13 @@ def test_loss_switches_and_answer_only(tokenizer, chains: list[dict]) -> None:
 def test_over_length_examples_truncate_or_drop(tokenizer, chains: list[dict]) -> None:
     full = sft.tokenize_chain(tokenizer, chains[0])
     limit = len(full.input_ids) - 5
-    cut = sft.tokenize_chain(tokenizer, chains[0], max_length=limit)
+    cut = sft.tokenize_chain(tokenizer, chains[0], max_context=limit)
     assert cut.status == "truncated" and cut.input_ids == full.input_ids[:limit]
-    assert sft.tokenize_chain(tokenizer, chains[0], max_length=limit, overflow="drop").status == (
+    assert sft.tokenize_chain(tokenizer, chains[0], max_context=limit, overflow="drop").status == (
         "dropped"
     )
     assert (
-        sft.tokenize_chain(tokenizer, chains[0], max_length=16).status == "dropped"
+        sft.tokenize_chain(tokenizer, chains[0], max_context=16).status == "dropped"
     )  # prompt only
 
 

@@ -39,6 +39,12 @@ class StageConfig(BaseModel):
         return data
 
 
+def with_new_names(saved: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """Settings an earlier run saved, under today's key names (a rename alone never blocks
+    ``--resume``)."""
+    return {renamed.get(key, key): value for key, value in saved.items()}
+
+
 def warn_renamed(old: str, new: str) -> None:
     warnings.warn(f"'{old}' is now '{new}'; the old name goes in the next release",
                   FutureWarning, stacklevel=2)  # fmt: skip

@@ -74,10 +74,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         names += [str(alias) for alias in extra.get("cli_aliases", [])]  # type: ignore[union-attr]
         group.add_argument(*names, **kwargs)
-        old = next((o for o, n in cls.renamed.items() if n == dotted), None)
+        old = _old_name(cls, dotted)
         if old is not None:  # the old name, for one release
             group.add_argument(f"--{old.replace('_', '-')}", **{**kwargs, "help": argparse.SUPPRESS,
                                "action": _RenamedOption, "new": dotted})  # fmt: skip
+
+
+def _old_name(cls: type[BaseModel], dotted: str) -> str | None:
+    """The dotted key's name before a rename (``teacher.context_tokens``), if it had one."""
+    *path, leaf = dotted.split(".")
+    owner: Any = cls
+    for part in path:
+        owner = owner.model_fields[part].annotation
+    old = next((o for o, n in getattr(owner, "renamed", {}).items() if n == leaf), None)
+    return ".".join([*path, old]) if old else None
 
 
 class _RenamedOption(argparse.Action):

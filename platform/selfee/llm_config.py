@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from selfee.config import RayConfig, StageConfig
@@ -31,6 +33,8 @@ class PricesConfig(StageConfig):
 class LLMJobConfig(StageConfig):
     """What every job that calls a teacher or judge LLM shares: endpoint, limits, retries."""
 
+    renamed: ClassVar[dict[str, str]] = {"context_tokens": "max_context"}
+
     base_url: str | None = Field(
         None,
         description="OpenAI-compatible endpoint; empty: OpenAI if the API key variable is "
@@ -43,7 +47,7 @@ class LLMJobConfig(StageConfig):
     rpm: int | None = Field(None, gt=0, description="requests per minute for the whole job")
     tpm: int | None = Field(None, gt=0, description="tokens per minute for the whole job")
     max_tokens: int = Field(1024, ge=1, description="longest reply per request, in tokens")
-    context_tokens: int = Field(
+    max_context: int = Field(
         4096, ge=256, description="the model's context window: prompt + reply must fit"
     )
     temperature: float = Field(1.0, ge=0, le=2, description="sampling temperature")
@@ -63,9 +67,9 @@ class LLMJobConfig(StageConfig):
 
     @model_validator(mode="after")
     def _reply_fits_context(self) -> LLMJobConfig:
-        if self.max_tokens >= self.context_tokens:
+        if self.max_tokens >= self.max_context:
             raise ValueError(
-                f"max_tokens ({self.max_tokens}) must be below context_tokens "
-                f"({self.context_tokens}): the prompt needs room too"
+                f"max_tokens ({self.max_tokens}) must be below max_context "
+                f"({self.max_context}): the prompt needs room too"
             )
         return self

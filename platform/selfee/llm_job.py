@@ -190,7 +190,7 @@ def fan_out(
     if workers < cfg.workers:
         say(f"using {workers} workers (rpm {cfg.rpm}, {len(todo)} rows)")
     try:
-        share = split_limits(cfg.rpm, cfg.tpm, workers, cfg.context_tokens)
+        share = split_limits(cfg.rpm, cfg.tpm, workers, cfg.max_context)
     except LimitError as e:
         raise ConfigError(str(e)) from None
     # Rows reach a worker in blocks, and a block's call ends with its slowest row: small

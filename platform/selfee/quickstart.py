@@ -158,7 +158,7 @@ def run_stages(
 
     train = TrainConfig(
         data=chains, model="tiny", tiny=cfg.tiny, output=out / "train", max_steps=cfg.train_steps,
-        global_batch_size=8, micro_batch_size=4, num_workers=2, max_length=1024,
+        global_batch_size=8, micro_batch_size=4, num_workers=2, max_context=1024,
         learning_rate=cfg.learning_rate, warmup_ratio=0.05, checkpoint_every_steps=cfg.train_steps,
         keep_checkpoints=1, overwrite=True, log_every_steps=max(1, cfg.train_steps // 5),
         ray=cfg.ray,

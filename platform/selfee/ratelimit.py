@@ -87,9 +87,9 @@ def split_limits(
         except LimitError:
             raise LimitError(
                 f"tpm {tpm:g} is too low for {workers} workers: one request may use up to "
-                f"{max_request_tokens} tokens (context_tokens), more than a worker's share of "
+                f"{max_request_tokens} tokens (max_context), more than a worker's share of "
                 f"{tpm / workers:.0f} a minute allows; use fewer workers or a smaller "
-                "context_tokens"
+                "max_context"
             ) from None
     return WorkerShare(requests, tokens)
 

@@ -40,7 +40,7 @@ class AugmentWorker(LLMWorker):
         cfg: AugmentConfig = self.cfg  # type: ignore[assignment]
         self.base = LoopSettings(
             max_iterations=cfg.max_iterations,
-            prompt_budget=cfg.context_tokens - cfg.max_tokens,
+            prompt_budget=cfg.max_context - cfg.max_tokens,
             prompts=cfg.prompts,
         )
 
@@ -95,7 +95,7 @@ def run_settings(cfg: AugmentConfig, model: str) -> dict[str, Any]:
         "model": model,
         "max_iterations": cfg.max_iterations,
         "max_tokens": cfg.max_tokens,
-        "context_tokens": cfg.context_tokens,
+        "max_context": cfg.max_context,
         "temperature": cfg.temperature,
         "gold_datasets": sorted(cfg.gold_datasets),
         "reuse_answer_datasets": sorted(cfg.reuse_answer_datasets),
@@ -113,7 +113,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     from selfee.ray_runtime import ray_runtime
 
     with resolve_endpoint(cfg, log) as ep:
-        resume.check_settings(out, run_settings(cfg, ep.model), cfg.overwrite)
+        resume.check_settings(out, run_settings(cfg, ep.model), cfg.overwrite, cfg.renamed)
         saved = journal.read_journal(out / resume.JOURNAL, ChainRow)
         if saved.skipped:
             log(saved.describe(out / resume.JOURNAL))

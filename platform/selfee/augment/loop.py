@@ -104,7 +104,7 @@ def fit(turn: Turn, settings: LoopSettings, budget: int | None) -> tuple[list[Me
         if len(text) <= MIN_FIELD_CHARS + len(CUT_MARK):
             raise ContextTooLong(
                 f"the {turn.kind} prompt needs about {estimate_tokens(messages)} tokens even "
-                f"with its longest texts cut; the budget is {budget} (raise context_tokens or "
+                f"with its longest texts cut; the budget is {budget} (raise max_context or "
                 "lower max_tokens)"
             )
         keep = max(MIN_FIELD_CHARS, len(text) - int(over * 3) - len(CUT_MARK) - 16)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from selfee.config import with_new_names
 from selfee.errors import ConfigError
 from selfee.records import write_jsonl
 
@@ -22,8 +23,11 @@ CHAINS = "chains.jsonl"
 STATE = "state.json"
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix rows made with different teacher settings in one output folder."""
+def check_settings(
+    out_dir: Path, settings: dict[str, Any], overwrite: bool, renamed: dict[str, str] | None = None
+) -> None:
+    """Refuse to mix rows made with different teacher settings in one output folder
+    (``renamed``: keys renamed since, old name -> new)."""
     state_path = out_dir / STATE
     if overwrite:
         for name in (JOURNAL, CHAINS, STATE):
@@ -35,6 +39,7 @@ def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
     if state_path.exists():
         try:
             previous = json.loads(state_path.read_text()).get("settings", {})
+            previous = with_new_names(previous, renamed or {})
         except (OSError, json.JSONDecodeError):
             previous = None
         if previous is not None and previous != settings:

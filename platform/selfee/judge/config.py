@@ -14,7 +14,7 @@ from selfee.llm_config import LLMJobConfig
 class JudgeConfig(LLMJobConfig):
     """Pairwise judging of two answer files, in both orders (SelFee / Vicuna evaluation)."""
 
-    renamed: ClassVar[dict[str, str]] = {"out_dir": "output"}
+    renamed: ClassVar[dict[str, str]] = {**LLMJobConfig.renamed, "out_dir": "output"}
 
     questions: Path | None = Field(None, description="questions (question.jsonl format)")
     answers: list[Path] = Field(
@@ -29,7 +29,7 @@ class JudgeConfig(LLMJobConfig):
         2, ge=0, le=10, description="ask again this often when no score can be read"
     )
     temperature: float = Field(0.2, ge=0, le=2, description="judge sampling temperature")
-    context_tokens: int = Field(
+    max_context: int = Field(
         8192, ge=256, description="the judge's context window (prompt + reply)"
     )
 

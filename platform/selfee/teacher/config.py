@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -13,6 +13,8 @@ FaultKind = Literal["429", "500", "timeout", "malformed"]
 
 class TeacherConfig(StageConfig):
     """The offline teacher: an OpenAI-compatible server that answers deterministically."""
+
+    renamed: ClassVar[dict[str, str]] = {"context_tokens": "max_context"}
 
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8100, ge=0, le=65535, description="TCP port (0: any free port)")
@@ -40,7 +42,7 @@ class TeacherConfig(StageConfig):
     judge_unparseable_fraction: float = Field(
         0.0, ge=0, le=1, description="fraction of judge requests answered without scores"
     )
-    context_tokens: int | None = Field(
+    max_context: int | None = Field(
         None,
         ge=16,
         description="reject prompts + max_tokens over this many tokens (4 bytes a token), "

@@ -129,7 +129,7 @@ def _no_stream(request: wire.SamplingRequest) -> wire.SamplingRequest:
     return request
 
 
-def context_tokens(texts: list[str]) -> int:
+def estimated_tokens(texts: list[str]) -> int:
     """What a prompt costs against the context window: 4 bytes a token, as BPE on English."""
     return sum(math.ceil(len(text.encode("utf-8")) / 4) + 3 for text in texts)
 
@@ -177,13 +177,13 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
             body = _no_stream(wire.validate(model, raw))
         except wire.APIError as e:
             return None, wire.error_response(e)
-        if config.context_tokens is not None:
-            wanted = context_tokens(prompt_of(body)) + (body.wanted_tokens or 0)
-            if wanted > config.context_tokens:
+        if config.max_context is not None:
+            wanted = estimated_tokens(prompt_of(body)) + (body.wanted_tokens or 0)
+            if wanted > config.max_context:
                 state.context_rejected += 1
                 return None, openai_error(
                     400,
-                    f"This model's maximum context length is {config.context_tokens} tokens. "
+                    f"This model's maximum context length is {config.max_context} tokens. "
                     f"However, you requested {wanted} tokens. Please reduce the length of the "
                     "messages or completion.",
                     code="context_length_exceeded",

@@ -51,7 +51,7 @@ def train_selfee_model(out: Path, steps: int = 300, max_positions: int = 4096) -
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    examples = [sft.tokenize_chain(tokenizer, c, max_length=512) for c in chains]
+    examples = [sft.tokenize_chain(tokenizer, c, max_context=512) for c in chains]
     pairs = [(e.input_ids, e.labels) for e in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = random.Random(0)

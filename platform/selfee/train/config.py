@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -47,7 +47,7 @@ class LossOnConfig(StageConfig):
 
 TINY_TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
-    "max_length": 512,
+    "max_context": 512,
     "micro_batch_size": 2,
     "gradient_checkpointing": False,
     "checkpoint_every_steps": 20,
@@ -56,6 +56,8 @@ TINY_TRAIN_DEFAULTS: dict[str, Any] = {
 
 class TrainConfig(StageConfig):
     """Fine-tuning on SelFee chains with Ray Train + DeepSpeed (CPU or GPU, one job)."""
+
+    renamed: ClassVar[dict[str, str]] = {"max_length": "max_context"}
 
     _tiny_defaults_used: list[str] = PrivateAttr(default_factory=list)
 
@@ -80,14 +82,17 @@ class TrainConfig(StageConfig):
         "full", description="'full': the whole chain (SelFee); 'answer-only': the first answer"
     )
     loss_on: LossOnConfig = Field(default_factory=LossOnConfig)
-    max_length: int = Field(2048, ge=16, description="tokens per example (SelFee: 2048)")
+    max_context: int = Field(
+        2048, ge=16, description="the longest example in tokens, and a tiny model's context "
+        "(SelFee: 2048)",
+    )  # fmt: skip
     overflow: Literal["truncate", "drop"] = Field(
         "truncate", description="what happens to longer examples (counted in the summary)"
     )
     batching: Literal["length-grouped", "random", "packed"] = Field(
         "length-grouped",
         description="'random' pads random batches to their longest (upstream); 'packed' puts "
-        "whole examples side by side in rows of max_length tokens, kept apart "
+        "whole examples side by side in rows of max_context tokens, kept apart "
         "(micro_batch_size then counts rows)",
     )
     global_batch_size: int = Field(

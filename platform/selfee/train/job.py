@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfee import lineage
-from selfee.config import dump_config
+from selfee.config import dump_config, with_new_names
 from selfee.errors import ConfigError, JobFailed
 from selfee.ray_runtime import ray_runtime
 from selfee.tokenizer import load_tokenizer, train_tiny_tokenizer
@@ -93,7 +93,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         dataset, counts = build_sft_dataset(rows, tokenizer, cfg)
         log(
             f"SFT set: {counts['examples']} examples, {counts['truncated']} truncated, "
-            f"{counts['dropped']} dropped (over max_length {cfg.max_length}); "
+            f"{counts['dropped']} dropped (over max_context {cfg.max_context}); "
             f"{counts['tokens']:,} tokens, {counts['target_tokens']:,} with loss"
         )
         settings = replace(settings, lengths=counts["lengths"], example_ids=counts["example_ids"])
@@ -129,7 +129,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             )
     history = state["history"]
     batches = plan_batches(settings, 0, cfg.num_workers)
-    pack_width = cfg.max_length if cfg.batching == "packed" else None
+    pack_width = cfg.max_context if cfg.batching == "packed" else None
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,
@@ -260,7 +260,9 @@ def _read_run_file(path: Path) -> dict[str, Any] | None:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing, or torn by a crash: no run to continue
         return None
-    return earlier if isinstance(earlier, dict) and "run_name" in earlier else None
+    if not isinstance(earlier, dict) or "run_name" not in earlier:
+        return None
+    return {**earlier, "config": with_new_names(earlier.get("config", {}), TrainConfig.renamed)}
 
 
 def _has_checkpoint(storage: str, earlier: dict[str, Any]) -> bool:
@@ -283,7 +285,7 @@ def make_tokenizer_and_spec(
             log(f"tiny tokenizer trained on the run's text: {len(tokenizer)} tokens")
         spec = {
             "kind": "tiny",
-            "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer, cfg.max_length),
+            "config": tiny_llama_config(cfg.tiny.model_dump(), tokenizer, cfg.max_context),
             "seed": cfg.tiny.seed,
         }
     else:
@@ -331,7 +333,7 @@ def build_sft_dataset(
     options = {
         "objective": cfg.objective,
         "loss_on": cfg.loss_on.kinds(),
-        "max_length": cfg.max_length,
+        "max_context": cfg.max_context,
         "overflow": cfg.overflow,
     }
     items = [{"idx": i, "chain": json.dumps(row, ensure_ascii=False)} for i, row in enumerate(rows)]

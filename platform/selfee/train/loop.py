@@ -55,7 +55,7 @@ class TrainSettings:
     warmup_ratio: float
     seed: int
     batching: str
-    max_length: int  # a packed row's width
+    max_context: int  # a packed row's width
     gradient_checkpointing: bool
     log_every_steps: int
     checkpoint_every_steps: int
@@ -81,7 +81,7 @@ def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[l
     packed = settings.batching == "packed"
     return sft.make_batches(
         settings.lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching,
-        world_size, settings.max_length if packed else None,
+        world_size, settings.max_context if packed else None,
     )  # fmt: skip
 
 
@@ -185,7 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for position in positions:
                 batch = sft.collate(
                     [examples[i] for i in batches[position]], settings.pad_id,
-                    pack_width=settings.max_length if settings.batching == "packed" else None,
+                    pack_width=settings.max_context if settings.batching == "packed" else None,
                 )  # fmt: skip
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
                 loss = engine(**batch).loss

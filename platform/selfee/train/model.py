@@ -21,7 +21,7 @@ DS_AUTO_KEYS = (
 )
 
 
-def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, Any]:
+def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_context: int) -> dict[str, Any]:
     """The LlamaConfig (as a dict, so it travels to workers and into the export)."""
     from transformers import LlamaConfig
 
@@ -32,7 +32,7 @@ def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_length: int) -> 
         num_hidden_layers=tiny["num_layers"],
         num_attention_heads=tiny["num_heads"],
         num_key_value_heads=tiny["num_heads"],
-        max_position_embeddings=max_length,
+        max_position_embeddings=max_context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

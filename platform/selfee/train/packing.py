@@ -1,4 +1,4 @@
-"""Sample packing: whole examples side by side in rows of ``max_length`` tokens.
+"""Sample packing: whole examples side by side in rows of ``max_context`` tokens.
 
 Short chains padded to a batch's longest waste compute; packed into full rows they do not.
 Examples stay apart: each one's position ids restart at 0 and, with no attention mask,

@@ -112,7 +112,7 @@ def tokenize_chain(
     *,
     objective: Objective = "full",
     loss_on: Iterable[str] = SEGMENT_KINDS,
-    max_length: int = 2048,
+    max_context: int = 2048,
     overflow: Literal["truncate", "drop"] = "truncate",
 ) -> Example:
     segments = chain_segments(row, objective)
@@ -136,12 +136,12 @@ def tokenize_chain(
     ids.append(tokenizer.eos_token_id)
     labels.append(tokenizer.eos_token_id if segments[-1][0] in trainable else IGNORE)
     status = "ok"
-    if len(ids) > max_length:
+    if len(ids) > max_context:
         if overflow == "drop":
             return Example([], [], "dropped")
-        ids, labels, status = ids[:max_length], labels[:max_length], "truncated"
+        ids, labels, status = ids[:max_context], labels[:max_context], "truncated"
     if all(label == IGNORE for label in labels):
-        return Example([], [], "dropped")  # the prompt alone fills max_length
+        return Example([], [], "dropped")  # the prompt alone fills max_context
     return Example(ids, labels, status)
 
 
@@ -211,7 +211,7 @@ def make_batches(
         return random_batches(lengths, micro_batch_size, seed)
     if grouping == "packed":
         if pack_width is None:
-            raise ValueError("packed batches need the row width (the run's max_length)")
+            raise ValueError("packed batches need the row width (the run's max_context)")
         return packed_batches(lengths, micro_batch_size, seed, world_size, pack_width)
     return length_grouped_batches(lengths, micro_batch_size, seed, world_size)
 
