@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, model_validator
 
+from selfee.errors import ConfigError
+
 INSTRUCTION_FIELDS = ("id", "dataset", "instruction", "input", "output", "meta")
 
 
@@ -89,6 +91,34 @@ def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{n} is not a JSON object (got {type(row).__name__})")
         yield n, row
+
+
+def read_object_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSON Lines file of objects; a missing or unreadable file is
+    a ``ConfigError`` that names it."""
+    try:
+        return list(read_objects(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
+    """Rows of a question file (or a FastChat answer file): each an object with a
+    ``question_id`` (a string or number, once per file) and a string ``text``."""
+    rows = read_object_rows(path, what)
+    seen = set()
+    for n, row in rows:
+        qid = row.get("question_id")
+        if not isinstance(row.get("text"), str) or not isinstance(qid, str | int | float):
+            raise ConfigError(f"{path}: line {n} needs 'question_id' and a string 'text'")
+        if qid in seen:
+            raise ConfigError(f"{path}: line {n} repeats question_id {qid!r}")
+        seen.add(qid)
+    if not rows:
+        raise ConfigError(f"{path} holds no {what}")
+    return [row for _, row in rows]
 
 
 def _numbered_rows(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -45,10 +45,9 @@ from selfee.infer.job import (
     check_config,
     generate_answers,
     model_fingerprint,
-    read_object_rows,
 )
 from selfee.progress import format_duration, format_eta
-from selfee.records import write_jsonl
+from selfee.records import read_object_rows, write_jsonl
 
 RUNS = ("forced", "autonomous", "first", "samples")
 

@@ -31,7 +31,7 @@ from selfee.engines import check_model, engine_for, engine_name, load_engine
 from selfee.errors import ConfigError
 from selfee.infer.config import InferConfig
 from selfee.progress import format_duration, format_eta
-from selfee.records import read_objects, write_jsonl
+from selfee.records import read_questions, write_jsonl
 from selfee.revision import RevisionResult, RevisionSettings, generate_batch
 
 SETTINGS_KEYS = tuple(RevisionSettings.model_fields)
@@ -76,34 +76,6 @@ def revision_settings(cfg: RevisionSettings, seed_offset: int = 0) -> RevisionSe
     values = generation_settings(cfg)
     values["seed"] += seed_offset
     return RevisionSettings(**values)
-
-
-def read_object_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a JSON Lines file of objects; a missing or unreadable file is
-    a ``ConfigError`` that names it."""
-    try:
-        return list(read_objects(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file {path} does not exist") from None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
-    """Rows of a question file (or a FastChat answer file): each an object with a
-    ``question_id`` (a string or number, once per file) and a string ``text``."""
-    rows = read_object_rows(path, what)
-    seen = set()
-    for n, row in rows:
-        qid = row.get("question_id")
-        if not isinstance(row.get("text"), str) or not isinstance(qid, str | int | float):
-            raise ConfigError(f"{path}: line {n} needs 'question_id' and a string 'text'")
-        if qid in seen:
-            raise ConfigError(f"{path}: line {n} repeats question_id {qid!r}")
-        seen.add(qid)
-    if not rows:
-        raise ConfigError(f"{path} holds no {what}")
-    return [row for _, row in rows]
 
 
 def model_fingerprint(cfg: InferConfig) -> str:

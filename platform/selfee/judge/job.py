@@ -22,7 +22,6 @@ from selfee import journal, lineage
 from selfee.config import dump_config
 from selfee.console import say
 from selfee.errors import ConfigError
-from selfee.infer.job import read_questions
 from selfee.judge import report
 from selfee.judge.config import JudgeConfig
 from selfee.judge.scores import parse_score
@@ -30,7 +29,7 @@ from selfee.judge.templates import load_upstream, our_reviewers, reviewer_for
 from selfee.llm import CallFailed, TeacherCall
 from selfee.llm_job import LLMWorker, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress
-from selfee.records import write_jsonl
+from selfee.records import read_questions, write_jsonl
 
 CACHE = "judge_cache.jsonl"
 
