@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from ray import serve  # noqa: E402
 
 from conftest import deploy_selfee, free_port  # noqa: E402
-from selfee.config import DemoConfig  # noqa: E402
+from selfee.serve.config import DemoConfig  # noqa: E402
 from selfee.serve.demo import build_demo  # noqa: E402
 from selfee_model import QUESTIONS, train_selfee_model  # noqa: E402
 

@@ -102,7 +102,7 @@ def connect(self, address):
     asked.append(str(address[0]) if isinstance(address, tuple) else str(address))
     return real_connect(self, address)
 socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
-from selfee.config import DemoConfig
+from selfee.serve.config import DemoConfig
 from selfee.serve.demo import build_demo
 demo = build_demo(DemoConfig(endpoint="http://127.0.0.1:9/v1", port=int(sys.argv[1])))
 demo.queue().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]),
