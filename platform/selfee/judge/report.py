@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from selfee import plots, stats
-from selfee.records import read_objects
+from selfee.errors import ConfigError
+from selfee.records import read_object_rows
 from selfee.tables import columns
 
 VS = "_vs_"
@@ -97,7 +98,7 @@ def load_judgments(
     judgments = []
     if not Path(path).is_file():
         raise ReportError(f"review file {path} does not exist")
-    rows = _objects(path)
+    rows = _objects(path, "review")
     seen: dict[Any, int] = {}
     for n, row in rows:
         if not isinstance(row.get("question_id"), str | int | float):
@@ -295,7 +296,7 @@ def read_categories(questions: Path | None) -> dict[Any, str]:
         return {}
     return {
         q.get("question_id"): q.get("category", "all")
-        for _, q in _objects(questions)
+        for _, q in _objects(questions, "questions")
         if isinstance(q.get("question_id"), str | int | float)
     }
 
@@ -305,17 +306,16 @@ def read_answer_words(answers: list[Path]) -> dict[str, int]:
     return {
         str(row["answer_id"]): len(str(row.get("text", "")).split())
         for path in answers
-        for _, row in _objects(path)
+        for _, row in _objects(path, "answer")
         if "answer_id" in row
     }
 
 
-def _objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _objects(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
+    """``records.read_object_rows``, its errors as the report's own (a usage error)."""
     try:
-        return list(read_objects(path))
-    except FileNotFoundError:
-        raise ReportError(f"{path} does not exist") from None
-    except ValueError as e:
+        return read_object_rows(path, what)
+    except ConfigError as e:
         raise ReportError(str(e)) from None
 
 
