@@ -75,15 +75,15 @@ def is_selfee_prompt(text: str) -> bool:
 def prompt_fields(prompt: str) -> tuple[str, str]:
     """(instruction, input) of a SelFee prompt: ``render_prompt`` read back."""
 
-    def field(name: str) -> str:
-        start = prompt.find(f"### {name}:\n")
+    def field(header: str) -> str:
+        start = prompt.find(header + "\n")
         if start < 0:
             return ""
-        start += len(f"### {name}:\n")
+        start += len(header) + 1
         end = prompt.find("\n\n###", start)
         return prompt[start : end if end >= 0 else len(prompt)].strip()
 
-    return field("Instruction"), field("Input")
+    return field(INSTRUCTION_HEADER), field(INPUT_HEADER)
 
 
 def render_target(outputs: Iterable[Mapping[str, str]], eos: str = "") -> str:

@@ -1,5 +1,6 @@
-"""Which model answers on which engine, and revision control's generation settings
-(``selfee infer``, ``selfee eval`` and the Serve endpoint share them)."""
+"""Which model answers, on which engine, with what resources (``selfee infer`` and
+``selfee eval``; Serve and vLLM share the engine names and vLLM's settings). Revision
+control's settings are ``selfee.revision.RevisionSettings``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pydantic import Field
 from selfee.config import StageConfig
 
 EngineName = Literal["auto", "hf", "llama_cpp", "vllm"]
-
-
 ENGINE_HELP = (
     "'auto': llama_cpp for a .gguf file; vllm where GPUs are reserved and vLLM is installed; "
     "else hf (Hugging Face transformers)"

@@ -129,13 +129,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             )
     history = state["history"]
     batches = plan_batches(settings, 0, cfg.num_workers)
-    pack_width = cfg.max_context if cfg.batching == "packed" else None
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,
         **{k: v for k, v in counts.items() if k not in ("lengths", "example_ids")},
         "padding_efficiency": round(
-            sft.padding_efficiency(batches, counts["lengths"], 8, pack_width), 4
+            sft.padding_efficiency(batches, counts["lengths"], 8, settings.pack_width), 4
         ),
         "steps": state["step"],
         "restarts": state["restarts"],

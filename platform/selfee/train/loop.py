@@ -3,7 +3,8 @@
 Read it like a script: load the tokenized examples, build the model, wrap it in DeepSpeed
 (ZeRO-1/2/3, AdamW, cosine schedule with warmup), restore the latest checkpoint if Ray Train
 hands one over (a restart after a failure, or a resumed run), then step through
-length-grouped (or packed) micro-batches; report metrics and checkpoints through ``ray.train.report``.
+length-grouped (or packed) micro-batches; report metrics and checkpoints through
+``ray.train.report``.
 
 The tokenized set lives once in Ray's object store (a materialized Ray Data dataset). Every
 rank computes the same seeded batch plan from the examples' lengths (sent with the
@@ -66,6 +67,11 @@ class TrainSettings:
     lengths: list[int] = field(default_factory=list)
     example_ids: list[int] = field(default_factory=list)
 
+    @property
+    def pack_width(self) -> int | None:
+        """A packed row's width (``max_context``); None when batches are not packed."""
+        return self.max_context if self.batching == "packed" else None
+
 
 @dataclass
 class TrainerState:
@@ -78,10 +84,9 @@ class TrainerState:
 
 def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[list[int]]:
     """The epoch's micro-batches: the same on every rank (a seeded plan from the lengths)."""
-    packed = settings.batching == "packed"
     return sft.make_batches(
         settings.lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching,
-        world_size, settings.max_context if packed else None,
+        world_size, settings.pack_width,
     )  # fmt: skip
 
 
@@ -91,7 +96,7 @@ def plan_steps(settings: TrainSettings, world_size: int) -> tuple[int, int]:
     micro_batches = len(plan_batches(settings, 0, world_size))
     per_epoch, _ = sft.rank_schedule(micro_batches, world_size, settings.accumulation, 0)
     if per_epoch == 0:
-        unit = "rows" if settings.batching == "packed" else "examples"
+        unit = "rows" if settings.pack_width else "examples"
         raise ValueError(
             f"{len(settings.lengths)} examples make {micro_batches} micro-batches of "
             f"{settings.micro_batch_size} {unit}; one optimizer step needs "
@@ -183,10 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 in_epoch * settings.accumulation : (in_epoch + 1) * settings.accumulation
             ]
             for position in positions:
-                batch = sft.collate(
-                    [examples[i] for i in batches[position]], settings.pad_id,
-                    pack_width=settings.max_context if settings.batching == "packed" else None,
-                )  # fmt: skip
+                batch = sft.collate([examples[i] for i in batches[position]], settings.pad_id,
+                                    pack_width=settings.pack_width)  # fmt: skip
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
                 loss = engine(**batch).loss
                 engine.backward(loss)

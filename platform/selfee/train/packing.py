@@ -51,12 +51,15 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def split_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """Next-fit: positions in the list, cut into rows where the next one no longer fits.
+def split_rows(lengths: Sequence[int], width: int | None) -> list[list[int]]:
+    """Next-fit: positions in the list, cut into rows where the next one no longer fits
+    (``width`` None: not packed, one example per row).
 
     On a micro-batch's examples listed row after row (rows in packing order), this gives
     back ``pack_rows``' rows: a row's first example opened it because it fit in no earlier
     row, and earlier rows only fill up."""
+    if width is None:
+        return [[position] for position in range(len(lengths))]
     rows: list[list[int]] = []
     used = width + 1
     for position, n in enumerate(lengths):

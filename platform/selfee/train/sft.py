@@ -231,11 +231,7 @@ def padding_efficiency(
     real = padded = 0
     for batch in batches:
         sizes = [lengths[i] for i in batch]
-        rows = (
-            packing.split_rows(sizes, pack_width)
-            if pack_width
-            else [[k] for k in range(len(sizes))]
-        )
+        rows = packing.split_rows(sizes, pack_width)
         longest = padded_length(max(sum(sizes[k] for k in row) for row in rows), pad_to_multiple)
         real += sum(sizes)
         padded += longest * len(rows)
@@ -277,12 +273,12 @@ def collate(
     import torch
 
     sizes = [len(ids) for ids, _ in examples]
-    rows = packing.split_rows(sizes, pack_width) if pack_width else [[k] for k in range(len(sizes))]
+    rows = packing.split_rows(sizes, pack_width)
     fills = [sum(sizes[k] for k in row) for row in rows]
     width = padded_length(max(fills), pad_to_multiple)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long) if pack_width else None
     for r, row in enumerate(rows):
         start = 0
         for k in row:
@@ -290,12 +286,13 @@ def collate(
             end = start + len(ids)
             input_ids[r, start:end] = torch.tensor(ids)
             labels[r, start:end] = torch.tensor(labs)
-            position_ids[r, start:end] = torch.arange(len(ids))
-            if pack_width:
+            if position_ids is not None:
+                position_ids[r, start:end] = torch.arange(len(ids))
                 labels[r, start] = IGNORE  # not predicted from the example before it
             start = end
-        position_ids[r, start:] = torch.arange(width - start)  # the padding: a run of its own
-    if pack_width:
+        if position_ids is not None:  # the padding: a run of its own
+            position_ids[r, start:] = torch.arange(width - start)
+    if position_ids is not None:
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
     attention = (torch.arange(width) < torch.tensor(fills)[:, None]).long()
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
