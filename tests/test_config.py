@@ -190,7 +190,7 @@ def test_a_key_renamed_since_an_earlier_run_does_not_block_its_resume(tmp_path: 
     from selfee.augment import resume
     from selfee.augment.config import AugmentConfig
     from selfee.train.config import TrainConfig
-    from selfee.train.job import _read_run_file
+    from selfee.train.resume import read_run_file
 
     (tmp_path / resume.STATE).write_text(json.dumps({"settings": {"context_tokens": 4096}}))
     resume.check_settings(tmp_path, {"max_context": 4096}, False, AugmentConfig.renamed)
@@ -199,6 +199,6 @@ def test_a_key_renamed_since_an_earlier_run_does_not_block_its_resume(tmp_path: 
 
     run_file = tmp_path / "run.json"
     run_file.write_text(json.dumps({"run_name": "r", "config": {"max_length": 512}}))
-    assert _read_run_file(run_file)["config"] == {"max_context": 512}
+    assert read_run_file(run_file)["config"] == {"max_context": 512}
     with pytest.warns(FutureWarning, match="'max_length' is now 'max_context'"):
         assert TrainConfig(max_length=300).max_context == 300

@@ -169,7 +169,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_blocks_nothing(
     out = tmp_path / "run"
     with pytest.raises(JobFailed):  # killed at step 1; the first checkpoint is at step 3
         run_train(tiny_config(chains_file, out, fault_injection_step=1, max_failures=0))
-    assert (out / "run.json").is_file()
+    assert (out / "manifest.json").is_file()  # the run recorded itself (run.json before)
     with pytest.raises(ConfigError, match="holds no run with a checkpoint to continue"):
         run_train(tiny_config(chains_file, out, resume=True))
     summary = run_train(tiny_config(chains_file, out, max_steps=3, learning_rate=1e-3))
@@ -199,7 +199,7 @@ def test_unusable_data_is_refused_before_ray_starts(
     ]:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             run_train(tiny_config(data, tmp_path / data.stem))
-        assert not (tmp_path / data.stem / "run.json").exists()  # nothing recorded
+        assert not (tmp_path / data.stem / "manifest.json").exists()  # nothing recorded
 
 
 def test_the_default_deepspeed_config_ships_with_the_package(

@@ -1,10 +1,10 @@
-"""Lineage: a manifest beside each stage's output, and reuse of outputs that are current.
+"""Lineage: the manifest beside each stage's output, the one record of what made it.
 
-A manifest names the stage's inputs with their content hashes, its config, the code version,
-counts and timings. A stage whose inputs (by hash) and config are unchanged since its
-manifest was written, and whose outputs still exist, is not run again. Manifests chain:
-a stage's inputs are earlier stages' outputs, so the report can list the chain from raw
-data to reviews.
+A manifest names the stage's inputs with their content hashes, its config, the settings a
+run continuing the output must share, the code version, counts and timings
+(``selfee.stage`` writes it and decides from it whether outputs are current). Manifests
+chain: a stage's inputs are earlier stages' outputs, so the report can list the chain from
+raw data to reviews.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +52,19 @@ def code_version() -> str:
     return f"selfee {__version__}" + (f" ({commit})" if commit else "")
 
 
-def describe_inputs(inputs: dict[str, Path]) -> dict[str, dict[str, str]]:  # also outputs
-    return {name: {"path": str(p), "sha256": content_hash(p)} for name, p in inputs.items()}
+def describe_files(files: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """Path and content hash of each of ``files`` that exists."""
+    return {name: {"path": str(p), "sha256": content_hash(Path(p))}
+            for name, p in files.items() if Path(p).exists()}  # fmt: skip
 
 
-def run_stage(
-    name: str,
-    folder: Path,
-    inputs: dict[str, Path],
-    config: dict[str, Any],
-    outputs: dict[str, Path],
-    work: Callable[[], dict[str, Any]],
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """Run ``work`` unless the manifest in ``folder`` says its outputs are current; write
-    the manifest after a run. Returns the manifest (``reused`` says which happened)."""
-    path = folder / MANIFEST
-    described = describe_inputs(inputs)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        same = old.get("inputs") == described and old.get("config") == config
-        if same and all(p.exists() for p in outputs.values()):
-            say(f"{name}: inputs and config unchanged since {old['finished']}, reusing {folder}")
-            return {**old, "reused": True, "manifest": str(path)}
-    started = time.time()
-    counts = work()
-    manifest = write_manifest(
-        path, name, inputs, config, outputs, counts, time.time() - started, described
-    )
-    return {**manifest, "reused": False, "manifest": str(path)}
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A manifest, or None when there is none (or a crash tore it: nothing to trust)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_manifest(
@@ -92,19 +75,20 @@ def write_manifest(
     outputs: dict[str, Path],
     counts: dict[str, Any],
     seconds: float,
-    described_inputs: dict[str, dict[str, str]] | None = None,
+    settings: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a stage read (with hashes), how, and what it wrote; every job writes one.
-    ``described_inputs``: the inputs' hashes when the caller has them already."""
-    if described_inputs is None:
-        present = {k: Path(v) for k, v in inputs.items() if Path(v).exists()}
-        described_inputs = describe_inputs(present)
+    """What a stage read (with hashes), how, and what it wrote; every job writes one
+    (``selfee.stage.Stage.finish``). ``settings``: what a run continuing the output must
+    share; ``run_info``: what it needs to continue (train: the Ray Train run name)."""
     manifest = {
         "stage": stage,
-        "inputs": described_inputs,
+        "inputs": describe_files(inputs),
         "config": config,
+        **({"settings": settings} if settings is not None else {}),
+        **({"run": run_info} if run_info else {}),
         "code": code_version(),
-        "outputs": describe_inputs({k: Path(v) for k, v in outputs.items() if Path(v).exists()}),
+        "outputs": describe_files(outputs),
         "counts": counts,
         "seconds": round(seconds, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

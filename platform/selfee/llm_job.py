@@ -5,7 +5,7 @@
 Ray Data actors (``LLMWorker`` subclasses), each with its share of the job's rate limits
 (``selfee.ratelimit`` explains why the split is static) and many rows in flight on asyncio.
 The driver receives every finished row as soon as its block is done and hands it to
-``on_row`` (which journals it), printing progress as it goes.
+``on_finished`` (which journals it), through ``selfee.driver.drain`` as every fan-out does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import openai
 
-from selfee.console import detail, progress_bar
+from selfee.driver import drain
 from selfee.errors import ConfigError
 from selfee.llm import OFFLINE_KEY, EndpointRejected, Secret, TeacherCall
 from selfee.llm_config import LLMJobConfig
@@ -177,7 +177,7 @@ def fan_out(
     endpoint: ResolvedEndpoint,
     todo: list[dict[str, Any]],
     worker: type[LLMWorker],
-    on_row: Callable[[dict[str, Any]], None],
+    on_finished: Callable[[dict[str, Any]], None],
     progress: Progress,
     say: Say,
     worker_kwargs: dict[str, Any] | None = None,
@@ -215,28 +215,17 @@ def fan_out(
     )
     limits = ", ".join(f"{k} {v}" for k, v in (("rpm", cfg.rpm), ("tpm", cfg.tpm)) if v)
     say(f"{len(todo)} rows on {workers} workers x {slots} in flight ({limits or 'no rate limits'})")
-    last_print = progress.started = time.monotonic()
-    fatal = None
-    tag = progress.stage or "llm"
-    try:
-        with progress_bar(tag, "rows", len(todo), "row") as bar:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for text in batch["row"]:
-                    row = json.loads(text)
-                    if FATAL in row:
-                        fatal = fatal or row[FATAL]
-                        continue
-                    on_row(row)
-                    progress.add(row["usage"], bool(row.get("error")))
-                    bar.update(1)
-                bar.set_postfix_str(progress.short(), refresh=False)
-                if fatal:
-                    break
-                if time.monotonic() - last_print >= cfg.progress_interval_s:
-                    detail(f"[{tag}] {progress.line()}")
-                    last_print = time.monotonic()
-    except KeyboardInterrupt:
-        say(f"interrupted: {progress.done} rows of this run are saved; re-run to continue")
-        raise
-    detail(f"[{tag}] {progress.line()}")
-    return fatal
+    progress.started = time.monotonic()
+    fatal: list[str] = []
+
+    def on_row(row: dict[str, Any]) -> bool:
+        if FATAL in row:
+            fatal.append(row[FATAL])
+            return True
+        on_finished(row)
+        progress.add(row["usage"], bool(row.get("error")))
+        return False
+
+    drain(dataset, progress.stage or "llm", "rows", "row", len(todo), on_row, progress.line,
+          progress.short, cfg.progress_interval_s, say)  # fmt: skip
+    return fatal[0] if fatal else None

@@ -21,9 +21,8 @@ from typing import Any
 import httpx
 from ray import serve
 
-from selfee import lineage
 from selfee.augment.config import AugmentConfig
-from selfee.augment.job import run_augment
+from selfee.augment.job import AugmentStage
 from selfee.chain import detect_verdict, parse, render_prompt, render_target
 from selfee.collect.config import CollectConfig, SourceSpec
 from selfee.collect.samples import write_sample_sources
@@ -37,6 +36,7 @@ from selfee.quickstart_config import QuickstartConfig
 from selfee.ray_runtime import ray_runtime
 from selfee.records import read_jsonl, write_jsonl
 from selfee.serve.config import DemoConfig, ServeConfig
+from selfee.stage import run_or_reuse
 from selfee.teacher.deployment import teacher_application
 from selfee.train.config import TrainConfig
 
@@ -125,6 +125,15 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 def run_stages(
     cfg: QuickstartConfig, out: Path, questions: Path, teacher: str
 ) -> dict[str, dict[str, Any]]:
+    """Each stage through ``run_or_reuse``: run, or skipped when its own manifest says its
+    outputs are current."""
+    from selfee.collect.job import CollectStage
+    from selfee.eval.job import EvalStage
+    from selfee.export.gguf import ExportStage
+    from selfee.infer.job import InferStage
+    from selfee.judge.job import JudgeStage
+    from selfee.train.job import TrainStage
+
     stages: dict[str, dict[str, Any]] = {}
     instructions = cfg.instructions
     if instructions is None:
@@ -137,24 +146,17 @@ def run_stages(
         instructions = out / "collect" / "instructions.jsonl"
         log(f"2/9 collect: {len(sources)} sample sources in their own formats -> instructions "
             f"({cfg.collect_cap} per source)")  # fmt: skip
-        stages["collect"] = lineage.run_stage(
-            "collect", out / "collect", {"sources": out / "sources"}, dump_config(collect),
-            {"instructions": instructions}, lambda: _collect_counts(collect), log,
-        )  # fmt: skip
+        stages["collect"] = run_or_reuse(CollectStage(collect), log)
     else:
         log(f"2/9 collect: skipped, augmenting {instructions}")
     augment = AugmentConfig(
         input=instructions, output=out / "augment", base_url=teacher, model=cfg.teacher.model,
         max_iterations=cfg.max_iterations, concurrency=cfg.concurrency, progress_interval_s=5,
-        ray=cfg.ray,
+        teacher=cfg.teacher, ray=cfg.ray,  # the teacher behind base_url: its settings count
     )  # fmt: skip
     chains = out / "augment" / "chains.jsonl"
     log("3/9 augment: the teacher answers, critiques and revises every instruction")
-    stages["augment"] = lineage.run_stage(
-        "augment", out / "augment", {"instructions": instructions},
-        {**dump_config(augment), "teacher": dump_config(cfg.teacher)}, {"chains": chains},
-        lambda: _augment_counts(run_augment(augment)), log,
-    )  # fmt: skip
+    stages["augment"] = run_or_reuse(AugmentStage(augment), log)
 
     train = TrainConfig(
         data=chains, model="tiny", tiny=cfg.tiny, output=out / "train", max_steps=cfg.train_steps,
@@ -167,22 +169,16 @@ def run_stages(
     log(
         f"4/9 train: a tiny LLaMA learns the chains ({cfg.train_steps} steps, Ray Train + DeepSpeed)"
     )
-    stages["train"] = lineage.run_stage(
-        "train", out / "train", {"chains": chains}, dump_config(train), {"model": model},
-        lambda: _train_counts(train), log,
-    )  # fmt: skip
+    stages["train"] = run_or_reuse(TrainStage(train), log)
 
     gguf = {}
     if cfg.gguf:
         export = ExportGGUFConfig(model=model, quant=cfg.gguf, output=out / "export",
                                   eval_data=chains, prompts=4)  # fmt: skip
-        gguf = {kind: out / "export" / f"{model.name}-{kind}.gguf" for kind in cfg.gguf}
+        gguf = ExportStage(export).outputs()
         log(f"5/9 export: GGUF files for llama.cpp ({', '.join(cfg.gguf)}), each measured "
             "against the trained model")  # fmt: skip
-        stages["export"] = lineage.run_stage(
-            "export", out / "export", {"model": model}, dump_config(export),
-            {kind: path for kind, path in gguf.items()}, lambda: _export_counts(export), log,
-        )  # fmt: skip
+        stages["export"] = run_or_reuse(ExportStage(export), log)
 
     answers = {}
     runs = [
@@ -200,26 +196,21 @@ def run_stages(
         )  # fmt: skip
         engine = "llama.cpp" if weights.suffix == ".gguf" else "the HF engine (fp32)"
         log(f"6/9 infer ({name}): {engine} answers {questions.name} with revision control")
-        stages[f"infer-{name}"] = lineage.run_stage(
-            f"infer-{name}", out / "answers" / name, {"model": weights, "questions": questions},
-            dump_config(infer), {"answers": path}, lambda infer=infer: _infer_counts(infer), log,
-        )  # fmt: skip
+        stages[f"infer-{name}"] = run_or_reuse(InferStage(infer, f"infer-{name}"), log)
+        if forced and not stages[f"infer-{name}"]["reused"]:
+            _say_min_revisions_kept(stages[f"infer-{name}"]["counts"], infer)
         if weights == model:
             answers[name] = path
 
     judge = JudgeConfig(
         questions=questions, answers=list(answers.values()), output=out / "judge",
-        base_url=teacher, model=cfg.teacher.model, progress_interval_s=5, ray=cfg.ray,
+        base_url=teacher, model=cfg.teacher.model, progress_interval_s=5, teacher=cfg.teacher,
+        ray=cfg.ray,
     )  # fmt: skip
-    names = [p.name.removesuffix(".jsonl") for p in answers.values()]
-    reviews = [out / "judge" / f"{a}_vs_{b}.jsonl" for a, b in (names, names[::-1])]
     log("7/9 judge: the teacher compares the two answer sets, every question in both orders")
-    stages["judge"] = lineage.run_stage(
-        "judge", out / "judge", dict(zip(names, answers.values(), strict=True)),
-        dump_config(judge), {"reviews_ab": reviews[0], "reviews_ba": reviews[1]},
-        lambda: _judge_counts(judge), log,
-    )  # fmt: skip
+    stages["judge"] = run_or_reuse(JudgeStage(judge), log)
     log("8/9 report")
+    reviews = list(JudgeStage(judge).outputs().values())
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     if gguf:
         for line in engines_table(out, "autonomous", list(gguf)).split("\n"):
@@ -239,11 +230,9 @@ def run_stages(
         )  # fmt: skip
         log(f"9/9 eval ({task}): does revision help? accuracy at each of {cfg.eval_revisions + 1} "
             f"turns on {len(checkable)} {dataset} questions (a tiny model: near zero)")  # fmt: skip
-        stages[f"eval-{task}"] = lineage.run_stage(
-            f"eval-{task}", folder, {"model": model, "questions": asked}, dump_config(evaluate),
-            {"report": folder / "eval.json", "plot": folder / "eval.png"},
-            lambda evaluate=evaluate: _eval_counts(evaluate), log,
-        )  # fmt: skip
+        stages[f"eval-{task}"] = run_or_reuse(EvalStage(evaluate, f"eval-{task}"), log)
+        if not stages[f"eval-{task}"]["reused"]:
+            _say_eval(stages[f"eval-{task}"]["summary"], evaluate)
     return stages
 
 
@@ -276,68 +265,22 @@ def engines_table(out: Path, reference: str, others: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _collect_counts(collect: CollectConfig) -> dict[str, Any]:
-    from selfee.collect.job import run_collect
-
-    done = run_collect(collect)
-    return {"rows_in": done["rows_in"], "instructions": done["rows_out"]}
-
-
-def _augment_counts(done: dict[str, Any]) -> dict[str, Any]:
-    return {k: done[k] for k in ("rows", "errors", "iterations") if k in done}
+def _say_min_revisions_kept(counts: dict[str, Any], infer: InferConfig) -> None:
+    """min_revisions is a promise: say whether every answer kept it."""
+    kept = sum(n for k, n in counts["revisions"].items() if int(k) >= infer.min_revisions)
+    log(f"{kept} of {counts['answers']} answers have {infer.min_revisions} revisions or more "
+        f"(budget {infer.max_new_tokens} tokens each)")  # fmt: skip
 
 
-def _train_counts(train: TrainConfig) -> dict[str, Any]:
-    from selfee.train.job import run_train
-
-    done = run_train(train)
-    return {k: done[k] for k in ("examples", "steps", "first_loss", "final_loss", "tokens_per_s")}
-
-
-def _export_counts(export: ExportGGUFConfig) -> dict[str, Any]:
-    from selfee.export.gguf import run_export
-
-    done = run_export(export)
-    return {f["type"]: {k: f[k] for k in ("size_mb", "bits_per_weight", "greedy_identical_percent")}
-            for f in done["files"]}  # fmt: skip
-
-
-def _infer_counts(infer: InferConfig) -> dict[str, Any]:
-    from selfee.infer.job import run_infer
-
-    done = run_infer(infer)
-    counts = {
-        k: done[k] for k in ("answers", "revisions", "forced_rewrites", "finish_reasons", "tokens")
-    }
-    if infer.min_revisions:  # min_revisions is a promise: say whether every answer kept it
-        kept = sum(n for k, n in done["revisions"].items() if int(k) >= infer.min_revisions)
-        counts["min_revisions_kept"] = f"{kept} of {done['answers']}"
-        log(f"{kept} of {done['answers']} answers have {infer.min_revisions} revisions or more "
-            f"(budget {infer.max_new_tokens} tokens each)")  # fmt: skip
-    return counts
-
-
-def _eval_counts(evaluate: EvalConfig) -> dict[str, Any]:
-    from selfee.eval.job import run_eval
+def _say_eval(done: dict[str, Any], evaluate: EvalConfig) -> None:
     from selfee.eval.report import format_table
 
-    done = run_eval(evaluate)
     say(format_table(done))  # in the log; the console gets one line
     auto = done["autonomous"] or {}
     log(f"eval {done['task']}: accuracy per turn "
         + " → ".join(f"{100 * (t['accuracy'] or 0):.0f}%" for t in done["turns"])
         + f", autonomous {100 * (auto.get('accuracy') or 0):.0f}% ({done['n']} questions); "
         f"plot {evaluate.plot}")  # fmt: skip
-    auto = done["autonomous"] or {}
-    return {"n": done["n"], "accuracy_per_turn": [t["accuracy"] for t in done["turns"]],
-            "autonomous_accuracy": auto.get("accuracy")}  # fmt: skip
-
-
-def _judge_counts(judge: JudgeConfig) -> dict[str, Any]:
-    from selfee.judge.job import run_judge
-
-    reports = run_judge(judge)
-    return {"reports": len(reports)}
 
 
 def _report(reviews: list[Path], questions: Path, plot: Path, judge_reused: bool) -> None:

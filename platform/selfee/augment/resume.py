@@ -9,49 +9,49 @@ attempt winning (so ``--retry-errors`` replaces an error row with its retry).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from selfee.config import with_new_names
-from selfee.errors import ConfigError
+from selfee.lineage import MANIFEST
 from selfee.records import write_jsonl
+from selfee.stage import keep_settings, remove
 
 JOURNAL = "journal.jsonl"
 CHAINS = "chains.jsonl"
-STATE = "state.json"
+STATE = "state.json"  # the settings, before the manifest kept them
 
 
 def check_settings(
-    out_dir: Path, settings: dict[str, Any], overwrite: bool, renamed: dict[str, str] | None = None
+    out_dir: Path,
+    settings: dict[str, Any],
+    overwrite: bool,
+    renamed: dict[str, str] | None = None,
+    label: str = "augment",
 ) -> None:
     """Refuse to mix rows made with different teacher settings in one output folder
-    (``renamed``: keys renamed since, old name -> new)."""
-    state_path = out_dir / STATE
+    (``renamed``: keys renamed since, old name -> new). The settings go in the manifest."""
     if overwrite:
-        for name in (JOURNAL, CHAINS, STATE):
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    if state_path.exists():
-        try:
-            previous = json.loads(state_path.read_text()).get("settings", {})
-            previous = with_new_names(previous, renamed or {})
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous is not None and previous != settings:
-            changed = sorted(k for k in settings.keys() | previous.keys()
-                             if settings.get(k) != previous.get(k))  # fmt: skip
-            raise ConfigError(
-                f"{out_dir} holds chains made with other settings (different: "
-                f"{', '.join(changed)}); continue with the same settings, pick another --output, or pass "
-                "--overwrite to discard them"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
+        remove([out_dir / name for name in (JOURNAL, CHAINS, STATE, MANIFEST, "summary.json")])
+
+    def refusal(changed: list[str]) -> str:
+        return (
+            f"{out_dir} holds chains made with other settings (different: {', '.join(changed)});"
+            " continue with the same settings, pick another --output, or pass --overwrite to "
+            "discard them"
+        )
+
+    keep_settings(out_dir / MANIFEST, label, settings, renamed or {}, refusal,
+                  lambda: _state_file(out_dir))  # fmt: skip
+
+
+def _state_file(out_dir: Path) -> dict[str, Any] | None:
+    """Where releases before the manifest kept the settings (read for one release)."""
+    try:
+        settings = json.loads((out_dir / STATE).read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {"settings": settings} if isinstance(settings, dict) else None
 
 
 def pending(

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfee import chain, lineage
+from selfee import chain
 from selfee.adapter import AdapterError, require_full_model
-from selfee.config import dump_config
 from selfee.console import progress_bar, say
 from selfee.errors import ConfigError
 from selfee.export.config import ExportGGUFConfig
 from selfee.export.tokenizer_check import strings as tokenizer_strings
+from selfee.stage import Stage
 
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q2_K": 10, "q3_K_M": 12, "q4_K_S": 14,
           "q4_K_M": 15, "q5_K_S": 16, "q5_K_M": 17, "q6_K": 18}  # fmt: skip
@@ -185,7 +185,34 @@ def compare(source: Reference, gguf: Any) -> dict:
     }
 
 
+class ExportStage(Stage[ExportGGUFConfig]):
+    name = "export"
+    summary_file = "export.json"
+
+    def inputs(self) -> dict[str, Path]:
+        return {"model": Path(self.cfg.model)}
+
+    def outputs(self) -> dict[str, Path]:
+        name = Path(self.cfg.model).name
+        return {kind: self.folder() / f"{name}-{kind}.gguf" for kind in self.cfg.quant}
+
+    def counts(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"files": len(summary["files"])}
+
+    def run(self) -> dict[str, Any]:
+        summary = export_files(self.cfg)
+        self.finish(summary)
+        say(format_table(summary))
+        log(f"summary: {self.summary_path()}")
+        return summary
+
+
 def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
+    return ExportStage(cfg).run()
+
+
+def export_files(cfg: ExportGGUFConfig) -> dict[str, Any]:
+    """Convert, prove the tokenizer, quantize and measure each file; returns the summary."""
     started = time.monotonic()
     model = Path(cfg.model)
     try:
@@ -251,14 +278,7 @@ def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
         base.unlink()
     summary = {"model": str(model), "pre_tokenizer": pre or "recognized by the converter",
                "tokenizer_strings_checked": checked, "files": files,
-               "seconds": round(time.monotonic() - started, 1), "config": dump_config(cfg)}  # fmt: skip
-    (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lineage.write_manifest(
-        out / lineage.MANIFEST, "export", {"model": model}, summary["config"],
-        {f["type"]: Path(f["file"]) for f in files}, {"files": len(files)}, summary["seconds"],
-    )  # fmt: skip
-    say(format_table(summary))
-    log(f"summary: {out / 'export.json'}")
+               "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     return summary
 
 

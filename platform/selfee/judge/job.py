@@ -10,26 +10,23 @@ format, one per order, followed by the report.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from selfee import journal, lineage
-from selfee.config import dump_config
+from selfee import journal
 from selfee.console import say
 from selfee.errors import ConfigError
 from selfee.judge import report
 from selfee.judge.config import JudgeConfig
+from selfee.judge.plan import model_name, plan, review_row
 from selfee.judge.scores import parse_score
-from selfee.judge.templates import load_upstream, our_reviewers, reviewer_for
 from selfee.llm import CallFailed, TeacherCall
 from selfee.llm_job import LLMWorker, fan_out, preflight, resolve_endpoint
 from selfee.progress import Progress
-from selfee.records import read_questions, write_jsonl
+from selfee.records import write_jsonl
+from selfee.stage import Stage
 
 CACHE = "judge_cache.jsonl"
 
@@ -43,9 +40,6 @@ class CachedJudgment(BaseModel):
     text: str
     score: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
     error: None = None
-
-
-UNSCORED = [-1.0, -1.0]  # what FastChat's review files hold for a failed judgment
 
 
 def log(message: str) -> None:
@@ -82,90 +76,37 @@ class JudgeWorker(LLMWorker):
                 "asked": self.unparsed_retries + 1}  # fmt: skip
 
 
-def judgment_key(model: str, messages: list[dict[str, str]]) -> str:
-    blob = json.dumps([model, messages], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+class JudgeStage(Stage[JudgeConfig]):
+    name = "judge"
+    summary_file = "report.json"
 
+    def names(self) -> tuple[str, str]:
+        name_a, name_b = (model_name(p) for p in self.cfg.answers)
+        return name_a, name_b
 
-def model_name(path: Path) -> str:
-    return Path(path).name.removesuffix(".jsonl")
+    def inputs(self) -> dict[str, Path]:
+        name_a, name_b = self.names()
+        return {"questions": Path(str(self.cfg.questions)), name_a: self.cfg.answers[0],
+                name_b: self.cfg.answers[1]}  # fmt: skip
 
+    def outputs(self) -> dict[str, Path]:
+        name_a, name_b = self.names()
+        return {order: self.folder() / f"{order}.jsonl"
+                for order in (f"{name_a}{report.VS}{name_b}", f"{name_b}{report.VS}{name_a}")}  # fmt: skip
 
-def _by_question(path: Path, what: str) -> dict[Any, dict[str, Any]]:
-    return {row["question_id"]: row for row in read_questions(path, what)}
+    def counts(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"judgments": summary["judgments"], "unscored": summary["unscored"]}
 
-
-def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:
-    """(judgments to make, in question order and both orders; model names; questions skipped)."""
-    if cfg.questions is None or len(cfg.answers) != 2:
-        raise ConfigError("give --questions Q.jsonl and --answers A.jsonl B.jsonl (two files)")
-    name_a, name_b = (model_name(p) for p in cfg.answers)
-    if name_a == name_b or report.VS in name_a or report.VS in name_b:
-        raise ConfigError(
-            f"answer files need two different names without '{report.VS}' (they name the "
-            f"models in the review files): got {name_a}, {name_b}"
-        )
-    questions = _by_question(cfg.questions, "questions")
-    answers = {name_a: _by_question(cfg.answers[0], "answers"),
-               name_b: _by_question(cfg.answers[1], "answers")}  # fmt: skip
-    if cfg.prompts is not None and cfg.reviewers is not None:
-        reviewers = load_upstream(cfg.prompts, cfg.reviewers)
-    else:
-        reviewers = our_reviewers()
-    tasks, skipped = [], 0
-    for qid, question in questions.items():
-        if any(qid not in answers[name] for name in (name_a, name_b)):
-            skipped += 1
-            continue
-        category = str(question.get("category", ""))
-        reviewer = reviewer_for(category, reviewers)
-        for first, second in ((name_a, name_b), (name_b, name_a)):
-            one, two = answers[first][qid], answers[second][qid]
-            system, user = (m["content"] for m in reviewer.template.messages(
-                question["text"], one["text"], two["text"]))  # fmt: skip
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            tasks.append({
-                "id": judgment_key(model, messages),
-                "question_id": qid,
-                "category": category,
-                "order": f"{first}{report.VS}{second}",
-                "answer1_id": str(one.get("answer_id") or f"{first}:{qid}"),
-                "answer2_id": str(two.get("answer_id") or f"{second}:{qid}"),
-                "answer1_words": len(one["text"].split()),
-                "answer2_words": len(two["text"].split()),
-                "reviewer_id": reviewer.reviewer_id,
-                "system": system,
-                "user": user,
-                "temperature": reviewer.temperature if reviewer.temperature is not None else cfg.temperature,
-                "max_tokens": reviewer.max_tokens or cfg.max_tokens,
-            })  # fmt: skip
-    return tasks, (name_a, name_b), skipped
-
-
-def review_row(task: dict[str, Any], result: dict[str, Any], model: str, cached: bool) -> dict:
-    parsed = result.get("score") is not None
-    return {
-        "review_id": task["id"][:22],
-        "question_id": task["question_id"],
-        "answer1_id": task["answer1_id"],
-        "answer2_id": task["answer2_id"],
-        "reviewer_id": task["reviewer_id"],
-        "text": result.get("text", ""),
-        "score": result["score"] if parsed else UNSCORED,
-        "metadata": {
-            "category": task["category"],
-            "judge_model": model,
-            "parsed": parsed,
-            "error": result.get("error"),
-            "cached": cached,
-            "answer1_words": task["answer1_words"],
-            "answer2_words": task["answer2_words"],
-        },
-    }
+    def run(self) -> dict[str, Any]:
+        return _run(self)
 
 
 def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
-    started = time.monotonic()
+    return JudgeStage(cfg).run()["reports"]
+
+
+def _run(stage: JudgeStage) -> dict[str, Any]:
+    cfg = stage.cfg
     out = Path(cfg.output)
     with resolve_endpoint(cfg, log) as ep:
         tasks, (name_a, name_b), skipped = plan(cfg, ep.model)
@@ -205,17 +146,12 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
         log(f"{len(unscored) - errors} unparseable and {errors} failed judgments are left out of "
             "the totals; re-run the same command to ask for them again")  # fmt: skip
     say(report.format_table(reports))
-    summary = {"reports": reports, "offline_teacher": ep.offline, "config": dump_config(cfg)}
-    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    inputs = {"questions": Path(str(cfg.questions)), name_a: cfg.answers[0], name_b: cfg.answers[1]}
-    lineage.write_manifest(
-        out / lineage.MANIFEST, "judge", inputs, summary["config"],
-        {f.stem: f for f in files}, {"judgments": len(tasks), "unscored": len(unscored)},
-        time.monotonic() - started,
-    )  # fmt: skip
+    summary = {"reports": reports, "offline_teacher": ep.offline, "judgments": len(tasks),
+               "unscored": len(unscored)}  # fmt: skip
+    stage.finish(summary)
     if ep.offline:
         log("*** judged by the OFFLINE TEACHER: synthetic scores, not a real judge")
-    return reports
+    return summary
 
 
 def _ask(cfg: JudgeConfig, ep: Any, todo: list[dict[str, Any]], out: Path,

@@ -1,0 +1,157 @@
+"""Generating answers on model actors: one engine per Ray Data actor, every answer
+journaled on the driver as it arrives (``selfee.driver.drain``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfee import journal, metrics
+from selfee.chain import render_prompt
+from selfee.driver import drain
+from selfee.engines import engine_name, load_engine
+from selfee.infer.answers import result_fields, revision_settings
+from selfee.infer.config import InferConfig
+from selfee.progress import format_duration, format_eta
+from selfee.revision import RevisionSettings, generate_batch
+
+
+def log(message: str) -> None:
+    print(f"[infer] {message}", flush=True)
+
+
+class InferWorker:
+    """One Ray Data actor: one engine (a model copy, or an endpoint client)."""
+
+    def __init__(self, cfg: InferConfig) -> None:
+        self.cfg = cfg
+        if cfg.base_url:
+            from selfee.engines.completions_api import CompletionsAPIEngine
+            from selfee.llm import Secret
+
+            key = Secret(os.environ.get(cfg.api_key_env, "") or "EMPTY")
+            self.engine: Any = CompletionsAPIEngine(
+                cfg.base_url, str(cfg.model), key, concurrency=cfg.batch_size
+            )
+            self.where = f"endpoint {cfg.base_url}"
+        else:
+            import torch
+
+            threads = max(1, int(cfg.cpus_per_actor))
+            torch.set_num_threads(threads)
+            self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype, threads,
+                                      cfg.gpus_per_actor, cfg.vllm)  # fmt: skip
+            self.where = engine_name(self.engine)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        questions = [json.loads(q) for q in batch["question"]]
+        try:
+            rows = self.generate(questions)
+        except Exception:  # find the question that fails; the others go on
+            rows = []
+            for question in questions:
+                try:
+                    rows += self.generate([question])
+                except Exception as e:  # recorded in the row, re-run later
+                    rows.append({**question, "error": f"{type(e).__name__}: {e}"})
+        return {"row": [json.dumps(row) for row in rows]}
+
+    def generate(self, questions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        started = time.monotonic()
+        results = generate_batch(
+            self.engine,
+            [render_prompt(q["text"]) for q in questions],
+            [
+                RevisionSettings(**q["settings"])
+                if "settings" in q  # set per question (eval)
+                else revision_settings(self.cfg, seed_offset=q["index"])
+                for q in questions
+            ],
+        )
+        seconds = time.monotonic() - started
+        return [
+            {**q, "result": result_fields(r), "latency_s": seconds, "device": self.where}
+            for q, r in zip(questions, results, strict=True)
+        ]
+
+
+def generate_answers(
+    cfg: InferConfig,
+    work: list[dict[str, Any]],
+    journal_path: Path,
+    fingerprint: str,
+    done: dict[str, dict[str, Any]],
+    failed: dict[str, str],
+    stage: str = "infer",
+) -> None:
+    """Generate ``work`` (rows with ``id``, ``index``, ``question_id``, ``text``, and
+    optionally their own ``settings`` and ``fingerprint``) on model actors; every answer is
+    journaled at once and put in ``done`` under its id; failures go to ``failed``."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from selfee.ray_runtime import ray_runtime
+
+    with journal.Journal(journal_path) as saved, ray_runtime(cfg.ray):
+        DataContext.get_current().enable_progress_bars = False
+        items = [{"question": json.dumps(w)} for w in work]
+        dataset = ray.data.from_items(
+            items, override_num_blocks=math.ceil(len(items) / cfg.batch_size)
+        )
+        actors = min(cfg.concurrency, math.ceil(len(items) / cfg.batch_size))
+        dataset = dataset.map_batches(
+            InferWorker,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=cfg.batch_size,
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor or None,
+        )
+        tally = _Tally(len(work), stage)
+
+        def on_row(row: dict[str, Any]) -> bool:
+            tally.finished += 1
+            if "error" in row:
+                failed[str(row["question_id"])] = row["error"]
+                return False
+            row.setdefault("fingerprint", fingerprint)
+            saved.write(row)
+            done[row["id"]] = row
+            tally.tokens += row["result"]["tokens"]
+            metrics.record_chain(stage, row["result"])
+            return False
+
+        drain(dataset, stage, "questions", "answer", len(work), on_row, tally.line,
+              lambda: f"{tally.rate():,.0f} tokens/s", cfg.progress_interval_s, log)  # fmt: skip
+
+
+@dataclass
+class _Tally:
+    """Progress of a generation run: for the bar, the periodic lines and the metrics."""
+
+    total: int
+    stage: str
+    finished: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        return self.tokens / max(time.monotonic() - self.started, 1e-9)
+
+    def line(self) -> str:
+        """The status line (every ``progress_interval_s``), with the tokens/s metric."""
+        metrics.record("selfee_tokens_per_second", self.rate(), stage=self.stage)
+        return _progress(self.finished, self.total, self.tokens, time.monotonic() - self.started)
+
+
+def _progress(finished: int, total: int, tokens: int, seconds: float) -> str:
+    return (
+        f"questions {finished}/{total} ({100 * finished / total:.0f}%) · tokens {tokens:,} "
+        f"({tokens / max(seconds, 1e-9):,.0f}/s) · elapsed {format_duration(seconds)} · "
+        f"ETA {format_eta(seconds, finished, total)}"
+    )
