@@ -136,3 +136,20 @@ def test_question_file_problems_name_the_line(selfee_model_dir: Path, tmp_path: 
         run_infer(cfg)
     with pytest.raises(ConfigError, match="does not exist"):
         run_infer(config(selfee_model_dir, tmp_path, questions=tmp_path / "missing.jsonl"))
+
+
+def test_an_endpoint_that_refuses_the_key_stops_infer_before_any_actor(
+    start_teacher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint path checks the URL and key first, as augment and judge do."""
+    monkeypatch.setenv("TEACHER_KEY", "sk-right-key-123")
+    monkeypatch.setenv("WRONG_KEY", "sk-wrong-key-456")
+    teacher = start_teacher(api_key_env="TEACHER_KEY")
+    cfg = config("offline-teacher", tmp_path, base_url=teacher.base_url, api_key_env="WRONG_KEY")
+    with pytest.raises(ConfigError, match="rejected the API key") as refused:
+        run_infer(cfg)
+    assert "sk-wrong-key-456" not in str(refused.value)
+    assert not cfg.output.exists()
+    with pytest.raises(ConfigError, match="rpm 1 is too low for 2 workers"):
+        run_infer(config("offline-teacher", tmp_path, base_url=teacher.base_url, rpm=1,
+                         api_key_env="TEACHER_KEY"))  # fmt: skip

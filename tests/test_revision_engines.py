@@ -164,3 +164,28 @@ def test_completions_endpoint_errors_name_the_status_not_the_key(
     with pytest.raises(EndpointError, match="HTTP 401") as failure:
         generate(engine, prompt(0), RevisionSettings())
     assert "sk-wrong-key-456" not in str(failure.value)
+
+
+def test_completions_endpoint_engine_retries_faults_and_keeps_its_rpm(start_teacher) -> None:
+    """The engine's requests go through the teacher calls' wing (``selfee.llm``): 5xx, 429
+    and malformed replies are retried with backoff, and the actor's share of the job's
+    requests per minute paces every request, retries included."""
+    import httpx
+
+    from selfee.llm_config import RetryConfig
+    from selfee.ratelimit import split_limits
+
+    teacher = start_teacher(needed_fraction=0.0, fault_rate=0.4, seed=3,
+                            fault_kinds=["500", "malformed", "429"])  # fmt: skip
+    share = split_limits(60, None, 1, 1)  # ~0.96 requests/s, evenly paced
+    retry = RetryConfig(max_retries=10, backoff_s=0.01, max_backoff_s=0.05)
+    engine = CompletionsAPIEngine(teacher.base_url, "offline-teacher", Secret("unused"),
+                                  share=share, retry=retry)  # fmt: skip
+    results = generate_batch(engine, [prompt(i) for i in range(4)], RevisionSettings())
+    engine.close()
+    assert [(r.revisions, r.finish_reason) for r in results] == [(0, "verdict")] * 4
+    stats = httpx.get(f"{teacher.url}/stats", timeout=10).json()
+    assert sum(stats["faults"].values()) >= 2 and engine.call.usage.retries >= 2
+    assert engine.call.usage.requests == stats["received"]
+    paced = (stats["received"] - 1) / share.requests.per_second  # type: ignore[union-attr]
+    assert stats["last_request_at"] - stats["first_request_at"] >= 0.9 * paced

@@ -110,3 +110,20 @@ def test_run_or_reuse_runs_only_what_is_not_current(source: Path, tmp_path: Path
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(record))
     assert not run_or_reuse(CopyStage(cfg, label="copy-other"), print)["reused"]
     assert CopyStage.runs == 5
+
+
+def test_a_training_run_recorded_by_an_earlier_release_is_still_found(tmp_path: Path) -> None:
+    """Train kept its settings and run name in run.json before the manifest: still read."""
+    from selfee.train.config import TrainConfig
+    from selfee.train.job import TrainStage
+
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = {"config": {"max_length": 512}, "data_sha256": "abc", "run_name": "run-1"}
+    (out / "run.json").write_text(json.dumps(saved))
+    with pytest.warns(FutureWarning):
+        earlier = TrainStage(TrainConfig(output=out, max_length=512)).earlier()
+    assert earlier == {"settings": {"config": {"max_context": 512}, "data_sha256": "abc"},
+                       "run": {"run_name": "run-1"}}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps({"settings": {"config": {}}, "run": {}}))
+    assert TrainStage(TrainConfig(output=out)).earlier()["settings"] == {"config": {}}

@@ -1,7 +1,8 @@
-"""The one way this project talks to teacher and judge LLMs: the async ``openai`` client.
+"""The one way this project talks to LLM endpoints: the async ``openai`` client.
 
-Every call goes through ``TeacherCall.chat``: the job-wide rate limits (``selfee.ratelimit``),
-retries with exponential backoff and jitter (honouring ``Retry-After``) on 429, 5xx,
+Every request goes through ``EndpointCall.send`` (teacher and judge chats:
+``TeacherCall.chat``; inference's completions: ``selfee.engines.completions_api``): the
+job-wide rate limits (``selfee.ratelimit``), retries with exponential backoff and jitter (honouring ``Retry-After``) on 429, 5xx,
 timeouts and malformed responses, and usage accounting. A call that still fails raises
 ``CallFailed`` (the row records it); a call the endpoint refuses for good (bad key, unknown
 model) raises ``EndpointRejected`` (the job stops: every other row would fail the same way).
@@ -20,8 +21,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
@@ -29,6 +31,7 @@ from selfee.llm_config import RetryConfig
 from selfee.ratelimit import RateLimiter
 
 OFFLINE_KEY = "offline-teacher-needs-no-key"
+T = TypeVar("T")
 Message = dict[str, str]
 
 
@@ -93,6 +96,10 @@ class Usage:
 class CallFailed(Exception):
     """A request that failed after its last retry, or that retrying cannot fix."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the last HTTP status, if the endpoint answered
+
 
 class ContextOverflow(CallFailed):
     """The endpoint says the prompt plus ``max_tokens`` exceed the model's context."""
@@ -100,6 +107,10 @@ class ContextOverflow(CallFailed):
 
 class EndpointRejected(Exception):
     """The endpoint refuses every request (bad key, no permission, unknown model)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def backoff_s(policy: RetryConfig, attempt: int, rng: random.Random) -> float:
@@ -140,22 +151,27 @@ def not_found_hint(base_url: str, model: str) -> str:
 
 
 @dataclass
-class TeacherCall:
-    """Chat calls for one record: shares the worker's client and limiter, counts usage."""
+class EndpointCall:
+    """Requests to one endpoint: the worker's client and limiter, retries, usage counted.
+
+    ``send`` is the retry loop every request of this project goes through: teacher and
+    judge chats (``TeacherCall``) and inference's completions (``selfee.engines.completions_api``).
+    """
 
     client: openai.AsyncOpenAI
     model: str
     limiter: RateLimiter
     secret: Secret
     policy: RetryConfig = field(default_factory=RetryConfig)
-    max_tokens: int = 1024
-    temperature: float = 1.0
     usage: Usage = field(default_factory=Usage)
     rng: random.Random = field(default_factory=random.Random)
 
-    async def chat(self, messages: list[Message]) -> str:
-        reserve = estimate_tokens(messages) + self.max_tokens
-        problem = "no attempt made"
+    async def send(
+        self, create: Callable[[], Awaitable[Any]], reserve: int, read: Callable[[Any], T]
+    ) -> T:
+        """``read(await create())``, within the limits (``reserve`` tokens), retried on 429,
+        5xx, timeouts and replies ``read`` cannot use (it raises ValueError and such)."""
+        problem, status = "no attempt made", None
         for attempt in range(self.policy.max_retries + 1):
             if attempt:
                 self.usage.retries += 1
@@ -163,38 +179,31 @@ class TeacherCall:
             self.usage.requests += 1
             wait: float | None = None
             try:
-                completion = await self.client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature,
-                )
-                content = completion.choices[0].message.content if completion.choices else None
-                if not isinstance(content, str):
-                    raise ValueError("a completion without message content")
-                self.usage.add(completion)
-                return content
+                response = await create()
+                value = read(response)
+                self.usage.add(response)
+                return value
             except openai.RateLimitError as e:
                 self.usage.rate_limited += 1
-                problem = self._describe(e)
+                problem, status = self._describe(e), e.status_code
                 wait = retry_after_s(e)
                 if wait is not None:
                     self.limiter.pause(wait)  # the whole worker waits, not just this row
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise EndpointRejected(self._describe(e)) from None
+                raise EndpointRejected(self._describe(e), e.status_code) from None
             except openai.NotFoundError as e:
                 hint = not_found_hint(str(self.client.base_url), self.model)
-                raise EndpointRejected(f"{self._describe(e)} ({hint})") from None
+                raise EndpointRejected(f"{self._describe(e)} ({hint})", e.status_code) from None
             except openai.BadRequestError as e:
                 if _is_context_overflow(e):
-                    raise ContextOverflow(self._describe(e)) from None
-                raise CallFailed(self._describe(e)) from None
+                    raise ContextOverflow(self._describe(e), e.status_code) from None
+                raise CallFailed(self._describe(e), e.status_code) from None
             except openai.APIStatusError as e:
                 if e.status_code < 500 and e.status_code not in (408, 409):
-                    raise CallFailed(self._describe(e)) from None
-                problem = self._describe(e)
+                    raise CallFailed(self._describe(e), e.status_code) from None
+                problem, status = self._describe(e), e.status_code
             except openai.APIConnectionError as e:  # includes timeouts
-                problem = self._describe(e)
+                problem, status = self._describe(e), None
             except (
                 openai.APIResponseValidationError,
                 ValueError,
@@ -204,14 +213,42 @@ class TeacherCall:
                 AttributeError,
             ) as e:
                 # json.JSONDecodeError is a ValueError: a body that is not a completion
-                problem = f"malformed response: {self._describe(e)}"
+                problem, status = f"malformed response: {self._describe(e)}", None
             if attempt < self.policy.max_retries:
                 delay = backoff_s(self.policy, attempt, self.rng)
                 await asyncio.sleep(max(delay, wait or 0.0))
-        raise CallFailed(f"{problem} (gave up after {self.policy.max_retries + 1} attempts)")
+        raise CallFailed(
+            f"{problem} (gave up after {self.policy.max_retries + 1} attempts)", status
+        )
 
     def _describe(self, error: BaseException) -> str:
         text = str(error)
         if isinstance(error, json.JSONDecodeError):
             text = f"not valid JSON ({error.msg})"
         return self.secret.redact(f"{type(error).__name__}: {text}")[:500]
+
+
+@dataclass
+class TeacherCall(EndpointCall):
+    """Chat calls for one record (teacher or judge): shares the worker's client and limiter."""
+
+    max_tokens: int = 1024
+    temperature: float = 1.0
+
+    async def chat(self, messages: list[Message]) -> str:
+        def create() -> Awaitable[Any]:
+            return self.client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+            )
+
+        return await self.send(create, estimate_tokens(messages) + self.max_tokens, _content)
+
+
+def _content(completion: Any) -> str:
+    content = completion.choices[0].message.content if completion.choices else None
+    if not isinstance(content, str):
+        raise ValueError("a completion without message content")
+    return content

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from selfee.config import StageConfig
+from selfee.llm_config import RetryConfig
 
 EngineName = Literal["auto", "hf", "llama_cpp", "vllm"]
 ENGINE_HELP = (
@@ -57,6 +58,13 @@ class ModelConfig(StageConfig):
         description="an OpenAI-compatible /v1 endpoint (vLLM, Ray Serve) instead of a local model",
     )
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with its key")
+    rpm: int | None = Field(
+        None, gt=0, description="with base_url: requests per minute for the whole job (each "
+        "actor keeps its share)",
+    )  # fmt: skip
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig, description="with base_url: retries, backoff and timeout"
+    )
     batch_size: int = Field(
         8, ge=1, le=512, description="questions generated together per actor call"
     )

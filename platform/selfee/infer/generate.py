@@ -3,6 +3,7 @@ journaled on the driver as it arrives (``selfee.driver.drain``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -15,9 +16,13 @@ from selfee import journal, metrics
 from selfee.chain import render_prompt
 from selfee.driver import drain
 from selfee.engines import engine_name, load_engine
+from selfee.errors import ConfigError
 from selfee.infer.answers import result_fields, revision_settings
 from selfee.infer.config import InferConfig
+from selfee.llm import Secret
+from selfee.llm_job import ResolvedEndpoint, preflight
 from selfee.progress import format_duration, format_eta
+from selfee.ratelimit import LimitError, WorkerShare, split_limits
 from selfee.revision import RevisionSettings, generate_batch
 
 
@@ -25,19 +30,35 @@ def log(message: str) -> None:
     print(f"[infer] {message}", flush=True)
 
 
+def endpoint_key(cfg: InferConfig) -> Secret:
+    return Secret(os.environ.get(cfg.api_key_env, "") or "EMPTY")
+
+
+def endpoint_share(cfg: InferConfig, actors: int) -> WorkerShare:
+    """Each actor's part of the job's requests per minute, after a check that the endpoint
+    answers and takes the key (one line, before any actor starts)."""
+    assert cfg.base_url is not None
+    endpoint = ResolvedEndpoint(cfg.base_url, str(cfg.model), endpoint_key(cfg), offline=False)
+    for warning in asyncio.run(preflight(endpoint)):
+        log(f"warning: {warning}")
+    try:
+        return split_limits(cfg.rpm, None, actors, 1)
+    except LimitError as e:
+        raise ConfigError(f"{e} (concurrency is the number of actors)") from None
+
+
 class InferWorker:
     """One Ray Data actor: one engine (a model copy, or an endpoint client)."""
 
-    def __init__(self, cfg: InferConfig) -> None:
+    def __init__(self, cfg: InferConfig, share: WorkerShare | None = None) -> None:
         self.cfg = cfg
         if cfg.base_url:
             from selfee.engines.completions_api import CompletionsAPIEngine
-            from selfee.llm import Secret
 
-            key = Secret(os.environ.get(cfg.api_key_env, "") or "EMPTY")
             self.engine: Any = CompletionsAPIEngine(
-                cfg.base_url, str(cfg.model), key, concurrency=cfg.batch_size
-            )
+                cfg.base_url, str(cfg.model), endpoint_key(cfg), concurrency=cfg.batch_size,
+                share=share, retry=cfg.retry,
+            )  # fmt: skip
             self.where = f"endpoint {cfg.base_url}"
         else:
             import torch
@@ -97,16 +118,17 @@ def generate_answers(
 
     from selfee.ray_runtime import ray_runtime
 
+    actors = min(cfg.concurrency, math.ceil(len(work) / cfg.batch_size))
+    share = endpoint_share(cfg, actors) if cfg.base_url else None
     with journal.Journal(journal_path) as saved, ray_runtime(cfg.ray):
         DataContext.get_current().enable_progress_bars = False
         items = [{"question": json.dumps(w)} for w in work]
         dataset = ray.data.from_items(
             items, override_num_blocks=math.ceil(len(items) / cfg.batch_size)
         )
-        actors = min(cfg.concurrency, math.ceil(len(items) / cfg.batch_size))
         dataset = dataset.map_batches(
             InferWorker,
-            fn_constructor_kwargs={"cfg": cfg},
+            fn_constructor_kwargs={"cfg": cfg, "share": share},
             batch_size=cfg.batch_size,
             compute=ActorPoolStrategy(size=actors),
             num_cpus=cfg.cpus_per_actor,
