@@ -26,11 +26,11 @@ import torch
 
 from results import append_rows, machine
 from selfee.adapter import wrap_for_training
+from selfee.model_spec import build_model, tiny_llama_config
 from selfee.records import write_jsonl
 from selfee.tokenizer import train_tiny_tokenizer
 from selfee.train import sft
 from selfee.train.config import TrainConfig
-from selfee.train.model import build_model, tiny_llama_config
 
 WORDS = (
     "the a model answer feedback revision score code list value result because of to and is".split()

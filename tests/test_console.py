@@ -95,3 +95,31 @@ def test_step_lines_are_drawn_as_the_stage_progress_bar() -> None:
     assert not console.step_bars  # closed when done
     console.line("[train] step 10/40 · loss 7.0", err)  # a new run: a new bar
     assert console.step_bars["train"].n == 10
+
+
+def test_ctrl_c_delivered_to_another_thread_still_stops_a_waiting_command() -> None:
+    """`selfee serve` and `quickstart --serve` wait for Ctrl-C on the main thread while Ray's
+    threads run; the kernel may hand SIGINT to any thread, and it must still stop them."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import signal, threading, time
+        from selfee.console import wait_for_ctrl_c
+        ready = threading.Event()
+        def other():
+            ready.set()
+            time.sleep(30)
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        ready.wait()
+        threading.Timer(0.5, signal.pthread_kill, (thread.ident, signal.SIGINT)).start()
+        try:
+            wait_for_ctrl_c()
+        except KeyboardInterrupt:
+            print("stopped")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=20)  # fmt: skip
+    assert done.stdout.strip() == "stopped", done.stderr

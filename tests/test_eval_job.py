@@ -62,6 +62,11 @@ def test_published_selfee_answers_scored_turn_by_turn(
     again = run_eval(EvalConfig(task="gsm8k", questions=questions, answers=answers,
                                 output=tmp_path / "out"))  # fmt: skip
     assert again["scored"]["now"] == 0 and again["turns"] == result["turns"]
+    # --overwrite discards the saved scores (and the report and its record): all scored again
+    fresh = run_eval(EvalConfig(task="gsm8k", questions=questions, answers=answers,
+                                output=tmp_path / "out", overwrite=True))  # fmt: skip
+    assert fresh["scored"]["now"] == fresh["scored"]["texts"] > 0
+    assert fresh["turns"] == result["turns"]
 
 
 def code_chain(steps: list[tuple[str, str]]) -> str:

@@ -71,6 +71,10 @@ def test_a_rerun_generates_only_what_is_missing(
     assert again["generated"] == 0 and again["answers"] == 6
     changed = run_infer(config(selfee_model_dir, tmp_path, max_revisions=0))  # new settings
     assert changed["generated"] == 6 and changed["revisions"] == {"0": 6}
+    journal = tmp_path / "answers" / "selfee-tiny.journal.jsonl"
+    assert len(journal.read_text().splitlines()) == 12  # both settings' answers are kept
+    fresh = run_infer(config(selfee_model_dir, tmp_path, max_revisions=0, overwrite=True))
+    assert fresh["generated"] == 6 and len(journal.read_text().splitlines()) == 6
 
 
 def test_a_failing_question_is_reported_and_the_others_are_kept(

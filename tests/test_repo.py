@@ -69,3 +69,25 @@ def test_code_is_ruff_clean() -> None:
     folders = ["platform", "jobs", "serve_apps", "tests", "bench"]
     done = subprocess.run([str(ruff), "check", *folders], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_no_module_imports_a_layer_above_it() -> None:
+    """docs/architecture.md's layers: the core (and the engines, the LLM wing) never imports
+    a stage, and a stage never imports the commands that run it (cli, quickstart)."""
+    import ast
+
+    commands = {"cli", "quickstart", "quickstart_config", "config_docs"}
+    stages = {"collect", "augment", "train", "export", "infer", "eval", "judge", "serve"}
+    package = REPO / "platform" / "selfee"
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        own = path.relative_to(package).parts[0].removesuffix(".py")
+        if own in commands or own == "testing":
+            continue
+        above = commands if own in stages else commands | stages
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])  # fmt: skip
+            upward += [f"{path.relative_to(package)} imports {name}" for name in names
+                       if name.startswith("selfee.") and name.split(".")[1] in above]  # fmt: skip
+    assert not upward, upward

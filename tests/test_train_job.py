@@ -205,7 +205,7 @@ def test_unusable_data_is_refused_before_ray_starts(
 def test_the_default_deepspeed_config_ships_with_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from selfee.train.model import load_deepspeed_config
+    from selfee.train.deepspeed_config import load_deepspeed_config
 
     monkeypatch.chdir(tmp_path)  # not the repository
     for stage, name in ((1, Path("zero1")), (2, TrainConfig().deepspeed), (3, Path("zero3"))):

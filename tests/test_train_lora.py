@@ -27,6 +27,7 @@ from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
 from selfee.infer.config import InferConfig
 from selfee.infer.job import run_infer
+from selfee.model_spec import build_model, hf_spec
 from selfee.records import read_jsonl, write_jsonl
 from selfee.revision import CompletionRequest
 from selfee.testing.chains import make_chains, write_pad_less_base
@@ -34,7 +35,6 @@ from selfee.testing.selfee_model import question_file
 from selfee.train.delta import DeltaError, make_delta
 from selfee.train.export import export_model
 from selfee.train.job import run_train
-from selfee.train.model import build_model, hf_spec
 
 pytestmark = pytest.mark.slow
 STEPS = 32

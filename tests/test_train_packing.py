@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
+from selfee.model_spec import build_model, tiny_llama_config
 from selfee.testing.chains import make_chains
 from selfee.tokenizer import train_tiny_tokenizer
 from selfee.train import packing, sft
-from selfee.train.model import build_model, tiny_llama_config
 
 
 def test_rows_hold_every_example_once_and_are_nearly_full() -> None:

@@ -12,7 +12,7 @@ from selfee import chain
 from selfee.testing.chains import make_chains
 from selfee.tokenizer import SELFEE_PHRASES, train_tiny_tokenizer
 from selfee.train import sft
-from selfee.train.model import fill_deepspeed_config, load_deepspeed_config
+from selfee.train.deepspeed_config import fill_deepspeed_config, load_deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -113,7 +113,7 @@ def load_merged(path: str | Path, tokenizer: Any, dtype: Any) -> Any:
     """The base with the adapter folded in (as fast as a plain model at inference)."""
     from peft import PeftModel
 
-    from selfee.train.model import build_model, hf_spec
+    from selfee.model_spec import build_model, hf_spec
 
     base = build_model(hf_spec(adapter_base(path), tokenizer), seed=0)
     model = PeftModel.from_pretrained(base, str(path))

@@ -21,6 +21,7 @@ import io
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -221,3 +222,12 @@ def quiet_run(command: str, verbose: bool = False) -> Iterator[Path | None]:
         _console, _log_path = None, None
         for stream in (out, err, log):
             stream.close()
+
+
+def wait_for_ctrl_c() -> None:
+    """Block until Ctrl-C (KeyboardInterrupt). Short sleeps, not one long one: the kernel may
+    hand SIGINT to any of the process's threads (Ray and gRPC run many); then Python only
+    sets a flag, which the main thread sees when its sleep ends (measured: a `selfee serve`
+    sleeping 3600 s ignored a Ctrl-C for 10 minutes)."""
+    while True:
+        time.sleep(0.5)

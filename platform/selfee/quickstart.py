@@ -27,7 +27,7 @@ from selfee.chain import detect_verdict, parse, render_prompt, render_target
 from selfee.collect.config import CollectConfig, SourceSpec
 from selfee.collect.samples import write_sample_sources
 from selfee.config import dump_config
-from selfee.console import details, say
+from selfee.console import details, say, wait_for_ctrl_c
 from selfee.eval.config import EvalConfig
 from selfee.export.config import ExportGGUFConfig
 from selfee.infer.config import InferConfig
@@ -313,8 +313,7 @@ def serve_model(cfg: QuickstartConfig, model: Path, quiet: dict[str, Any]) -> No
     log(f"serving: OpenAI-compatible endpoint {endpoint} (model 'selfee-tiny')")
     log(f"serving: Gradio demo http://127.0.0.1:{cfg.serve_port}/demo/ ; Ctrl-C stops both")
     try:
-        while True:
-            time.sleep(3600)
+        wait_for_ctrl_c()
     except KeyboardInterrupt:
         log("stopping the endpoint and the demo")
 

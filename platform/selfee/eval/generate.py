@@ -20,6 +20,8 @@ from selfee.records import write_jsonl
 
 RUNS = ("forced", "autonomous", "first", "samples")
 
+GENERATIONS = "generations.journal.jsonl"  # the journal: ``EvalStage`` discards it on --overwrite
+
 
 def log(message: str) -> None:
     """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
@@ -58,9 +60,7 @@ def generate_runs(
                                          "output": folder / "forced.jsonl"}))  # fmt: skip
     run_cfgs = {run: base.model_copy(update=run_settings(cfg, run)) for run in RUNS}
     prints = {run: model_fingerprint(c) for run, c in run_cfgs.items()}
-    journal_path = folder / "generations.journal.jsonl"
-    if cfg.overwrite:
-        journal_path.unlink(missing_ok=True)
+    journal_path = folder / GENERATIONS
     saved = journal.read_journal(journal_path, JournaledAnswer)
     if saved.skipped:
         log(saved.describe(journal_path))

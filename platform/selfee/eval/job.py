@@ -26,9 +26,9 @@ from typing import Any
 from selfee.errors import ConfigError
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
-from selfee.eval.generate import generate_runs
+from selfee.eval.generate import GENERATIONS, generate_runs
 from selfee.eval.inputs import check_ids, load_questions, read_answer_file
-from selfee.eval.score import plan_scores, question_result, score_all
+from selfee.eval.score import SCORES, plan_scores, question_result, score_all
 from selfee.eval.tasks import TASKS
 from selfee.stage import Stage
 
@@ -67,6 +67,8 @@ class EvalStage(Stage[EvalConfig]):
                 "autonomous_accuracy": auto.get("accuracy")}  # fmt: skip
 
     def run(self) -> dict[str, Any]:
+        if self.cfg.overwrite:
+            self.discard(GENERATIONS, SCORES)
         summary = evaluate(self.cfg)
         if self.cfg.plot is not None:
             report.plot(summary, self.cfg.plot)

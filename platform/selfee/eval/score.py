@@ -22,6 +22,8 @@ from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
 from selfee.eval.tasks import TASKS, Task
 from selfee.progress import format_duration, format_eta
 
+SCORES = "scores.journal.jsonl"  # the journal: ``EvalStage`` discards it on --overwrite
+
 
 class ScoreRow(BaseModel):
     """A journaled score, checked before it is trusted."""
@@ -77,9 +79,7 @@ def score_all(
     and how many were scored now."""
     import ray
 
-    journal_path = cfg.folder / "scores.journal.jsonl"
-    if cfg.overwrite:
-        journal_path.unlink(missing_ok=True)
+    journal_path = cfg.folder / SCORES
     saved = journal.read_journal(journal_path, ScoreRow)
     if saved.skipped:
         log(saved.describe(journal_path))

@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from selfee import metrics
 from selfee import openai_wire as wire
+from selfee.console import wait_for_ctrl_c
 from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
 from selfee.serve.config import ServeConfig
@@ -271,7 +272,6 @@ def serve_forever(cfg: ServeConfig) -> None:
             )
         print("[serve] Ctrl-C stops it", flush=True)
         try:
-            while True:
-                time.sleep(3600)
+            wait_for_ctrl_c()
         finally:
             serve.shutdown()

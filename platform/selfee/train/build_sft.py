@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from selfee.errors import ConfigError
+from selfee.model_spec import hf_spec, tiny_llama_config
 from selfee.tokenizer import load_tokenizer, train_tiny_tokenizer
 from selfee.train import sft
 from selfee.train.config import TrainConfig
-from selfee.train.model import hf_spec, tiny_llama_config
 
 
 def log(message: str) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from selfee.adapter import load_adapter_weights, save_adapter, wrap_for_training
+from selfee.model_spec import build_model, model_config
 from selfee.records import atomic_directory
+from selfee.train.deepspeed_config import use_cpu_accelerator_unless_cuda
 from selfee.train.loop import DS_TAG
-from selfee.train.model import build_model, model_config, use_cpu_accelerator_unless_cuda
 
 METADATA_FILE = "selfee.json"
 PROMPT_FORMAT = "selfee"  # selfee.chain: '### Answer:' / '### Feedback k:' / '### Revision k:'

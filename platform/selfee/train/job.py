@@ -21,9 +21,9 @@ from selfee.stage import Stage
 from selfee.train import sft
 from selfee.train.build_sft import build_sft_dataset, make_tokenizer_and_spec
 from selfee.train.config import TrainConfig
+from selfee.train.deepspeed_config import load_deepspeed_config, zero_stage
 from selfee.train.export import export_model
 from selfee.train.loop import STATE_FILE, plan_batches, plan_steps
-from selfee.train.model import load_deepspeed_config, zero_stage
 from selfee.train.resume import RESUMABLE_CHANGES, legacy_record, prepare_output
 from selfee.train.trainer import check_resources, fit, worker_settings
 

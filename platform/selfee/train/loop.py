@@ -29,8 +29,9 @@ from typing import Any
 
 from selfee.adapter import wrap_for_training
 from selfee.metrics import record as record_metric
+from selfee.model_spec import build_model
 from selfee.train import sft
-from selfee.train.model import build_model, use_cpu_accelerator_unless_cuda, zero_stage
+from selfee.train.deepspeed_config import use_cpu_accelerator_unless_cuda, zero_stage
 
 DS_TAG = "deepspeed"  # DeepSpeed's tag folder inside every checkpoint
 STATE_FILE = "trainer_state.json"

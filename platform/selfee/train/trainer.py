@@ -8,8 +8,8 @@ from typing import Any
 
 from selfee.errors import ConfigError, JobFailed
 from selfee.train.config import TrainConfig
+from selfee.train.deepspeed_config import fill_deepspeed_config
 from selfee.train.loop import TrainSettings, train_loop_per_worker
-from selfee.train.model import fill_deepspeed_config
 
 
 def log(message: str) -> None:
