@@ -8,7 +8,7 @@ import pytest
 
 from collect_data import jsonl, write_sources
 from selfee.collect import filters
-from selfee.collect.job import shape_row
+from selfee.collect.shape import shape_row
 from selfee.collect.sources import CODE_PREFIX, BadRow, Skip, read_records
 
 

@@ -97,8 +97,8 @@ class Stage(ABC, Generic[C]):
         self.settings, self.run_info = settings, run_info
         record_running(self.manifest_path(), self.label, settings, run_info)
 
-    def finish(self, summary: dict[str, Any], outputs: dict[str, Path] | None = None) -> dict:
-        """Write the summary and the manifest; ``outputs``: when they differ from ``outputs()``."""
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Write the summary, then the manifest (returned)."""
         summary.setdefault("seconds", round(self.elapsed(), 1))
         summary.setdefault("config", dump_config(self.cfg))
         path = self.summary_path()
@@ -106,7 +106,7 @@ class Stage(ABC, Generic[C]):
         path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         return lineage.write_manifest(
             self.manifest_path(), self.label, self.inputs(), summary["config"],
-            self.outputs() if outputs is None else outputs, self.counts(summary),
+            self.outputs(), self.counts(summary),
             summary["seconds"], settings=self.settings, run_info=self.run_info,
         )  # fmt: skip
 
