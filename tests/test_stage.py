@@ -11,7 +11,7 @@ import pytest
 
 from selfee.config import StageConfig
 from selfee.errors import ConfigError
-from selfee.stage import Stage, run_or_reuse
+from selfee.stage import Stage, keep_settings, run_or_reuse
 
 
 class CopyConfig(StageConfig):
@@ -38,8 +38,9 @@ class CopyStage(Stage[CopyConfig]):
 
     def run(self) -> dict[str, Any]:
         type(self).runs += 1
-        self.keep_settings({"upper": self.cfg.upper},
-                           lambda changed: f"made with other settings: {', '.join(changed)}")  # fmt: skip
+        self.settings = {"upper": self.cfg.upper}
+        keep_settings(self.manifest_path(), self.label, self.settings, CopyConfig.renamed,
+                      lambda changed: f"made with other settings: {', '.join(changed)}")  # fmt: skip
         text = self.cfg.source.read_text()
         self.outputs()["copy"].write_text(text.upper() if self.cfg.upper else text)
         summary = {"chars": len(text)}

@@ -31,9 +31,9 @@ def drain(
     interval_s: float,
     say: Say,
     err: bool = False,
-) -> int:
+) -> None:
     """Hand every row of ``dataset`` to ``on_row`` as its block arrives; ``on_row`` returns
-    True to stop after the block (the endpoint refused the job). Returns the rows handed."""
+    True to stop after the block (the endpoint refused the job)."""
     handed = 0
     last_line = time.monotonic()
     try:
@@ -54,4 +54,3 @@ def drain(
         say(f"interrupted: {handed} {unit}s of this run are saved; re-run to continue")
         raise
     detail(f"[{stage}] {status()}", err=err)
-    return handed

@@ -175,10 +175,11 @@ def run_stages(
     if cfg.gguf:
         export = ExportGGUFConfig(model=model, quant=cfg.gguf, output=out / "export",
                                   eval_data=chains, prompts=4)  # fmt: skip
-        gguf = ExportStage(export).outputs()
+        exporting = ExportStage(export)
+        gguf = exporting.outputs()
         log(f"5/9 export: GGUF files for llama.cpp ({', '.join(cfg.gguf)}), each measured "
             "against the trained model")  # fmt: skip
-        stages["export"] = run_or_reuse(ExportStage(export), log)
+        stages["export"] = run_or_reuse(exporting, log)
 
     answers = {}
     runs = [
@@ -208,9 +209,10 @@ def run_stages(
         ray=cfg.ray,
     )  # fmt: skip
     log("7/9 judge: the teacher compares the two answer sets, every question in both orders")
-    stages["judge"] = run_or_reuse(JudgeStage(judge), log)
+    judging = JudgeStage(judge)
+    stages["judge"] = run_or_reuse(judging, log)
     log("8/9 report")
-    reviews = list(JudgeStage(judge).outputs().values())
+    reviews = list(judging.outputs().values())
     _report(reviews, questions, out / "judge" / "report.png", stages["judge"]["reused"])
     if gguf:
         for line in engines_table(out, "autonomous", list(gguf)).split("\n"):

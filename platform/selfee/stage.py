@@ -6,7 +6,8 @@ here, once:
 
 - ``discard`` (``--overwrite``) removes the outputs and the record of an earlier run;
 - ``keep_settings`` refuses to continue an output made with other settings (a resumed run
-  must make the same rows), and records the settings before any work starts;
+  must make the same rows), and records the settings before any work starts (augment;
+  train, whose rules for continuing are its own, uses ``earlier`` and ``begin``);
 - ``finish`` writes the summary file and the manifest: the one record of what made the output
   (inputs by hash, config, the settings a continuing run must share, code version, counts);
 - ``run_or_reuse`` skips a stage whose manifest says its outputs are current (the quickstart).
@@ -85,13 +86,6 @@ class Stage(ABC, Generic[C]):
         remove([*self.outputs().values(), self.summary_path(), self.manifest_path(),
                 *(self.folder() / p for p in parts)])  # fmt: skip
 
-    def keep_settings(self, settings: dict[str, Any], refusal: Callable[[list[str]], str]) -> None:
-        """Refuse (``refusal(changed keys)``) to continue an output made with other settings;
-        record these settings before the work starts."""
-        keep_settings(self.manifest_path(), self.label, settings, self.renamed(), refusal,
-                      self.legacy_record)  # fmt: skip
-        self.settings = settings
-
     def begin(self, settings: dict[str, Any], **run_info: Any) -> None:
         """Record the settings (and ``run_info``) of a run that is starting."""
         self.settings, self.run_info = settings, run_info
@@ -113,9 +107,6 @@ class Stage(ABC, Generic[C]):
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def renamed(self) -> dict[str, str]:
-        return dict(type(self.cfg).renamed)
-
 
 def earlier_record(
     manifest: Path, legacy: Callable[[], dict[str, Any] | None]
@@ -134,8 +125,9 @@ def keep_settings(
     refusal: Callable[[list[str]], str],
     legacy: Callable[[], dict[str, Any] | None] = lambda: None,
 ) -> None:
-    """``Stage.keep_settings`` for a folder (``renamed``: keys renamed since, old -> new:
-    a rename alone never blocks continuing)."""
+    """Refuse (``refusal(changed keys)``) to continue the output whose record is ``manifest``
+    if it was made with other settings (``renamed``: keys renamed since, old -> new: a rename
+    alone never blocks continuing); then record these settings, before any work."""
     earlier = earlier_record(manifest, legacy)
     if earlier is not None:
         changed = changed_keys(with_new_names(earlier["settings"], renamed), settings)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,7 @@ class AugmentStage(Stage[AugmentConfig]):
         summary = summarize(rows, cfg)
         summary["run"] = {
             "rows_run": progress.done,
-            "seconds": round(time.monotonic() - self.started, 1),
+            "seconds": round(self.elapsed(), 1),
             "requests": progress.requests,
             "requests_per_minute": round(progress.requests / max(progress.elapsed_s, 1e-9) * 60, 1),
             "endpoint": ep.base_url,

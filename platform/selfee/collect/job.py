@@ -50,7 +50,7 @@ class CollectStage(Stage[CollectConfig]):
         return {"rows_in": summary["rows_in"], "rows_out": summary["rows_out"]}
 
     def run(self) -> dict[str, Any]:
-        summary = collect_rows(self.cfg)
+        summary = collect_rows(self.cfg, self.outputs())
         self.finish(summary)
         print_summary(summary)
         return summary
@@ -60,8 +60,8 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
     return CollectStage(cfg).run()
 
 
-def collect_rows(cfg: CollectConfig) -> dict[str, Any]:
-    """Read, shape and select; write the instruction files; return the summary."""
+def collect_rows(cfg: CollectConfig, outputs: dict[str, Path]) -> dict[str, Any]:
+    """Read, shape and select; write the instruction files (``outputs``); return the summary."""
     if not cfg.sources:
         raise CollectError("no sources: give --source NAME=PATH (or 'sources' in the config)")
     tasks = []
@@ -94,26 +94,28 @@ def collect_rows(cfg: CollectConfig) -> dict[str, Any]:
     log(f"read and shaped {len(results)} rows from {len(tasks)} files "
         f"({time.monotonic() - t0:.1f} s)")  # fmt: skip
     instructions, summary = finish(results, cfg)
-    write_outputs(instructions, summary, cfg)
+    write_outputs(instructions, summary, outputs)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     return summary
 
 
-def write_outputs(rows: list[dict[str, Any]], summary: dict[str, Any], cfg: CollectConfig) -> None:
-    cfg.output.mkdir(parents=True, exist_ok=True)
+def write_outputs(
+    rows: list[dict[str, Any]], summary: dict[str, Any], outputs: dict[str, Path]
+) -> None:
+    path = outputs["instructions"]
+    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(
         [{**{k: r[k] for k in INSTRUCTION_FIELDS if k != "meta"}, "meta": json.dumps(r["meta"])}
          for r in rows],
         schema=pa.schema([(k, pa.string()) for k in INSTRUCTION_FIELDS]),
     )  # fmt: skip
-    path = cfg.output / "instructions.parquet"
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
-    artifacts = {"instructions": str(path), "summary": str(cfg.output / "summary.json")}
-    if cfg.jsonl:
-        write_jsonl(cfg.output / "instructions.jsonl", rows)
-        artifacts["instructions_jsonl"] = str(cfg.output / "instructions.jsonl")
+    artifacts = {"instructions": str(path), "summary": str(path.parent / "summary.json")}
+    if "instructions_jsonl" in outputs:
+        write_jsonl(outputs["instructions_jsonl"], rows)
+        artifacts["instructions_jsonl"] = str(outputs["instructions_jsonl"])
     summary["artifacts"] = artifacts
 
 

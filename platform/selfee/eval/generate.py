@@ -4,14 +4,13 @@ Ray Data pass and one journal (``selfee.eval.job`` says what each set is)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from selfee import journal
 from selfee.engines.config import ModelConfig
 from selfee.eval.config import EvalConfig
-from selfee.eval.inputs import EvalQuestion
+from selfee.eval.inputs import EvalQuestion, log
 from selfee.infer.answers import JournaledAnswer, answer_row, model_fingerprint
 from selfee.infer.config import InferConfig
 from selfee.infer.generate import generate_answers
@@ -21,11 +20,6 @@ from selfee.records import write_jsonl
 RUNS = ("forced", "autonomous", "first", "samples")
 
 GENERATIONS = "generations.journal.jsonl"  # the journal: ``EvalStage`` discards it on --overwrite
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
-    print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
 def _infer_config(cfg: EvalConfig) -> InferConfig:

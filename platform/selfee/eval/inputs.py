@@ -4,6 +4,7 @@ files given to score."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ from selfee.errors import ConfigError
 from selfee.eval.config import EvalConfig
 from selfee.eval.tasks import Task, gold_of_row, question_of_row
 from selfee.records import read_object_rows
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

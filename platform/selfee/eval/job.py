@@ -17,7 +17,6 @@ text, so a re-run (after a crash, or with more questions) scores only what is mi
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,15 +26,10 @@ from selfee.errors import ConfigError
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
 from selfee.eval.generate import GENERATIONS, generate_runs
-from selfee.eval.inputs import check_ids, load_questions, read_answer_file
+from selfee.eval.inputs import check_ids, load_questions, log, read_answer_file
 from selfee.eval.score import SCORES, plan_scores, question_result, score_all
 from selfee.eval.tasks import TASKS
 from selfee.stage import Stage
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
-    print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
 class EvalStage(Stage[EvalConfig]):

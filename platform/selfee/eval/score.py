@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from selfee import journal
 from selfee.driver import drain
 from selfee.eval import turns
 from selfee.eval.config import EvalConfig
-from selfee.eval.inputs import EvalQuestion
+from selfee.eval.inputs import EvalQuestion, log
 from selfee.eval.sandbox import CodeTests, SandboxLimits, run_program
 from selfee.eval.tasks import TASKS, Task
 from selfee.progress import format_duration, format_eta
@@ -34,11 +33,6 @@ class ScoreRow(BaseModel):
     correct: bool
     answer: str | None
     detail: str
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr: stdout carries the report (``--json``: one object)."""
-    print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
 def score_key(task: str, gold: Any, text: str) -> str:

@@ -132,12 +132,12 @@ def _run(stage: JudgeStage) -> dict[str, Any]:
             if fatal:
                 raise ConfigError(f"the endpoint refused the job: {fatal}; fix it and re-run")
     files = []
-    for order in (f"{name_a}{report.VS}{name_b}", f"{name_b}{report.VS}{name_a}"):
+    for order, path in stage.outputs().items():  # one review file per order
         rows = [review_row(t, results.get(t["id"], {"score": None, "error": "not run"}),
                            ep.model, t["id"] in cache)
                 for t in tasks if t["order"] == order]  # fmt: skip
-        files.append(out / f"{order}.jsonl")
-        write_jsonl(files[-1], rows)
+        write_jsonl(path, rows)
+        files.append(path)
     reports = report.build_report(files, cfg.questions)
     unscored = [r for r in results.values() if r.get("score") is None]
     errors = sum(1 for r in unscored if r.get("error"))

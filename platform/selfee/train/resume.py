@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfee.config import with_new_names
 from selfee.errors import ConfigError
+from selfee.stage import changed_keys
 from selfee.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -58,11 +59,7 @@ def prepare_output(
             "--overwrite starts over"
         )
     if earlier is not None:
-        changed = sorted(
-            key
-            for key in set(earlier["config"]) | set(fingerprint["config"])
-            if earlier["config"].get(key) != fingerprint["config"].get(key)
-        )
+        changed = changed_keys(earlier["config"], fingerprint["config"])
         if earlier["data_sha256"] != fingerprint["data_sha256"]:
             changed.append("data (file content)")
         if changed:
