@@ -73,7 +73,7 @@ def plain_loop_tokens_per_s(cfg: TrainConfig, spec: dict, tokenizer, examples, s
     model.config.use_cache = False  # as in training (packed rows need it off)
     lengths = [len(ids) for ids, _ in examples]
     width = cfg.max_context if cfg.batching == "packed" else None
-    batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching, 1, width)
+    batches = sft.make_batches(lengths, cfg.micro_batch_size, 0, cfg.batching, width)
     per_step = cfg.global_batch_size // cfg.micro_batch_size
     tokens, seconds = 0, 0.0
     for step in range(steps + 1):  # step 0 warms up
@@ -138,7 +138,7 @@ def main() -> None:
     for micro in (4, 8, 16):
         for grouping in ("length-grouped", "random", "packed"):
             width = cfg.max_context if grouping == "packed" else None
-            batches = sft.make_batches(lengths, micro, 0, grouping, 1, width)
+            batches = sft.make_batches(lengths, micro, 0, grouping, width)
             padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8, width)
 
     plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)

@@ -79,8 +79,8 @@ def test_zero3_run_learns_exports_and_generates(
     assert summary["examples"] == 48 and summary["steps"] == 36
     assert summary["accumulation"] == 2  # 16 = 4 micro x 2 accumulation x 2 workers
     assert [h["step"] for h in summary["history"]] == list(range(1, 37))
-    # each worker streamed the set and kept its own share: together they held each of the
-    # 48 examples once (a worker holding the whole set would make this 96)
+    # each worker read its own shard: together they held each of the 48 examples once (a
+    # worker holding the whole set would make this 96)
     assert {h["examples_held"] for h in summary["history"]} == {48}
     assert summary["final_loss"] < 0.4 * summary["first_loss"], [
         h["loss"] for h in summary["history"]
@@ -122,6 +122,13 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(
     assert [h["restarts"] for h in summary["history"]] == [0, 0, 0] + [1] * 5
     kept = sorted(p.name for p in Path(summary["checkpoints"]).glob("checkpoint_0*"))
     assert kept == ["checkpoint_000006", "checkpoint_000008"]  # keep_checkpoints: 2
+    # the restarted workers trained the batches the run would have trained without the
+    # kill: the same tokens at every step, the same losses from the restored weights
+    unbroken = run_train(tiny_config(chains_file, tmp_path / "unbroken"))["history"]
+    assert [h["tokens"] for h in summary["history"]] == [h["tokens"] for h in unbroken]
+    assert [h["loss"] for h in summary["history"]] == pytest.approx(
+        [h["loss"] for h in unbroken], rel=1e-4
+    )
 
 
 def test_packed_rows_train_and_a_killed_worker_resumes_with_the_same_rows(
@@ -133,11 +140,35 @@ def test_packed_rows_train_and_a_killed_worker_resumes_with_the_same_rows(
     assert summary["restarts"] == 1 and summary["steps"] == 8
     assert [h["step"] for h in summary["history"]] == list(range(1, 9))
     assert summary["final_loss"] < summary["first_loss"]
-    held = [h["examples_held"] for h in summary["history"]]
-    assert held[0] == 48  # the rows hold every example, each in one worker's share
-    assert held[3] < 48  # resumed at step 3: only the rows still to come this epoch
+    # the rows hold every example, each in one worker's shard, before and after the restart
+    assert {h["examples_held"] for h in summary["history"]} == {48}
     # rows of 128 tokens hold 1-3 of these 50-110-token chains: little padding is left
     assert summary["padding_efficiency"] > 0.9
+
+
+def test_each_worker_is_handed_only_its_own_shard(ray_session: None) -> None:
+    """The datasets the workers get: rank r's holds exactly the examples of its shard."""
+    import ray.data
+
+    from selfee.train.loop import TrainSettings, plan_shards, shard_name
+    from selfee.train.trainer import shard_datasets
+
+    lengths = [5 + (7 * i) % 40 for i in range(30)]
+    ids = [2 * i + 1 for i in range(30)]  # rows' idx: dropped chains leave gaps
+    rows = [{"idx": idx, "input_ids": [1] * n, "labels": [1] * n}
+            for idx, n in zip(ids, lengths, strict=True)]  # fmt: skip
+    settings = TrainSettings(
+        model={}, deepspeed={}, micro_batch_size=2, accumulation=1, epochs=1, max_steps=None,
+        learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, seed=0,
+        batching="length-grouped", max_context=64, gradient_checkpointing=False,
+        log_every_steps=1, checkpoint_every_steps=1, pad_id=0, lengths=lengths, example_ids=ids,
+    )  # fmt: skip
+    shards = shard_datasets(ray.data.from_items(rows, override_num_blocks=4), settings, 3)
+    assert set(shards) == {shard_name(r) for r in range(3)}
+    for rank, shard in enumerate(plan_shards(settings, 3)):
+        got = shards[shard_name(rank)].take_all()
+        assert sorted(row["idx"] for row in got) == sorted(ids[i] for i in shard)
+        assert all(len(row["input_ids"]) == lengths[ids.index(row["idx"])] for row in got)
 
 
 def test_a_failed_run_resumes_on_request_and_only_unchanged(

@@ -146,53 +146,57 @@ def test_length_grouping_wastes_less_than_random_batches() -> None:
 
 
 def test_ranks_training_side_by_side_get_the_same_amount_of_work() -> None:
-    """At every micro-step the ranks' micro-batches come from one sorted run: the slowest
+    """At every micro-step the ranks' micro-batches are cut from alike slots: the slowest
     rank (the one everyone waits for at the gradient reduction) is barely slower."""
     rng = random.Random(2)
     lengths = [rng.randint(20, 2000) for _ in range(1003)]
     micro, world = 4, 2
 
-    def straggling(batches: list[list[int]]) -> float:
+    def straggling(plan: list[list[list[int]]]) -> float:
         """Mean over micro-steps of (slowest rank's padded tokens / the mean rank's)."""
-        cost = [len(b) * max(lengths[i] for i in b) for b in batches]
-        steps = [cost[j : j + world] for j in range(0, len(cost) - world + 1, world)]
-        return sum(max(s) / (sum(s) / world) for s in steps) / len(steps)
+        steps = list(zip(*plan, strict=True))
+        cost = [[len(b) * max(lengths[i] for i in b) for b in step] for step in steps]
+        return sum(max(c) / (sum(c) / world) for c in cost) / len(cost)
 
-    balanced = sft.make_batches(lengths, micro, 0, "length-grouped", world)
-    assert sorted(i for b in balanced for i in b) == list(range(len(lengths)))
-    assert all(len(b) == micro for b in balanced[:-1])  # the short one is the epoch's tail
-    assert sft.padding_efficiency(balanced, lengths) > 0.95
-    unaware = sft.make_batches(lengths, micro, 0, "length-grouped")  # one rank's plan, dealt
+    balanced = sft.epoch_plan(lengths, micro, 0, "length-grouped", world)
+    assert len(balanced[0]) == len(balanced[1])
+    trained = [i for mine in balanced for b in mine for i in b]
+    assert len(trained) == len(set(trained)) == len(lengths) - 1  # 1003 = 2 x 501 + 1 left out
+    assert all(sum(len(b) < micro for b in mine) == 1 for mine in balanced)  # 501 = 125 x 4 + 1
+    assert sft.padding_efficiency([b for mine in balanced for b in mine], lengths) > 0.95
+    one = sft.make_batches(lengths, micro, 0, "length-grouped")  # one rank's plan, dealt
+    unaware = [one[rank::world] for rank in range(world)]
+    unaware = [mine[: len(unaware[-1])] for mine in unaware]
     assert straggling(unaware) > 1.3
     assert straggling(balanced) < 1.02
-    assert sft.make_batches(lengths, micro, 0, "length-grouped", 1) == unaware
 
 
-def test_rank_schedule_covers_each_micro_batch_once_per_step() -> None:
-    world, accumulation, n = 3, 2, 20
-    plans = [sft.rank_schedule(n, world, accumulation, rank) for rank in range(world)]
-    steps = plans[0][0]
-    assert steps == 3 and all(p[0] == steps for p in plans)
-    used = sorted(i for _, mine in plans for i in mine)
-    assert used == list(range(steps * world * accumulation))  # no repeats, tail left out
-
-
-def test_each_rank_reads_only_its_share_and_the_shares_cover_the_epoch_once() -> None:
+def test_each_rank_reads_only_its_shard_and_trains_each_example_once_an_epoch() -> None:
     rng = random.Random(0)
-    for n, world, accumulation, micro in [(100, 2, 2, 4), (97, 3, 1, 5), (40, 4, 3, 1)]:
+    for n, world, micro, grouping in [(100, 2, 4, "length-grouped"), (97, 3, 5, "random"),
+                                      (40, 4, 1, "length-grouped"), (300, 3, 2, "packed")]:  # fmt: skip
         lengths = [rng.randint(5, 300) for _ in range(n)]
-        for epoch in range(3):
-            batches = sft.make_batches(lengths, micro, epoch, "length-grouped", world)
-            plans = [sft.rank_schedule(len(batches), world, accumulation, r)[1]
-                     for r in range(world)]  # fmt: skip
-            shares = [set(sft.epoch_share(batches, mine, accumulation, 0)) for mine in plans]
-            scheduled = {i for mine in plans for p in mine for i in batches[p]}
-            assert set().union(*shares) == scheduled  # every scheduled example, by one rank
-            assert sum(len(s) for s in shares) == len(scheduled)  # no overlap
-            assert all(len(s) <= -(-n // world) + micro for s in shares)  # about 1/world each
-            # resumed at step 1: only the micro-batches still to come
-            later = sft.epoch_share(batches, plans[0], accumulation, 1)
-            assert set(later) == {i for p in plans[0][accumulation:] for i in batches[p]}
+        shards = sft.rank_shards(lengths, world, grouping, 512)
+        assert sorted(i for shard in shards for i in shard) == list(range(n))  # no overlap
+        tokens = [sum(lengths[i] for i in shard) for shard in shards]
+        assert max(tokens) - min(tokens) <= (512 if grouping == "packed" else 300)  # one unit
+        left_out = []
+        for epoch in range(4):
+            plan = sft.epoch_plan(lengths, micro, epoch, grouping, world, 512)
+            assert len({len(mine) for mine in plan}) == 1  # the same micro-steps on every rank
+            for rank, mine in enumerate(plan):
+                assert {i for b in mine for i in b} <= set(shards[rank])  # its own shard only
+            trained = [i for mine in plan for b in mine for i in b]
+            assert len(trained) == len(set(trained))  # once
+            missing = set(range(n)) - set(trained)
+            units = len(sft.batch_units(lengths, grouping, 512))
+            assert len(missing) <= (world - 1) * (300 if grouping == "packed" else 1) and (
+                units % world or not missing
+            )
+            left_out.append(missing)
+            assert plan == sft.epoch_plan(lengths, micro, epoch, grouping, world, 512)  # seeded
+        if any(left_out):  # a different unit left out each epoch
+            assert len({frozenset(m) for m in left_out}) > 1
 
 
 def test_deepspeed_configs_fill_auto_values() -> None:

@@ -135,7 +135,7 @@ def _run(stage: TrainStage) -> dict[str, Any]:
                 adapter=settings.adapter,
             )
     history = state["history"]
-    batches = plan_batches(settings, 0, cfg.num_workers)
+    batches = [b for rank in plan_batches(settings, 0, cfg.num_workers) for b in rank]
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,

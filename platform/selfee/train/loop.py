@@ -6,12 +6,13 @@ hands one over (a restart after a failure, or a resumed run), then step through
 length-grouped (or packed) micro-batches; report metrics and checkpoints through
 ``ray.train.report``.
 
-The tokenized set lives once in Ray's object store (a materialized Ray Data dataset). Every
-rank computes the same seeded batch plan from the examples' lengths (sent with the
-settings), takes its own micro-batches from it (``sft.rank_schedule``), and at the start of
-each epoch streams the set's batches keeping only the examples of its share
-(``sft.epoch_share``): no rank holds the whole set, and a resumed run continues with exactly
-the batches it would have seen.
+The tokenized set lives once in Ray's object store, cut into one shard per rank (a
+materialized Ray Data dataset each, ``shard_name``). Every rank computes the same seeded
+plan from the examples' lengths (sent with the settings): which examples are in which
+shard (``sft.rank_shards``, fixed for the run) and each epoch's micro-batches
+(``sft.epoch_plan``). A rank reads its own shard once and trains only on it: no rank holds
+or reads the whole set, and a resumed run continues with exactly the batches it would have
+seen.
 """
 
 from __future__ import annotations
@@ -83,25 +84,36 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[list[int]]:
-    """The epoch's micro-batches: the same on every rank (a seeded plan from the lengths)."""
-    return sft.make_batches(
+def shard_name(rank: int) -> str:
+    """The Ray Train dataset that holds ``rank``'s shard of the SFT set."""
+    return f"shard_{rank}"
+
+
+def plan_shards(settings: TrainSettings, world_size: int) -> list[list[int]]:
+    """Each rank's examples for the whole run, as positions in ``lengths``."""
+    return sft.rank_shards(settings.lengths, world_size, settings.batching, settings.pack_width)
+
+
+def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[list[list[int]]]:
+    """The epoch's micro-batches of every rank, ``[rank][j]``: the same plan on every rank."""
+    return sft.epoch_plan(
         settings.lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching,
         world_size, settings.pack_width,
     )  # fmt: skip
 
 
 def plan_steps(settings: TrainSettings, world_size: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps of the run). Packed rows are packed once per
-    run, so every epoch has as many micro-batches as the first."""
-    micro_batches = len(plan_batches(settings, 0, world_size))
-    per_epoch, _ = sft.rank_schedule(micro_batches, world_size, settings.accumulation, 0)
+    """(optimizer steps per epoch, total steps of the run). The tail of an epoch that cannot
+    fill a whole optimizer step is left out (a different tail each epoch, by the shuffle);
+    every epoch has as many micro-batches as the first."""
+    micro_batches = len(plan_batches(settings, 0, world_size)[0])
+    per_epoch = micro_batches // settings.accumulation
     if per_epoch == 0:
         unit = "rows" if settings.pack_width else "examples"
         raise ValueError(
             f"{len(settings.lengths)} examples make {micro_batches} micro-batches of "
-            f"{settings.micro_batch_size} {unit}; one optimizer step needs "
-            f"{world_size * settings.accumulation}: lower global_batch_size or add data"
+            f"{settings.micro_batch_size} {unit} per worker; one optimizer step needs "
+            f"{settings.accumulation} on each of {world_size}: lower global_batch_size or add data"
         )
     return per_epoch, settings.max_steps or settings.epochs * per_epoch
 
@@ -117,8 +129,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    shard = ray.train.get_dataset_shard("train")
     lengths = settings.lengths
+    shard = plan_shards(settings, world)[rank]
+    examples = load_examples(
+        ray.train.get_dataset_shard(shard_name(rank)),
+        {settings.example_ids[i]: i for i in shard},
+    )
     steps_per_epoch, total_steps = plan_steps(settings, world)
 
     # The model, DeepSpeed, AdamW and the cosine schedule.
@@ -178,25 +194,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_start, window_tokens, window_losses = time.monotonic(), 0, []
     while state.step < total_steps:
         epoch, first = divmod(state.step, steps_per_epoch)
-        batches = plan_batches(settings, epoch, world)
-        _, mine = sft.rank_schedule(len(batches), world, settings.accumulation, rank)
-        share = sft.epoch_share(batches, mine, settings.accumulation, first)
-        examples = load_examples(shard, {settings.example_ids[i]: i for i in share})
+        mine = plan_batches(settings, epoch, world)[rank]
         for in_epoch in range(first, steps_per_epoch):
             if state.step >= total_steps:
                 break
-            positions = mine[
+            step_batches = mine[
                 in_epoch * settings.accumulation : (in_epoch + 1) * settings.accumulation
             ]
-            for position in positions:
-                batch = sft.collate([examples[i] for i in batches[position]], settings.pad_id,
+            for planned in step_batches:
+                batch = sft.collate([examples[i] for i in planned], settings.pad_id,
                                     pack_width=settings.pack_width)  # fmt: skip
                 batch = {k: v.to(engine.device) for k, v in batch.items()}
                 loss = engine(**batch).loss
                 engine.backward(loss)
                 engine.step()
                 window_losses.append(loss.item())
-                window_tokens += sum(lengths[i] for i in batches[position])
+                window_tokens += sum(lengths[i] for i in planned)
             state.step += 1
             step = state.step
 
@@ -230,7 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "tokens": tokens,
                 "seconds": elapsed,
                 "restarts": state.restarts,
-                "examples_held": int(held),  # all ranks together: the epoch's share, once
+                "examples_held": int(held),  # all ranks together: the set, once
                 "parameters_loaded": int(loaded_sum),  # all ranks: the model once under ZeRO-3
             }
             state.history.append(metrics)
@@ -300,12 +313,12 @@ def parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def load_examples(shard: Any, wanted: dict[int, int]) -> dict[int, tuple[Any, Any]]:
-    """The examples whose ``idx`` is in ``wanted`` (idx → position in the plan), as
-    (input_ids, labels) int32 arrays by position; one streamed pass over the set."""
+    """The shard's examples (``wanted``: idx → position in the plan), as (input_ids, labels)
+    int32 arrays by position; one streamed pass over the shard."""
     import numpy as np
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = False  # one pass over a materialized set
+    DataContext.get_current().enable_progress_bars = False  # one pass over a materialized shard
     examples: dict[int, tuple[Any, Any]] = {}
     for table in shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
         keep = [(row, wanted[idx]) for row, idx in enumerate(table.column("idx").to_pylist())
@@ -317,7 +330,7 @@ def load_examples(shard: Any, wanted: dict[int, int]) -> dict[int, tuple[Any, An
         for row, position in keep:
             examples[position] = (ids[row], labels[row])
     if len(examples) != len(wanted):
-        raise RuntimeError(f"the SFT set lacks {len(wanted) - len(examples)} planned examples")
+        raise RuntimeError(f"the shard lacks {len(wanted) - len(examples)} planned examples")
     return examples
 
 

@@ -8,8 +8,8 @@ tokens are exactly those the model sees at inference, where it continues the pro
 
 Batches are length-grouped: shuffle, cut into mega-chunks, sort each chunk by length, cut
 into micro-batches, shuffle those. Upstream padded random batches to their longest member.
-Every rank computes the same seeded plan from the examples' lengths alone, and reads from
-the set only the examples of its own micro-batches (``epoch_share``).
+Every rank computes the same seeded plan from the examples' lengths alone and reads from
+the set only its own shard (``rank_shards``), for the whole run (``epoch_plan``).
 """
 
 from __future__ import annotations
@@ -156,45 +156,92 @@ def random_batches(lengths: Sequence[int], micro_batch_size: int, seed: int) -> 
 
 
 def length_grouped_batches(
-    lengths: Sequence[int], micro_batch_size: int, seed: int, world_size: int = 1
+    lengths: Sequence[int], micro_batch_size: int, seed: int
 ) -> list[list[int]]:
-    """Shuffle, cut into mega-chunks, sort each by length, cut into micro-batches, shuffle.
-
-    With several ranks the ``world_size`` micro-batches trained side by side (positions
-    ``j*world + rank``) are dealt round robin from one sorted run of examples: ranks wait
-    for each other at every gradient reduction, so each gets the same amount of work.
-    """
+    """Shuffle, cut into mega-chunks, sort each by length, cut into micro-batches, shuffle."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    group = micro_batch_size * world_size  # the examples of one micro-step, all ranks
-    chunk = group * MEGA_CHUNK
-    groups: list[list[int]] = []
+    chunk = micro_batch_size * MEGA_CHUNK
+    batches: list[list[int]] = []
     for i in range(0, len(order), chunk):
         part = sorted(order[i : i + chunk], key=lambda j: lengths[j], reverse=True)
-        groups += [part[k : k + group] for k in range(0, len(part), group)]
-    rng.shuffle(groups)
-    if world_size == 1:
-        return groups
-    groups.sort(key=lambda g: len(g) < group)  # the one short group last: the epoch's tail
-    batches: list[list[int]] = []
-    for g in groups:
-        if len(g) == group:
-            batches += [g[rank::world_size] for rank in range(world_size)]
-        else:
-            batches += [g[k : k + micro_batch_size] for k in range(0, len(g), micro_batch_size)]
+        batches += [part[k : k + micro_batch_size] for k in range(0, len(part), micro_batch_size)]
+    rng.shuffle(batches)
     return batches
 
 
-def packed_batches(
-    lengths: Sequence[int], rows_per_batch: int, seed: int, world_size: int, width: int
+# --- the ranks' shards and each epoch's plan -----------------------------------------
+
+
+def batch_units(
+    lengths: Sequence[int], grouping: str, pack_width: int | None = None
 ) -> list[list[int]]:
-    """Micro-batches of ``rows_per_batch`` packed rows, listed row after row (rows in packing
-    order, so ``packing.split_rows`` rebuilds them); rows are length-grouped by their fill."""
-    rows = packing.pack_rows(lengths, width)
-    fills = [sum(lengths[i] for i in row) for row in rows]
-    grouped = length_grouped_batches(fills, rows_per_batch, seed, world_size)
-    return [[i for r in sorted(batch) for i in rows[r]] for batch in grouped]
+    """What micro-batches are made of: single examples, or packed rows of examples (packed
+    once per run, in packing order, so every epoch has as many micro-batches as the first)."""
+    if grouping != "packed":
+        return [[i] for i in range(len(lengths))]
+    if pack_width is None:
+        raise ValueError("packed batches need the row width (the run's max_context)")
+    return packing.pack_rows(lengths, pack_width)
+
+
+def rank_units(unit_lengths: Sequence[int], world_size: int) -> list[list[int]]:
+    """The units each rank holds for the whole run, longest first: one run sorted by length
+    dealt round robin, so every rank holds the same mix of lengths."""
+    order = sorted(range(len(unit_lengths)), key=lambda u: -unit_lengths[u])
+    return [order[rank::world_size] for rank in range(world_size)]
+
+
+def rank_shards(
+    lengths: Sequence[int], world_size: int, grouping: str, pack_width: int | None = None
+) -> list[list[int]]:
+    """The examples each rank reads from the set, once per run: its shard. Shards never
+    overlap and together hold every example."""
+    units = batch_units(lengths, grouping, pack_width)
+    held = rank_units([sum(lengths[i] for i in u) for u in units], world_size)
+    return [sorted(i for u in mine for i in units[u]) for mine in held]
+
+
+def epoch_plan(
+    lengths: Sequence[int],
+    micro_batch_size: int,
+    seed: int,
+    grouping: str,
+    world_size: int = 1,
+    pack_width: int | None = None,
+) -> list[list[list[int]]]:
+    """Every rank's micro-batches of one epoch (``seed``: the run's seed + the epoch), as
+    example positions: ``plan[rank][j]``; each rank's come from its own shard only.
+
+    Ranks train their j-th micro-batches side by side and wait for each other at every
+    gradient reduction, so these are cut alike from slots: slot k holds the k-th longest
+    unit of every rank, and the plan groups slots. A rank holding one unit more than the
+    fewest leaves a different one out each epoch (seeded). ``packed``: micro-batches of
+    ``micro_batch_size`` rows of ``pack_width`` tokens, listed row after row in packing
+    order (``packing.split_rows`` rebuilds them); rows are grouped by their fill.
+    """
+    units = batch_units(lengths, grouping, pack_width)
+    unit_lengths = [sum(lengths[i] for i in u) for u in units]
+    held = rank_units(unit_lengths, world_size)
+    rng = random.Random(seed)
+    fewest = min(len(mine) for mine in held)
+    kept = []
+    for mine in held:
+        mine = list(mine)
+        for _ in range(len(mine) - fewest):
+            mine.pop(rng.randrange(len(mine)))
+        kept.append(mine)
+    slots = list(zip(*kept, strict=True))
+    slot_lengths = [max(unit_lengths[u] for u in slot) for slot in slots]
+    if grouping == "random":
+        grouped = random_batches(slot_lengths, micro_batch_size, seed)
+    else:
+        grouped = length_grouped_batches(slot_lengths, micro_batch_size, seed)
+    return [
+        [[i for u in sorted(slots[s][rank] for s in batch) for i in units[u]] for batch in grouped]
+        for rank in range(world_size)
+    ]
 
 
 def make_batches(
@@ -202,18 +249,10 @@ def make_batches(
     micro_batch_size: int,
     seed: int,
     grouping: str,
-    world_size: int = 1,
     pack_width: int | None = None,
 ) -> list[list[int]]:
-    """The seeded micro-batch plan every rank computes alike (``rank_schedule`` deals it).
-    ``packed``: micro-batches of ``micro_batch_size`` rows of ``pack_width`` tokens."""
-    if grouping == "random":
-        return random_batches(lengths, micro_batch_size, seed)
-    if grouping == "packed":
-        if pack_width is None:
-            raise ValueError("packed batches need the row width (the run's max_context)")
-        return packed_batches(lengths, micro_batch_size, seed, world_size, pack_width)
-    return length_grouped_batches(lengths, micro_batch_size, seed, world_size)
+    """One rank's seeded micro-batch plan over all the examples (``epoch_plan`` for one)."""
+    return epoch_plan(lengths, micro_batch_size, seed, grouping, 1, pack_width)[0]
 
 
 def padded_length(longest: int, multiple: int) -> int:
@@ -236,27 +275,6 @@ def padding_efficiency(
         real += sum(sizes)
         padded += longest * len(rows)
     return real / padded if padded else 1.0
-
-
-def rank_schedule(
-    n_batches: int, world_size: int, accumulation: int, rank: int
-) -> tuple[int, list[int]]:
-    """(optimizer steps in the epoch, this rank's micro-batch positions in step order).
-
-    Micro-batch ``j*world + rank`` goes to ``rank``; the tail that cannot fill a whole
-    global batch is left out of this epoch (a different tail each epoch, by the shuffle).
-    """
-    steps = n_batches // (world_size * accumulation)
-    return steps, [j * world_size + rank for j in range(steps * accumulation)]
-
-
-def epoch_share(
-    batches: Sequence[Sequence[int]], mine: Sequence[int], accumulation: int, first_step: int
-) -> list[int]:
-    """The examples a rank trains on from ``first_step`` to the end of the epoch (its
-    micro-batches ``mine`` of ``batches``): all it reads of the set for that epoch. The
-    ranks' shares never overlap, and together cover every scheduled micro-batch."""
-    return sorted({i for position in mine[first_step * accumulation :] for i in batches[position]})
 
 
 def collate(
