@@ -3,7 +3,9 @@
 Ray's own ``ray.cluster_utils.Cluster`` starts a head (no CPUs: it runs the driver and Ray
 Train's controller) and two worker nodes of one CPU each, so the two training workers land
 on different nodes; checkpoints go to a folder every node reaches (on a real cluster: NFS
-or s3://). Once the run has checkpointed, the second node is killed (its processes, not
+or s3://). Once Ray Train has registered a checkpoint (its controller lists it in the
+run's ``checkpoint_manager_snapshot.json``: files on disk are not enough, a checkpoint still
+queued for registration dies with the node), the second node is killed (its processes, not
 gracefully), and a fresh node joins a few seconds later. Prints ``RESULT {json}``: the run's
 summary and when the node went away.
 
@@ -20,9 +22,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-STEPS = 120
+STEPS = 300  # about 15 s of training: the kill must come before the end
 CHECKPOINT_EVERY = 20
-KILL_AFTER = f"checkpoint_{2 * CHECKPOINT_EVERY:06d}"  # the node goes once this one is saved
+KILL_AFTER = f"checkpoint_{2 * CHECKPOINT_EVERY:06d}"  # the node goes once this is registered
+
+
+def registered(storage: Path) -> set[str]:
+    """The checkpoints Ray Train's controller has registered so far."""
+    names: set[str] = set()
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+        names |= {r["checkpoint_dir_name"] for r in results}
+    return names
 
 
 def main(out: Path) -> None:
@@ -59,7 +73,7 @@ def main(out: Path) -> None:
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 300
-    while not list(shared.glob(f"*/{KILL_AFTER}")):
+    while not any(name >= KILL_AFTER for name in registered(shared)):
         if not thread.is_alive() or time.monotonic() > deadline:
             raise SystemExit(f"no {KILL_AFTER} before the run ended: {failure or summary}")
         time.sleep(0.1)

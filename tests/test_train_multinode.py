@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from multinode_train import CHECKPOINT_EVERY, STEPS
+from multinode_train import CHECKPOINT_EVERY, KILL_AFTER, STEPS
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
@@ -33,8 +33,10 @@ def test_a_lost_node_and_the_run_resumes_from_its_last_checkpoint(tmp_path: Path
     # it went on from a checkpoint (not from step 0): the steps before it are the first
     # attempt's, those after it the restart's
     resumed_at = next(h["step"] for h in history if h["restarts"] == 1) - 1
-    assert resumed_at >= CHECKPOINT_EVERY and resumed_at % CHECKPOINT_EVERY == 0
-    assert f"resumed from step {resumed_at} (restart 1)" in text
+    # from the registered checkpoint the node was killed after, or a later one
+    assert resumed_at >= int(KILL_AFTER.split("_")[1]) and resumed_at % CHECKPOINT_EVERY == 0
+    # once: a worker's lines reach the console once (Ray Train's print patch doubled them)
+    assert text.count(f"resumed from step {resumed_at} (restart 1)") == 1
     assert all(h["restarts"] == (h["step"] > resumed_at) for h in history)
     # and the loss curve goes on where it stopped, not from the random start
     before, after = history[resumed_at - 1]["loss"], history[resumed_at]["loss"]

@@ -121,6 +121,9 @@ def fit(
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train sends a worker's print to its log *and* on to stdout, where Ray
+            # forwards it: every line reached the console twice (Ray 2.60)
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     from ray.train import TrainingFailedError
