@@ -14,10 +14,12 @@ def machine() -> str:
 
 
 def append_rows(section: str, rows: list[str], path: Path = RESULTS) -> None:
-    """Add ``rows`` (Markdown table lines) right under ``section`` (created if missing)."""
+    """Add ``rows`` (Markdown table lines) right under ``section`` (created if missing);
+    a row already there (the same figures, the same day) is not written twice."""
     if not path.exists():
         path.write_text("# Benchmarks\n")
     text = path.read_text()
+    rows = [row for row in rows if row + "\n" not in text]
     if section not in text:
         text += section
     path.write_text(text.replace(section, section + "".join(r + "\n" for r in rows), 1))

@@ -107,6 +107,9 @@ def main() -> None:
                         "(micro-batches of 1 row, 4 rows a step)")  # fmt: skip
     parser.add_argument("--size", choices=list(SIZES), default="tiny",
                         help="tiny: 3.4M parameters; 32m: where all-reduce no longer dominates")  # fmt: skip
+    parser.add_argument("--global-batch-size", type=int, default=None,
+                        help="examples per optimizer step (default: the size's, tiny 16, 32m 8); "
+                        "the all-reduce is paid once per step, so more examples dilute it")  # fmt: skip
     args = parser.parse_args()
 
     rows = varied_chains(args.chains)
@@ -120,6 +123,8 @@ def main() -> None:
     )  # fmt: skip
     if args.batching == "packed":  # a row of 1024 holds 2.2 examples on average (tiny)
         settings.update(global_batch_size=4, micro_batch_size=1)
+    if args.global_batch_size:
+        settings.update(global_batch_size=args.global_batch_size)
     cfg = TrainConfig(**settings)
 
     texts = [sft.chain_text(r) for r in rows]
@@ -155,6 +160,7 @@ def main() -> None:
         what += f" + {cfg.adapter} r{cfg.lora.rank} (all linear layers)"
     if cfg.batching == "packed":
         what += f", packed rows of {cfg.max_context}"
+    what += f", global batch {cfg.global_batch_size}"
     append_rows(
         "\n## Training throughput (`bench/train_throughput.py`)\n\n"
         "| date | machine | model | chains | steps | plain PyTorch (1 process) | Ray Train + "

@@ -158,16 +158,72 @@ def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Pa
         check_model(moved)
 
 
+def test_qlora_trains_on_a_4bit_base_and_exports_a_full_model(lora_run: dict) -> None:
+    """QLoRA on CPU (bitsandbytes' CPU backend): the same Ray Train + DeepSpeed path as on
+    CUDA, the base's linear layers held in 4 bits by every worker."""
+    folder = lora_run["folder"]
+    cfg = tiny_config(folder / "chains.jsonl", folder / "qlora", model=str(lora_run["base"]),
+                      adapter="qlora", lora={"rank": 16, "alpha": 32, "dropout": 0.0},
+                      max_steps=16, learning_rate=3e-3, checkpoint_every_steps=8,
+                      max_context=256)  # fmt: skip
+    summary = run_train(cfg)
+    assert summary["steps"] == 16
+    assert summary["final_loss"] < summary["first_loss"] - 0.2, [
+        h["loss"] for h in summary["history"]
+    ]
+    # what the workers held: 4-bit linear weights pack two to a byte, so fewer parameters
+    # than the same base held for LoRA (embeddings, head and norms stay whole)
+    qlora_held = summary["history"][0]["parameters_loaded"]
+    lora_held = lora_run["summary"]["history"][0]["parameters_loaded"]
+    assert qlora_held < 0.8 * lora_held, (qlora_held, lora_held)
+    # the merged export: the adapter folded into the full-precision base
+    merged = load_file(Path(summary["model"]) / "model.safetensors")
+    base = load_file(lora_run["base"] / "model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[q].dtype == torch.float32 and merged[q].shape == base[q].shape
+    assert not torch.equal(merged[q], base[q])
+    assert json.loads((Path(summary["model"]) / "selfee.json").read_text())["adapter"] == {
+        "kind": "qlora", "export": "merged"}  # fmt: skip
+    request = CompletionRequest(prompt="### Human: What color is the car?\n\n### Assistant:",
+                                stop=(), max_tokens=8)  # fmt: skip
+    assert len(HFEngine.load(summary["model"], device="cpu").complete(request).ids) == 8
+
+
+def test_qlora_without_a_usable_bitsandbytes_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bitsandbytes
+
+    import selfee.train.job
+
+    monkeypatch.setattr(selfee.train.job, "ray_runtime", lambda *a: pytest.fail("Ray started"))
+    chains = tmp_path / "c.jsonl"
+    write_jsonl(chains, make_chains(4))
+    base = write_pad_less_base(tmp_path / "base")
+    cfg = tiny_config(chains, tmp_path / "o", model=str(base), adapter="qlora")
+
+    def cannot(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("no CPU kernel")
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", cannot)
+    with pytest.raises(ValueError, match=r"qlora on a CPU: bitsandbytes .* cannot quantize on "
+                       r"CPUs \(NotImplementedError\); install bitsandbytes>=0.50"):  # fmt: skip
+        run_train(cfg)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with pytest.raises(ValueError, match=r"bitsandbytes, which is not installed: pip install "
+                       r"'selfee\[qlora\]'"):  # fmt: skip
+        run_train(cfg)
+    assert not (tmp_path / "o" / "manifest.json").exists()  # nothing recorded
+
+
 def test_adapter_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match=r"qlora loads the base in 4 bits .* CUDA GPUs only"):
-        tiny_config(tmp_path / "c.jsonl", tmp_path / "o", model=str(tmp_path), adapter="qlora")
     with pytest.raises(ValidationError, match="the tiny model starts random, with nothing to"):
         tiny_config(tmp_path / "c.jsonl", tmp_path / "o", adapter="lora")
     done = subprocess.run(
-        [sys.executable, "-m", "selfee.cli", "train", "--model", str(tmp_path), "--adapter",
-         "qlora", "--data", str(tmp_path / "c.jsonl")],
+        [sys.executable, "-m", "selfee.cli", "train", "--adapter", "qlora", "--data",
+         str(tmp_path / "c.jsonl")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert done.returncode == 2 and len(errors) == 1 and "CUDA GPUs only" in errors[0], done.stderr
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert "the tiny model starts random" in errors[0] and "Traceback" not in done.stderr

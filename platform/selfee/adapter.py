@@ -68,6 +68,31 @@ def adapter_base(path: str | Path) -> Path:
     return base
 
 
+def check_qlora_backend(use_gpu: bool) -> None:
+    """QLoRA's 4-bit base needs bitsandbytes, and on a CPU a bitsandbytes with a CPU backend
+    (0.50 has one; older releases are CUDA-only): said in one line before anything starts."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise AdapterError(
+            "adapter qlora loads the base in 4 bits with bitsandbytes, which is not installed: "
+            "pip install 'selfee[qlora]' (or use adapter lora)"
+        ) from None
+    if use_gpu:
+        return
+    import torch
+
+    try:  # the one operation a 4-bit base needs at load
+        bitsandbytes.functional.quantize_4bit(torch.ones(64, 64, dtype=torch.bfloat16),
+                                              quant_type="nf4")  # fmt: skip
+    except Exception as e:
+        raise AdapterError(
+            f"adapter qlora on a CPU: bitsandbytes {bitsandbytes.__version__} cannot quantize "
+            f"on CPUs ({type(e).__name__}); install bitsandbytes>=0.50, train on CUDA GPUs "
+            "(use_gpu true), or use adapter lora"
+        ) from None
+
+
 def wrap_for_training(
     model: Any, lora: dict[str, Any], quantized: bool, checkpointing: bool
 ) -> Any:

@@ -51,8 +51,8 @@ def model_config(spec: dict[str, Any]) -> Any:
 
 
 def build_model(spec: dict[str, Any], seed: int, quantized: bool = False) -> Any:
-    """``quantized``: the base in 4 bits (NF4, bf16 compute) on this process's GPU, for
-    QLoRA (bitsandbytes)."""
+    """``quantized``: the base in 4 bits (NF4, bf16 compute) on this process's GPU (or on
+    the CPU where there is none), for QLoRA (bitsandbytes)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -63,7 +63,8 @@ def build_model(spec: dict[str, Any], seed: int, quantized: bool = False) -> Any
     if quantized:
         from transformers import BitsAndBytesConfig
 
-        load = {"dtype": torch.bfloat16, "device_map": {"": torch.cuda.current_device()},
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        load = {"dtype": torch.bfloat16, "device_map": {"": device},
                 "quantization_config": BitsAndBytesConfig(
                     load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                     bnb_4bit_compute_dtype=torch.bfloat16)}  # fmt: skip

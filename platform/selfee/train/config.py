@@ -69,7 +69,7 @@ class TrainConfig(StageConfig):
     adapter: Literal["none", "lora", "qlora"] = Field(
         "none",
         description="'none': full fine-tuning; 'lora': low-rank adapters on a frozen base "
-        "(peft); 'qlora': the same on a 4-bit base (bitsandbytes, CUDA GPUs only)",
+        "(peft); 'qlora': the same on a 4-bit base (bitsandbytes; on CPUs it needs >= 0.50)",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     output: Path = Field(Path("outputs/train"), description="output folder (model/, checkpoints)")
@@ -168,11 +168,6 @@ class TrainConfig(StageConfig):
             raise ValueError(
                 f"adapter {self.adapter} adapts a pretrained model: give --model DIR (a Hugging "
                 "Face directory); the tiny model starts random, with nothing to adapt"
-            )
-        if self.adapter == "qlora" and not self.use_gpu:
-            raise ValueError(
-                "adapter qlora loads the base in 4 bits with bitsandbytes, which runs on CUDA "
-                "GPUs only: set use_gpu true on a GPU machine, or use adapter lora on CPUs"
             )
         per_pass = self.micro_batch_size * self.num_workers
         if self.global_batch_size % per_pass:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from selfee.adapter import check_qlora_backend
 from selfee.config import dump_config
 from selfee.errors import ConfigError
 from selfee.ray_runtime import ray_runtime
@@ -76,6 +77,8 @@ def _run(stage: TrainStage) -> dict[str, Any]:
         why = f": all {skipped} rows carry an error (re-run augment with --retry-errors)"
         raise ConfigError(f"{cfg.data} holds no chains to train on{why if skipped else ''}")
     raw_ds_config = load_deepspeed_config(cfg.deepspeed)
+    if cfg.adapter == "qlora":
+        check_qlora_backend(cfg.use_gpu)
     out = Path(cfg.output)
     storage = cfg.storage_path or str((out / "checkpoints").resolve())
     fingerprint = {
