@@ -160,12 +160,12 @@ def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Pa
 
 def test_qlora_trains_on_a_4bit_base_and_exports_a_full_model(lora_run: dict) -> None:
     """QLoRA on CPU (bitsandbytes' CPU backend): the same Ray Train + DeepSpeed path as on
-    CUDA, the base's linear layers held in 4 bits by every worker."""
+    CUDA, in bf16 as there, the base's linear layers held in 4 bits by every worker."""
     folder = lora_run["folder"]
     cfg = tiny_config(folder / "chains.jsonl", folder / "qlora", model=str(lora_run["base"]),
                       adapter="qlora", lora={"rank": 16, "alpha": 32, "dropout": 0.0},
                       max_steps=16, learning_rate=3e-3, checkpoint_every_steps=8,
-                      max_context=256)  # fmt: skip
+                      max_context=256, precision="bf16")  # fmt: skip
     summary = run_train(cfg)
     assert summary["steps"] == 16
     assert summary["final_loss"] < summary["first_loss"] - 0.2, [
@@ -173,14 +173,17 @@ def test_qlora_trains_on_a_4bit_base_and_exports_a_full_model(lora_run: dict) ->
     ]
     # what the workers held: 4-bit linear weights pack two to a byte, so fewer parameters
     # than the same base held for LoRA (embeddings, head and norms stay whole)
+    # DeepSpeed trained in bf16, as a GPU run does (its bf16 optimizer's states)
+    assert list(Path(summary["checkpoints"]).glob("checkpoint_*/deepspeed/bf16_zero_pp_rank_*"))
     qlora_held = summary["history"][0]["parameters_loaded"]
     lora_held = lora_run["summary"]["history"][0]["parameters_loaded"]
     assert qlora_held < 0.8 * lora_held, (qlora_held, lora_held)
-    # the merged export: the adapter folded into the full-precision base
+    # the merged export: the adapter folded into the base (read whole, not in 4 bits), bf16
+    # after a bf16 run
     merged = load_file(Path(summary["model"]) / "model.safetensors")
     base = load_file(lora_run["base"] / "model.safetensors")
     q = "model.layers.0.self_attn.q_proj.weight"
-    assert merged[q].dtype == torch.float32 and merged[q].shape == base[q].shape
+    assert merged[q].dtype == torch.bfloat16 and merged[q].shape == base[q].shape
     assert not torch.equal(merged[q], base[q])
     assert json.loads((Path(summary["model"]) / "selfee.json").read_text())["adapter"] == {
         "kind": "qlora", "export": "merged"}  # fmt: skip
