@@ -150,22 +150,19 @@ def test_each_worker_is_handed_only_its_own_shard(ray_session: None) -> None:
     """The datasets the workers get: rank r's holds exactly the examples of its shard."""
     import ray.data
 
-    from selfee.train.loop import TrainSettings, plan_shards, shard_name
+    from selfee.train.loop import shard_name
+    from selfee.train.sft import deal_units
     from selfee.train.trainer import shard_datasets
 
     lengths = [5 + (7 * i) % 40 for i in range(30)]
     ids = [2 * i + 1 for i in range(30)]  # rows' idx: dropped chains leave gaps
     rows = [{"idx": idx, "input_ids": [1] * n, "labels": [1] * n}
             for idx, n in zip(ids, lengths, strict=True)]  # fmt: skip
-    settings = TrainSettings(
-        model={}, deepspeed={}, micro_batch_size=2, accumulation=1, epochs=1, max_steps=None,
-        learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, seed=0,
-        batching="length-grouped", max_context=64, gradient_checkpointing=False,
-        log_every_steps=1, checkpoint_every_steps=1, pad_id=0, lengths=lengths, example_ids=ids,
-    )  # fmt: skip
-    shards = shard_datasets(ray.data.from_items(rows, override_num_blocks=4), settings, 3)
+    deal = deal_units(lengths, 3, "length-grouped")
+    shards = shard_datasets(ray.data.from_items(rows, override_num_blocks=4), ids, deal)
     assert set(shards) == {shard_name(r) for r in range(3)}
-    for rank, shard in enumerate(plan_shards(settings, 3)):
+    for rank in range(3):
+        shard = deal.shard(rank)
         got = shards[shard_name(rank)].take_all()
         assert sorted(row["idx"] for row in got) == sorted(ids[i] for i in shard)
         assert all(len(row["input_ids"]) == lengths[ids.index(row["idx"])] for row in got)

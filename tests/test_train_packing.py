@@ -32,7 +32,7 @@ def test_a_micro_batch_splits_back_into_its_planned_rows() -> None:
     lengths = [rng.randint(5, 600) for _ in range(1500)]
     rows = {tuple(row) for row in packing.pack_rows(lengths, 1024)}
     for world, micro, seed in [(1, 4, 0), (2, 2, 1), (3, 1, 2)]:
-        plan = sft.epoch_plan(lengths, micro, seed, "packed", world, 1024)
+        plan = sft.deal_units(lengths, world, "packed", 1024).epoch_plan(micro, seed)
         planned = []
         for batch in (b for mine in plan for b in mine):
             split = packing.split_rows([lengths[i] for i in batch], 1024)
@@ -41,7 +41,8 @@ def test_a_micro_batch_splits_back_into_its_planned_rows() -> None:
         assert set(planned) <= rows and len(planned) == len(set(planned))
         assert len(planned) > len(rows) - world  # a rank with one row more leaves one out
     # the same rows every epoch (packed once): only their order changes
-    one, two = (sft.epoch_plan(lengths, 4, s, "packed", 2, 1024) for s in (0, 1))
+    deal = sft.deal_units(lengths, 2, "packed", 1024)
+    one, two = (deal.epoch_plan(4, s) for s in (0, 1))
     assert len(one[0]) == len(two[0]) and one != two
 
 

@@ -158,7 +158,7 @@ def test_ranks_training_side_by_side_get_the_same_amount_of_work() -> None:
         cost = [[len(b) * max(lengths[i] for i in b) for b in step] for step in steps]
         return sum(max(c) / (sum(c) / world) for c in cost) / len(cost)
 
-    balanced = sft.epoch_plan(lengths, micro, 0, "length-grouped", world)
+    balanced = sft.deal_units(lengths, world, "length-grouped").epoch_plan(micro, 0)
     assert len(balanced[0]) == len(balanced[1])
     trained = [i for mine in balanced for b in mine for i in b]
     assert len(trained) == len(set(trained)) == len(lengths) - 1  # 1003 = 2 x 501 + 1 left out
@@ -176,25 +176,27 @@ def test_each_rank_reads_only_its_shard_and_trains_each_example_once_an_epoch() 
     for n, world, micro, grouping in [(100, 2, 4, "length-grouped"), (97, 3, 5, "random"),
                                       (40, 4, 1, "length-grouped"), (300, 3, 2, "packed")]:  # fmt: skip
         lengths = [rng.randint(5, 300) for _ in range(n)]
-        shards = sft.rank_shards(lengths, world, grouping, 512)
+        deal = sft.deal_units(lengths, world, grouping, 512)
+        shards = [deal.shard(rank) for rank in range(world)]
         assert sorted(i for shard in shards for i in shard) == list(range(n))  # no overlap
         tokens = [sum(lengths[i] for i in shard) for shard in shards]
         assert max(tokens) - min(tokens) <= (512 if grouping == "packed" else 300)  # one unit
         left_out = []
         for epoch in range(4):
-            plan = sft.epoch_plan(lengths, micro, epoch, grouping, world, 512)
+            plan = deal.epoch_plan(micro, epoch)
             assert len({len(mine) for mine in plan}) == 1  # the same micro-steps on every rank
             for rank, mine in enumerate(plan):
                 assert {i for b in mine for i in b} <= set(shards[rank])  # its own shard only
             trained = [i for mine in plan for b in mine for i in b]
             assert len(trained) == len(set(trained))  # once
             missing = set(range(n)) - set(trained)
-            units = len(sft.batch_units(lengths, grouping, 512))
+            units = len(deal.units)
             assert len(missing) <= (world - 1) * (300 if grouping == "packed" else 1) and (
                 units % world or not missing
             )
             left_out.append(missing)
-            assert plan == sft.epoch_plan(lengths, micro, epoch, grouping, world, 512)  # seeded
+            again = sft.deal_units(lengths, world, grouping, 512).epoch_plan(micro, epoch)
+            assert plan == again  # seeded
         if any(left_out):  # a different unit left out each epoch
             assert len({frozenset(m) for m in left_out}) > 1
 

@@ -24,7 +24,7 @@ from selfee.train.build_sft import build_sft_dataset, make_tokenizer_and_spec
 from selfee.train.config import TrainConfig
 from selfee.train.deepspeed_config import load_deepspeed_config, zero_stage
 from selfee.train.export import export_model
-from selfee.train.loop import STATE_FILE, plan_batches, plan_steps
+from selfee.train.loop import STATE_FILE, plan_batches, plan_deal, plan_steps
 from selfee.train.resume import RESUMABLE_CHANGES, legacy_record, prepare_output
 from selfee.train.trainer import check_resources, fit, worker_settings
 
@@ -107,7 +107,8 @@ def _run(stage: TrainStage) -> dict[str, Any]:
             f"{counts['tokens']:,} tokens, {counts['target_tokens']:,} with loss"
         )
         settings = replace(settings, lengths=counts["lengths"], example_ids=counts["example_ids"])
-        steps_per_epoch, total_steps = plan_steps(settings, cfg.num_workers)
+        deal = plan_deal(settings, cfg.num_workers)
+        steps_per_epoch, total_steps = plan_steps(settings, deal)
         log(
             f"{total_steps} steps ({steps_per_epoch}/epoch) · global batch {cfg.global_batch_size}"
             f" = {cfg.micro_batch_size} micro x {cfg.accumulation()} accumulation x "
@@ -115,7 +116,7 @@ def _run(stage: TrainStage) -> dict[str, Any]:
             f"{'full fine-tuning' if cfg.adapter == 'none' else cfg.adapter} · "
             f"{'bf16' if cfg.bf16() else 'fp32'} on {'GPU' if cfg.use_gpu else 'CPU'}"
         )
-        result = fit(cfg, settings, dataset, storage, run_name)
+        result = fit(cfg, settings, deal, dataset, storage, run_name)
         with result.checkpoint.as_directory() as folder:
             state = json.loads((Path(folder) / STATE_FILE).read_text())
             model_dir = export_model(
@@ -138,7 +139,7 @@ def _run(stage: TrainStage) -> dict[str, Any]:
                 adapter=settings.adapter,
             )
     history = state["history"]
-    batches = [b for rank in plan_batches(settings, 0, cfg.num_workers) for b in rank]
+    batches = [b for rank in plan_batches(settings, deal, 0) for b in rank]
     summary = {
         "chains": len(rows),
         "skipped_error_rows": skipped,

@@ -9,8 +9,8 @@ length-grouped (or packed) micro-batches; report metrics and checkpoints through
 The tokenized set lives once in Ray's object store, cut into one shard per rank (a
 materialized Ray Data dataset each, ``shard_name``). Every rank computes the same seeded
 plan from the examples' lengths (sent with the settings): which examples are in which
-shard (``sft.rank_shards``, fixed for the run) and each epoch's micro-batches
-(``sft.epoch_plan``). A rank reads its own shard once and trains only on it: no rank holds
+shard (``sft.deal_units``, once per run) and each epoch's micro-batches
+(``RankDeal.epoch_plan``). A rank reads its own shard once and trains only on it: no rank holds
 or reads the whole set, and a resumed run continues with exactly the batches it would have
 seen.
 """
@@ -89,31 +89,29 @@ def shard_name(rank: int) -> str:
     return f"shard_{rank}"
 
 
-def plan_shards(settings: TrainSettings, world_size: int) -> list[list[int]]:
-    """Each rank's examples for the whole run, as positions in ``lengths``."""
-    return sft.rank_shards(settings.lengths, world_size, settings.batching, settings.pack_width)
+def plan_deal(settings: TrainSettings, world_size: int) -> sft.RankDeal:
+    """Which examples each rank holds for the whole run (its shard); made once per run."""
+    return sft.deal_units(settings.lengths, world_size, settings.batching, settings.pack_width)
 
 
-def plan_batches(settings: TrainSettings, epoch: int, world_size: int) -> list[list[list[int]]]:
+def plan_batches(settings: TrainSettings, deal: sft.RankDeal, epoch: int) -> list[list[list[int]]]:
     """The epoch's micro-batches of every rank, ``[rank][j]``: the same plan on every rank."""
-    return sft.epoch_plan(
-        settings.lengths, settings.micro_batch_size, settings.seed + epoch, settings.batching,
-        world_size, settings.pack_width,
-    )  # fmt: skip
+    return deal.epoch_plan(settings.micro_batch_size, settings.seed + epoch)
 
 
-def plan_steps(settings: TrainSettings, world_size: int) -> tuple[int, int]:
+def plan_steps(settings: TrainSettings, deal: sft.RankDeal) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps of the run). The tail of an epoch that cannot
     fill a whole optimizer step is left out (a different tail each epoch, by the shuffle);
     every epoch has as many micro-batches as the first."""
-    micro_batches = len(plan_batches(settings, 0, world_size)[0])
+    micro_batches = len(plan_batches(settings, deal, 0)[0])
     per_epoch = micro_batches // settings.accumulation
     if per_epoch == 0:
         unit = "rows" if settings.pack_width else "examples"
         raise ValueError(
             f"{len(settings.lengths)} examples make {micro_batches} micro-batches of "
             f"{settings.micro_batch_size} {unit} per worker; one optimizer step needs "
-            f"{settings.accumulation} on each of {world_size}: lower global_batch_size or add data"
+            f"{settings.accumulation} on each of {len(deal.held)}: lower global_batch_size "
+            "or add data"
         )
     return per_epoch, settings.max_steps or settings.epochs * per_epoch
 
@@ -130,12 +128,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     lengths = settings.lengths
-    shard = plan_shards(settings, world)[rank]
+    deal = plan_deal(settings, world)
     examples = load_examples(
         ray.train.get_dataset_shard(shard_name(rank)),
-        {settings.example_ids[i]: i for i in shard},
+        {settings.example_ids[i]: i for i in deal.shard(rank)},
     )
-    steps_per_epoch, total_steps = plan_steps(settings, world)
+    steps_per_epoch, total_steps = plan_steps(settings, deal)
 
     # The model, DeepSpeed, AdamW and the cosine schedule.
     keep_alive = None
@@ -194,7 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_start, window_tokens, window_losses = time.monotonic(), 0, []
     while state.step < total_steps:
         epoch, first = divmod(state.step, steps_per_epoch)
-        mine = plan_batches(settings, epoch, world)[rank]
+        mine = plan_batches(settings, deal, epoch)[rank]
         for in_epoch in range(first, steps_per_epoch):
             if state.step >= total_steps:
                 break

@@ -9,7 +9,7 @@ tokens are exactly those the model sees at inference, where it continues the pro
 Batches are length-grouped: shuffle, cut into mega-chunks, sort each chunk by length, cut
 into micro-batches, shuffle those. Upstream padded random batches to their longest member.
 Every rank computes the same seeded plan from the examples' lengths alone and reads from
-the set only its own shard (``rank_shards``), for the whole run (``epoch_plan``).
+the set only its own shard, for the whole run (``deal_units``, ``RankDeal``).
 """
 
 from __future__ import annotations
@@ -186,62 +186,63 @@ def batch_units(
     return packing.pack_rows(lengths, pack_width)
 
 
-def rank_units(unit_lengths: Sequence[int], world_size: int) -> list[list[int]]:
-    """The units each rank holds for the whole run, longest first: one run sorted by length
-    dealt round robin, so every rank holds the same mix of lengths."""
-    order = sorted(range(len(unit_lengths)), key=lambda u: -unit_lengths[u])
-    return [order[rank::world_size] for rank in range(world_size)]
+@dataclass(frozen=True)
+class RankDeal:
+    """Which units (single examples, or packed rows) each rank holds for the whole run:
+    made once per run (``deal_units``; packing is the costly part), planned each epoch."""
+
+    grouping: str
+    units: list[list[int]]  # each unit's example positions
+    unit_lengths: list[int]
+    held: list[list[int]]  # each rank's units, longest first
+
+    def shard(self, rank: int) -> list[int]:
+        """The examples ``rank`` reads from the set, once per run: its shard. Shards never
+        overlap and together hold every example."""
+        return sorted(i for u in self.held[rank] for i in self.units[u])
+
+    def epoch_plan(self, micro_batch_size: int, seed: int) -> list[list[list[int]]]:
+        """Every rank's micro-batches of one epoch (``seed``: the run's seed + the epoch), as
+        example positions: ``plan[rank][j]``; each rank's come from its own shard only.
+
+        Ranks train their j-th micro-batches side by side and wait for each other at every
+        gradient reduction, so these are cut alike from slots: slot k holds the k-th longest
+        unit of every rank, and the plan groups slots. A rank holding one unit more than the
+        fewest leaves a different one out each epoch (seeded). ``packed``: micro-batches of
+        ``micro_batch_size`` rows, listed row after row in packing order
+        (``packing.split_rows`` rebuilds them); rows are grouped by their fill.
+        """
+        rng = random.Random(seed)
+        fewest = min(len(mine) for mine in self.held)
+        kept = []
+        for mine in self.held:
+            mine = list(mine)
+            for _ in range(len(mine) - fewest):
+                mine.pop(rng.randrange(len(mine)))
+            kept.append(mine)
+        slots = list(zip(*kept, strict=True))
+        slot_lengths = [max(self.unit_lengths[u] for u in slot) for slot in slots]
+        if self.grouping == "random":
+            grouped = random_batches(slot_lengths, micro_batch_size, seed)
+        else:
+            grouped = length_grouped_batches(slot_lengths, micro_batch_size, seed)
+        return [
+            [[i for u in sorted(slots[s][rank] for s in batch) for i in self.units[u]]
+             for batch in grouped]
+            for rank in range(len(self.held))
+        ]  # fmt: skip
 
 
-def rank_shards(
+def deal_units(
     lengths: Sequence[int], world_size: int, grouping: str, pack_width: int | None = None
-) -> list[list[int]]:
-    """The examples each rank reads from the set, once per run: its shard. Shards never
-    overlap and together hold every example."""
-    units = batch_units(lengths, grouping, pack_width)
-    held = rank_units([sum(lengths[i] for i in u) for u in units], world_size)
-    return [sorted(i for u in mine for i in units[u]) for mine in held]
-
-
-def epoch_plan(
-    lengths: Sequence[int],
-    micro_batch_size: int,
-    seed: int,
-    grouping: str,
-    world_size: int = 1,
-    pack_width: int | None = None,
-) -> list[list[list[int]]]:
-    """Every rank's micro-batches of one epoch (``seed``: the run's seed + the epoch), as
-    example positions: ``plan[rank][j]``; each rank's come from its own shard only.
-
-    Ranks train their j-th micro-batches side by side and wait for each other at every
-    gradient reduction, so these are cut alike from slots: slot k holds the k-th longest
-    unit of every rank, and the plan groups slots. A rank holding one unit more than the
-    fewest leaves a different one out each epoch (seeded). ``packed``: micro-batches of
-    ``micro_batch_size`` rows of ``pack_width`` tokens, listed row after row in packing
-    order (``packing.split_rows`` rebuilds them); rows are grouped by their fill.
-    """
+) -> RankDeal:
+    """The units of the run dealt to the ranks: one run sorted by length, round robin, so
+    every rank holds the same mix of lengths."""
     units = batch_units(lengths, grouping, pack_width)
     unit_lengths = [sum(lengths[i] for i in u) for u in units]
-    held = rank_units(unit_lengths, world_size)
-    rng = random.Random(seed)
-    fewest = min(len(mine) for mine in held)
-    kept = []
-    for mine in held:
-        mine = list(mine)
-        for _ in range(len(mine) - fewest):
-            mine.pop(rng.randrange(len(mine)))
-        kept.append(mine)
-    slots = list(zip(*kept, strict=True))
-    slot_lengths = [max(unit_lengths[u] for u in slot) for slot in slots]
-    if grouping == "random":
-        grouped = random_batches(slot_lengths, micro_batch_size, seed)
-    else:
-        grouped = length_grouped_batches(slot_lengths, micro_batch_size, seed)
-    return [
-        [[i for u in sorted(slots[s][rank] for s in batch) for i in units[u]] for batch in grouped]
-        for rank in range(world_size)
-    ]
+    order = sorted(range(len(units)), key=lambda u: -unit_lengths[u])
+    held = [order[rank::world_size] for rank in range(world_size)]
+    return RankDeal(grouping, units, unit_lengths, held)
 
 
 def make_batches(
@@ -251,8 +252,8 @@ def make_batches(
     grouping: str,
     pack_width: int | None = None,
 ) -> list[list[int]]:
-    """One rank's seeded micro-batch plan over all the examples (``epoch_plan`` for one)."""
-    return epoch_plan(lengths, micro_batch_size, seed, grouping, 1, pack_width)[0]
+    """One rank's seeded micro-batch plan over all the examples."""
+    return deal_units(lengths, 1, grouping, pack_width).epoch_plan(micro_batch_size, seed)[0]
 
 
 def padded_length(longest: int, multiple: int) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 from selfee.errors import ConfigError, JobFailed
 from selfee.train.config import TrainConfig
 from selfee.train.deepspeed_config import fill_deepspeed_config
-from selfee.train.loop import TrainSettings, plan_shards, shard_name, train_loop_per_worker
+from selfee.train.loop import TrainSettings, shard_name, train_loop_per_worker
+from selfee.train.sft import RankDeal
 
 
 def log(message: str) -> None:
@@ -61,14 +62,16 @@ def check_resources(cfg: TrainConfig, strict: bool) -> None:
     log(f"waiting for resources: {what} (an autoscaler may add nodes)")
 
 
-def shard_datasets(dataset: Any, settings: TrainSettings, world_size: int) -> dict[str, Any]:
-    """The SFT set cut into the ranks' shards (``loop.plan_shards``), one materialized
-    dataset each: together they hold the set once, and each worker reads only its own."""
+def shard_datasets(dataset: Any, example_ids: list[int], deal: RankDeal) -> dict[str, Any]:
+    """The SFT set cut into the ranks' shards (``deal``; ``example_ids``: each example's
+    ``idx``), one materialized dataset each: together they hold the set once, and each
+    worker reads only its own."""
     import numpy as np
 
-    shard_of = np.full(max(settings.example_ids, default=-1) + 1, -1, dtype=np.int32)
-    for rank, shard in enumerate(plan_shards(settings, world_size)):
-        shard_of[[settings.example_ids[i] for i in shard]] = rank
+    world_size = len(deal.held)
+    shard_of = np.full(max(example_ids, default=-1) + 1, -1, dtype=np.int32)
+    for rank in range(world_size):
+        shard_of[[example_ids[i] for i in deal.shard(rank)]] = rank
     tagged = dataset.map_batches(
         _tag_shard, fn_kwargs={"shard_of": shard_of}, batch_format="pyarrow"
     ).materialize()
@@ -86,7 +89,12 @@ def _tag_shard(table: Any, shard_of: Any) -> Any:
 
 
 def fit(
-    cfg: TrainConfig, settings: TrainSettings, dataset: Any, storage: str, run_name: str
+    cfg: TrainConfig,
+    settings: TrainSettings,
+    deal: RankDeal,
+    dataset: Any,
+    storage: str,
+    run_name: str,
 ) -> Any:
     from dataclasses import asdict
 
@@ -113,7 +121,7 @@ def fit(
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         # one dataset per rank, not split by Ray Train: rank r reads shard r (loop.py)
-        datasets=shard_datasets(dataset, settings, cfg.num_workers),
+        datasets=shard_datasets(dataset, settings.example_ids, deal),
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=run_name,
