@@ -73,9 +73,29 @@ def test_train_and_delta_help_name_their_options() -> None:
     assert done.returncode == 0 and "--base" in done.stdout and "(required)" in done.stdout
 
 
-def test_train_without_data_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--model", "tiny"]) == 1
-    assert "give the chains to train on: --data" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["collect"], "no sources: give --source NAME=PATH"),
+        (["augment"], "give the instructions to augment: --input"),
+        (["train", "--model", "tiny"], "give the chains to train on: --data"),
+        (["infer", "--questions", "q.jsonl"], "give --model DIR"),
+        (["eval", "--task", "gsm8k"], "give --task gsm8k|math|aqua|code and --questions"),
+        (["eval", "--task", "gsm8k", "--questions", "q.jsonl"], "give --answers FILE.jsonl"),
+        (["judge", "--answers", "a.jsonl"], "give --questions Q.jsonl and --answers"),
+        (["report"], "give the review files: --reviews"),
+    ],
+)  # fmt: skip
+def test_a_missing_input_is_a_usage_error_before_anything_starts(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
+    """Exit 2 with one line: no run log, no Ray, no offline teacher, nothing written."""
+    done = run("-m", "selfee.cli", *argv, cwd=tmp_path)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"selfee {argv[0]}: error: ") and message in lines[0]
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no outputs/logs/…
 
 
 def test_bad_option_value_exits_2_with_message(capsys: pytest.CaptureFixture[str]) -> None:

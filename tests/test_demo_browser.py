@@ -130,3 +130,23 @@ def test_the_demo_makes_no_outbound_connection_at_launch() -> None:
     assert asked, "the recorder saw nothing: the demo never listened"
     local = ("127.", "localhost", "::1", "0.0.0.0")
     assert [h for h in asked if not h.startswith(local)] == []
+
+
+def test_the_demo_says_at_start_when_its_endpoint_would_not_answer(
+    start_teacher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listening, a refused key: one line at start (the user's first message would
+    fail); an endpoint that answers: nothing to say."""
+    from selfee.serve.demo import endpoint_problem
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    assert "nothing answers at" in (endpoint_problem(DemoConfig(endpoint=closed)) or "")
+    monkeypatch.setenv("DEMO_TEST_KEY", "right-key")
+    teacher = start_teacher(api_key_env="DEMO_TEST_KEY")
+    assert (
+        endpoint_problem(DemoConfig(endpoint=teacher.base_url, api_key_env="DEMO_TEST_KEY")) is None
+    )
+    monkeypatch.setenv("DEMO_TEST_KEY", "wrong-key")
+    problem = endpoint_problem(DemoConfig(endpoint=teacher.base_url, api_key_env="DEMO_TEST_KEY"))
+    assert problem is not None and "refused the key: set $DEMO_TEST_KEY" in problem
+    assert "wrong-key" not in problem

@@ -110,7 +110,7 @@ def test_an_openai_compatible_endpoint_as_the_engine(
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["--questions", "q.jsonl", "--output", "a.jsonl"], 1, "give --model DIR"),
+        (["--questions", "q.jsonl", "--output", "a.jsonl"], 2, "give --model DIR"),
         (["--model", "nowhere", "--questions", "q.jsonl", "--output", "a.jsonl"], 1,
          "is not a Hugging Face model directory"),
         (["--min-revisions", "3", "--max-revisions", "1"], 2,

@@ -97,7 +97,7 @@ def test_bad_review_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="does not exist"):
         build_report([tmp_path / "a_vs_b.jsonl"])
     done = selfee("report")
-    assert done.returncode == 1 and "--reviews" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "--reviews" in done.stderr and "Traceback" not in done.stderr
 
 
 def published_rows(reference: Path, name: str) -> list[dict]:

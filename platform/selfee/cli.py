@@ -111,8 +111,7 @@ def _run_judge(cfg: JudgeConfig) -> None:
 def _run_report(cfg: ReportConfig) -> None:
     from selfee.judge import report
 
-    if not cfg.reviews:
-        raise ConfigError("give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl")
+    cfg.require()
     try:
         reports = report.build_report(
             cfg.reviews, cfg.questions, cfg.model_a, cfg.model_b, cfg.answers, cfg.bootstrap
@@ -182,8 +181,9 @@ COMMANDS = [
     ),
     Command(
         "train",
-        "fine-tune a causal LM (tiny, or a Hugging Face directory) on SelFee chains with Ray "
-        "Train + DeepSpeed ZeRO-2/3: checkpoints, resume, export to a Hugging Face directory",
+        "fine-tune a causal LM (tiny, or a Hugging Face directory) on SelFee chains, fully or "
+        "with LoRA / QLoRA adapters, with Ray Train + DeepSpeed ZeRO-1/2/3: each worker reads "
+        "its own shard, checkpoints, resume, export (merged model or adapter)",
         TrainConfig,
         _run_train,
         quiet=True,
@@ -223,8 +223,9 @@ COMMANDS = [
     Command(
         "infer",
         "batch inference with revision control: questions in, SelFee/FastChat answers out "
-        "(--min-revisions N forces revisions, --max-revisions M caps them); model actors on "
-        "Ray Data, resumable",
+        "(--min-revisions N forces revisions, --max-revisions M caps them); engines hf, "
+        "llama_cpp (GGUF), vllm or an OpenAI-compatible endpoint; model actors on Ray Data, "
+        "resumable",
         InferConfig,
         _run_infer,
         quiet=True,
@@ -232,8 +233,8 @@ COMMANDS = [
     Command(
         "serve",
         "serve a SelFee model on Ray Serve: OpenAI-compatible /v1/chat/completions and "
-        "/v1/completions (streaming too), min_revisions / max_revisions per request, batched "
-        "steps, autoscaled replicas",
+        "/v1/completions (token streaming too), min_revisions / max_revisions per request, "
+        "engines hf, llama_cpp (GGUF) or vllm (Ray Serve LLM), autoscaled replicas",
         ServeConfig,
         _run_serve,
     ),
@@ -318,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config_from_args(command.config, args)
     except ConfigError as e:
         parser.exit(2, f"{name}: error: {e}\n")
+    if (missing := cfg.missing()) is not None:  # a usage error: before any log or Ray
+        parser.exit(2, f"{name}: error: {missing}\n")
     verbose = getattr(args, "verbose", False) or bool(os.environ.get("SELFEE_DEBUG"))
     with quiet_run(name, verbose) if command.quiet else nullcontext() as log:
         where = f"; log: {log}" if log else ""

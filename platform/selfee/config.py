@@ -38,6 +38,16 @@ class StageConfig(BaseModel):
                 data[new] = data.pop(old)
         return data
 
+    def missing(self) -> str | None:
+        """What a run still lacks that has no default — one line naming the options — or
+        None. The CLI asks before anything starts (no log, no Ray, no teacher); jobs call
+        ``require`` for callers that skip the CLI."""
+        return None
+
+    def require(self) -> None:
+        if (missing := self.missing()) is not None:
+            raise ConfigError(missing)
+
 
 def with_new_names(saved: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
     """Settings an earlier run saved, under today's key names (a rename alone never blocks

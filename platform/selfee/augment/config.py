@@ -57,3 +57,8 @@ class AugmentConfig(LLMJobConfig):
                 "initial answer, not both"
             )
         return self
+
+    def missing(self) -> str | None:
+        if self.input is None:
+            return "give the instructions to augment: --input FILE (.parquet or .jsonl)"
+        return None

@@ -118,8 +118,7 @@ class AugmentStage(Stage[AugmentConfig]):
         from selfee.ray_runtime import ray_runtime
 
         cfg = self.cfg
-        if cfg.input is None:
-            raise ConfigError("give the instructions to augment: --input FILE (.parquet or .jsonl)")
+        cfg.require()
         inputs = read_instructions(cfg.input, cfg.limit)
         if not inputs:
             raise ConfigError(f"{cfg.input} holds no instructions")

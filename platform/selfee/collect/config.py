@@ -53,3 +53,8 @@ class CollectConfig(StageConfig):
                 item = {"name": name.strip(), "path": path.strip()}
             specs.append(item)
         return specs
+
+    def missing(self) -> str | None:
+        if not self.sources:
+            return "no sources: give --source NAME=PATH (or 'sources' in the config)"
+        return None

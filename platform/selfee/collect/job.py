@@ -62,8 +62,7 @@ def run_collect(cfg: CollectConfig) -> dict[str, Any]:
 
 def collect_rows(cfg: CollectConfig, outputs: dict[str, Path]) -> dict[str, Any]:
     """Read, shape and select; write the instruction files (``outputs``); return the summary."""
-    if not cfg.sources:
-        raise CollectError("no sources: give --source NAME=PATH (or 'sources' in the config)")
+    cfg.require()
     tasks = []
     for order, spec in enumerate(cfg.sources):
         try:

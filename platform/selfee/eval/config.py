@@ -65,6 +65,14 @@ class EvalConfig(ModelConfig):
             raise ValueError("give --answers (score a file) or --model (generate), not both")
         return self
 
+    def missing(self) -> str | None:
+        if self.task is None or self.questions is None:
+            return "give --task gsm8k|math|aqua|code and --questions FILE"
+        if self.answers is None and not self.model:
+            return ("give --answers FILE.jsonl to score, or --model DIR / x.gguf (or --base-url "
+                    "URL --model NAME) to generate and score")  # fmt: skip
+        return None
+
     @property
     def folder(self) -> Path:
         return self.output or Path("outputs/eval") / str(self.task)

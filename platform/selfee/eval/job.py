@@ -78,11 +78,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Generate (or read) the answers, score them turn by turn; returns the report."""
     from selfee.ray_runtime import ray_runtime
 
-    if cfg.task is None or cfg.questions is None:
-        raise ConfigError("give --task gsm8k|math|aqua|code and --questions FILE")
-    if cfg.answers is None and not cfg.model:
-        raise ConfigError("give --answers FILE.jsonl to score, or --model DIR / x.gguf "
-                          "(or --base-url URL --model NAME) to generate and score")  # fmt: skip
+    cfg.require()
     task = TASKS[cfg.task]
     started = time.monotonic()
     questions, bad_gold = load_questions(cfg, task)

@@ -22,3 +22,11 @@ class InferConfig(RevisionSettings, ModelConfig):
     overwrite: bool = Field(False, description="discard saved answers and generate all again")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    def missing(self) -> str | None:
+        if self.questions is None or self.output is None or not self.model:
+            return (
+                "give --model DIR (or --base-url URL --model NAME), --questions Q.jsonl and "
+                "--output A.jsonl"
+            )
+        return None

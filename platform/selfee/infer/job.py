@@ -38,11 +38,7 @@ def log(message: str) -> None:
 
 
 def check_config(cfg: InferConfig) -> None:
-    if cfg.questions is None or cfg.output is None or not cfg.model:
-        raise ConfigError(
-            "give --model DIR (or --base-url URL --model NAME), --questions Q.jsonl and "
-            "--output A.jsonl"
-        )
+    cfg.require()
     if not cfg.base_url:
         try:
             check_model(cfg.model, cfg.engine, cfg.gpus_per_actor)

@@ -39,6 +39,11 @@ class JudgeConfig(LLMJobConfig):
             raise ValueError("give both --prompts and --reviewers (upstream files), or neither")
         return self
 
+    def missing(self) -> str | None:
+        if self.questions is None or len(self.answers) != 2:
+            return "give --questions Q.jsonl and --answers A.jsonl B.jsonl (two files)"
+        return None
+
 
 class ReportConfig(StageConfig):
     """Tables (and a plot) comparing models from their review files."""
@@ -62,3 +67,8 @@ class ReportConfig(StageConfig):
         "intervals here (.png)",
     )  # fmt: skip
     bootstrap: int = Field(2000, ge=100, le=100000, description="bootstrap resamples for CIs")
+
+    def missing(self) -> str | None:
+        if not self.reviews:
+            return "give the review files: --reviews D/A_vs_B.jsonl D/B_vs_A.jsonl"
+        return None

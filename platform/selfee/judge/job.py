@@ -107,6 +107,7 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
 
 def _run(stage: JudgeStage) -> dict[str, Any]:
     cfg = stage.cfg
+    cfg.require()  # before the endpoint (an offline teacher would start for nothing)
     out = Path(cfg.output)
     with resolve_endpoint(cfg, log) as ep:
         tasks, (name_a, name_b), skipped = plan(cfg, ep.model)

@@ -35,8 +35,7 @@ def _by_question(path: Path, what: str) -> dict[Any, dict[str, Any]]:
 
 def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:
     """(judgments to make, in question order and both orders; model names; questions skipped)."""
-    if cfg.questions is None or len(cfg.answers) != 2:
-        raise ConfigError("give --questions Q.jsonl and --answers A.jsonl B.jsonl (two files)")
+    cfg.require()
     name_a, name_b = (model_name(p) for p in cfg.answers)
     if name_a == name_b or report.VS in name_a or report.VS in name_b:
         raise ConfigError(

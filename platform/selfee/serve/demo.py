@@ -136,9 +136,31 @@ def build_demo(cfg: DemoConfig) -> Any:
     return demo
 
 
+def endpoint_problem(cfg: DemoConfig, timeout_s: float = 3.0) -> str | None:
+    """Why the endpoint would not answer a chat now (nothing listening, the key refused), or
+    None: said at start, not at the user's first message. The demo starts either way (the
+    endpoint may come up later); each message tries again."""
+    import openai
+
+    client = openai.OpenAI(base_url=cfg.endpoint, max_retries=0, timeout=timeout_s,
+                           api_key=os.environ.get(cfg.api_key_env) or "none")  # fmt: skip
+    try:
+        client.models.list()
+    except openai.APIConnectionError:
+        return (f"nothing answers at {cfg.endpoint} yet: start one (`selfee serve`) or give "
+                "--endpoint URL")  # fmt: skip
+    except openai.AuthenticationError:
+        return f"{cfg.endpoint} refused the key: set ${cfg.api_key_env}"
+    except openai.APIStatusError as e:
+        return f"{cfg.endpoint} answered {e.status_code} to GET /models: is it OpenAI-compatible?"
+    return None
+
+
 def run_demo(cfg: DemoConfig) -> None:
     demo = build_demo(cfg)
     print(f"[demo] talking to {cfg.endpoint}; open http://{cfg.host}:{cfg.port}", flush=True)
+    if (problem := endpoint_problem(cfg)) is not None:
+        print(f"[demo] warning: {problem}; each message tries again", flush=True)
     demo.queue().launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)
 
 

@@ -178,6 +178,11 @@ class TrainConfig(StageConfig):
             )
         return self
 
+    def missing(self) -> str | None:
+        if self.data is None:
+            return "give the chains to train on: --data outputs/augment/chains.jsonl"
+        return None
+
     def accumulation(self) -> int:
         """Gradient accumulation steps: global batch = micro batch x accumulation x workers."""
         return self.global_batch_size // (self.micro_batch_size * self.num_workers)

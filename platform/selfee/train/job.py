@@ -70,8 +70,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _run(stage: TrainStage) -> dict[str, Any]:
     cfg = stage.cfg
-    if cfg.data is None:
-        raise ConfigError("give the chains to train on: --data outputs/augment/chains.jsonl")
+    cfg.require()
     rows, skipped = sft.read_chains(cfg.data)
     if not rows:
         why = f": all {skipped} rows carry an error (re-run augment with --retry-errors)"
