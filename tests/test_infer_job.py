@@ -112,15 +112,25 @@ def test_an_openai_compatible_endpoint_as_the_engine(
     [
         (["--questions", "q.jsonl", "--output", "a.jsonl"], 2, "give --model DIR"),
         (["--model", "nowhere", "--questions", "q.jsonl", "--output", "a.jsonl"], 1,
+         "--model: nowhere: no such file or directory"),
+        (["--model", ".", "--questions", "q.jsonl", "--output", "a.jsonl"], 1,
          "is not a Hugging Face model directory"),
+        (["--model", "x.gguf", "--engine", "hf", "--questions", "q.jsonl", "--output",
+          "a.jsonl"], 1, "x.gguf is a GGUF file: engine hf reads a Hugging Face directory"),
+        (["--model", "notes.txt", "--engine", "hf", "--questions", "q.jsonl", "--output",
+          "a.jsonl"], 1, "is not a Hugging Face model directory"),
         (["--min-revisions", "3", "--max-revisions", "1"], 2,
          "min_revisions (3) is above max_revisions (1)"),
         (["--min-revisions", "-1"], 2, "invalid option --min-revisions"),
     ],
 )  # fmt: skip
 def test_user_mistakes_are_clear_errors(
-    argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+    argv: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    (tmp_path / "notes.txt").write_text("not a model")
     try:
         returned = main(["infer", *argv])
     except SystemExit as e:  # option errors exit from the parser

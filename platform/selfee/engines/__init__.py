@@ -24,6 +24,11 @@ def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str
     is opened and closed, so a broken one is caught before a job starts)."""
     chosen = engine_for(model, engine, gpus)
     path = Path(model)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    if chosen != "llama_cpp" and path.suffix == ".gguf":
+        raise ValueError(f"{path} is a GGUF file: engine {chosen} reads a Hugging Face "
+                         "directory; GGUF files run on engine llama_cpp (or auto)")  # fmt: skip
     if chosen == "llama_cpp":
         from selfee.engines.llama_cpp import probe_gguf
 
