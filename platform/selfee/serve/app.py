@@ -167,6 +167,16 @@ class OpenAIIngress:
             async for event in llm_step(self.model, step, stream):
                 yield event
             return
+        if not stream:
+            whole, replied = self.model.whole_step.remote(step), False
+            try:
+                done = await whole
+                replied = True
+                yield done
+            finally:
+                if not replied:  # closed before the reply came: the replica drops the step
+                    whole.cancel()
+            return
         response = self.model.options(stream=True).step.remote(step, stream)
         finished = False
         try:
@@ -236,8 +246,9 @@ def selfee_application(cfg: ServeConfig) -> Application:
     model = model_deployment(cfg)
     key_sha256 = wire.key_sha256(os.environ.get(cfg.api_key_env))
     ingress = serve.deployment(
-        OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0}
-    ).bind(model, cfg, key_sha256, uses_vllm(cfg))
+        OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+    ).bind(model, cfg, key_sha256, uses_vllm(cfg))  # fmt: skip
     return ingress
 
 

@@ -175,9 +175,10 @@ def demo_application(cfg: DemoConfig) -> Any:
 
         return gr.mount_gradio_app(FastAPI(), build_demo(cfg).queue(), path="/")
 
-    deployment = serve.deployment(
-        name="SelFeeDemo", num_replicas=1, ray_actor_options={"num_cpus": 0}
-    )(serve.ingress(build_asgi_app)())
+    deployment = serve.deployment(  # every open browser holds a request (Serve's default: 5)
+        name="SelFeeDemo", num_replicas=1, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+    )(serve.ingress(build_asgi_app)())  # fmt: skip
     return deployment.bind()
 
 

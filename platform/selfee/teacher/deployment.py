@@ -11,9 +11,13 @@ from ray.serve import Application
 from selfee.teacher.config import TeacherConfig
 from selfee.teacher.server import create_app
 
+MAX_CONCURRENT = 1000
+
 
 def teacher_application(config: TeacherConfig | None = None) -> Application:
-    """One replica, so ``/stats`` and the server-side rate limit cover all traffic."""
+    """One replica, so ``/stats`` and the server-side rate limit cover all traffic; it takes
+    every request at once, as an API does (Serve's default, 5 at a time, would turn the
+    added latency into a queue)."""
     config = config or TeacherConfig()
 
     def build_asgi_app() -> FastAPI:  # a plain function: Serve calls it on the replica
@@ -21,7 +25,10 @@ def teacher_application(config: TeacherConfig | None = None) -> Application:
 
     ingress = serve.ingress(build_asgi_app)()
     deployment = serve.deployment(
-        name="OfflineTeacher", num_replicas=1, ray_actor_options={"num_cpus": 0}
+        name="OfflineTeacher",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=MAX_CONCURRENT,
     )(ingress)
     return deployment.bind()
 

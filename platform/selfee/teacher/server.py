@@ -56,6 +56,8 @@ class TeacherState:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     max_requests_in_any_60s: int = 0
+    in_latency: int = 0  # requests in their added latency now
+    max_concurrent: int = 0  # the most at once: what a server in front lets through
     first_request_at: float | None = None
     last_request_at: float | None = None
     _arrivals: deque[float] = field(default_factory=deque)
@@ -104,6 +106,7 @@ class TeacherState:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "max_requests_in_any_60s": self.max_requests_in_any_60s,
+            "max_concurrent": self.max_concurrent,
             "first_request_at": self.first_request_at,
             "last_request_at": self.last_request_at,
             "rpm_limit": self.config.rpm,
@@ -189,7 +192,12 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
                     code="context_length_exceeded",
                 )
         if config.latency_ms:
-            await asyncio.sleep(config.latency_ms / 1000)
+            state.in_latency += 1
+            state.max_concurrent = max(state.max_concurrent, state.in_latency)
+            try:
+                await asyncio.sleep(config.latency_ms / 1000)
+            finally:
+                state.in_latency -= 1
         if fault == "429":
             return None, openai_error(429, "injected rate limit", {"Retry-After": "1"})
         if fault == "500":
