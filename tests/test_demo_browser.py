@@ -150,3 +150,19 @@ def test_the_demo_says_at_start_when_its_endpoint_would_not_answer(
     problem = endpoint_problem(DemoConfig(endpoint=teacher.base_url, api_key_env="DEMO_TEST_KEY"))
     assert problem is not None and "refused the key: set $DEMO_TEST_KEY" in problem
     assert "wrong-key" not in problem
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "selfee.cli", "demo", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"selfee demo: error: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr and "[demo] talking" not in done.stdout

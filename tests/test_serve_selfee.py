@@ -236,3 +236,23 @@ def test_selfee_serve_command_serves_until_interrupted(
         )
         assert done.model_extra["selfee"]["revisions_count"] >= 1
     assert "selfee serve: interrupted" in log.read_text()
+
+
+def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> None:
+    """``selfee serve`` on a taken port: one line naming it (Serve's proxy fails to bind)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "selfee.cli", "serve", "--model", str(selfee_model_dir),
+             "--port", str(port), "--ray.num-cpus", "1", "--no-ray.dashboard"],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"--port {port}: 127.0.0.1:{port} is in use" in done.stderr
+    assert "Traceback" not in done.stderr

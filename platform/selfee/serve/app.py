@@ -270,7 +270,13 @@ def serve_forever(cfg: ServeConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
     with ray_runtime(cfg.ray):
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        try:
+            serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        except Exception as e:  # Serve's proxy actor failed to start: say why in one line
+            if "Failed to bind" not in str(e):
+                raise
+            raise ConfigError(f"--port {cfg.port}: {cfg.host}:{cfg.port} is in use (another "
+                              "server, or Serve started by another job): pick another --port") from None  # fmt: skip
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
         print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)",
