@@ -123,8 +123,16 @@ def test_our_templates_differ_by_category() -> None:
         assert "one" in user and "two" in user and user.index("one") < user.index("two")
 
 
-def test_user_mistakes(tmp_path: Path, start_teacher) -> None:
+def test_user_mistakes(
+    tmp_path: Path, start_teacher, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     paths = write_inputs(tmp_path, n=2)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # no endpoint: an offline teacher
+    with pytest.raises(ConfigError, match="two different names"):  # ... that never starts
+        run_judge(JudgeConfig(questions=paths[0], answers=[paths[1], paths[1]],
+                              output=tmp_path / "k"))  # fmt: skip
+    assert "offline teacher" not in capsys.readouterr().out.lower()
     teacher = start_teacher()
     with pytest.raises(ConfigError, match="--answers"):
         run_judge(JudgeConfig(questions=paths[0], answers=[paths[1]], base_url=teacher.base_url,

@@ -20,7 +20,7 @@ from selfee.console import say
 from selfee.errors import ConfigError
 from selfee.judge import report
 from selfee.judge.config import JudgeConfig
-from selfee.judge.plan import model_name, plan, review_row
+from selfee.judge.plan import model_name, model_names, plan, review_row
 from selfee.judge.scores import parse_score
 from selfee.llm import CallFailed, TeacherCall
 from selfee.llm_job import LLMWorker, fan_out, preflight, resolve_endpoint
@@ -107,7 +107,7 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
 
 def _run(stage: JudgeStage) -> dict[str, Any]:
     cfg = stage.cfg
-    cfg.require()  # before the endpoint (an offline teacher would start for nothing)
+    model_names(cfg)  # the inputs make sense before an offline teacher starts for them
     out = Path(cfg.output)
     with resolve_endpoint(cfg, log) as ep:
         tasks, (name_a, name_b), skipped = plan(cfg, ep.model)

@@ -33,8 +33,8 @@ def _by_question(path: Path, what: str) -> dict[Any, dict[str, Any]]:
     return {row["question_id"]: row for row in read_questions(path, what)}
 
 
-def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:
-    """(judgments to make, in question order and both orders; model names; questions skipped)."""
+def model_names(cfg: JudgeConfig) -> tuple[str, str]:
+    """The two models, named by their answer files (the review files carry the names)."""
     cfg.require()
     name_a, name_b = (model_name(p) for p in cfg.answers)
     if name_a == name_b or report.VS in name_a or report.VS in name_b:
@@ -42,6 +42,12 @@ def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str,
             f"answer files need two different names without '{report.VS}' (they name the "
             f"models in the review files): got {name_a}, {name_b}"
         )
+    return name_a, name_b
+
+
+def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:
+    """(judgments to make, in question order and both orders; model names; questions skipped)."""
+    name_a, name_b = model_names(cfg)
     questions = _by_question(cfg.questions, "questions")
     answers = {name_a: _by_question(cfg.answers[0], "answers"),
                name_b: _by_question(cfg.answers[1], "answers")}  # fmt: skip
