@@ -84,6 +84,7 @@ def test_train_and_delta_help_name_their_options() -> None:
         (["eval", "--task", "gsm8k", "--questions", "q.jsonl"], "give --answers FILE.jsonl"),
         (["judge", "--answers", "a.jsonl"], "give --questions Q.jsonl and --answers"),
         (["report"], "give the review files: --reviews"),
+        (["serve"], "--model: give a Hugging Face model directory"),
     ],
 )  # fmt: skip
 def test_a_missing_input_is_a_usage_error_before_anything_starts(

@@ -107,10 +107,10 @@ def run_judge(cfg: JudgeConfig) -> list[dict[str, Any]]:
 
 def _run(stage: JudgeStage) -> dict[str, Any]:
     cfg = stage.cfg
-    model_names(cfg)  # the inputs make sense before an offline teacher starts for them
+    name_a, name_b = model_names(cfg)  # before an offline teacher starts for nothing
     out = Path(cfg.output)
     with resolve_endpoint(cfg, log) as ep:
-        tasks, (name_a, name_b), skipped = plan(cfg, ep.model)
+        tasks, skipped = plan(cfg, ep.model, (name_a, name_b))
         if skipped:
             log(f"{skipped} questions lack an answer in one of the files and are not judged")
         if not tasks:

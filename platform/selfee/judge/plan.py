@@ -45,9 +45,10 @@ def model_names(cfg: JudgeConfig) -> tuple[str, str]:
     return name_a, name_b
 
 
-def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str, str], int]:
-    """(judgments to make, in question order and both orders; model names; questions skipped)."""
-    name_a, name_b = model_names(cfg)
+def plan(cfg: JudgeConfig, model: str, names: tuple[str, str]) -> tuple[list[dict[str, Any]], int]:
+    """(judgments to make, in question order and both orders; questions skipped);
+    ``names``: ``model_names(cfg)``."""
+    name_a, name_b = names
     questions = _by_question(cfg.questions, "questions")
     answers = {name_a: _by_question(cfg.answers[0], "answers"),
                name_b: _by_question(cfg.answers[1], "answers")}  # fmt: skip
@@ -82,7 +83,7 @@ def plan(cfg: JudgeConfig, model: str) -> tuple[list[dict[str, Any]], tuple[str,
                 "temperature": reviewer.temperature if reviewer.temperature is not None else cfg.temperature,
                 "max_tokens": reviewer.max_tokens or cfg.max_tokens,
             })  # fmt: skip
-    return tasks, (name_a, name_b), skipped
+    return tasks, skipped
 
 
 def review_row(task: dict[str, Any], result: dict[str, Any], model: str, cached: bool) -> dict:

@@ -168,14 +168,13 @@ class OpenAIIngress:
                 yield event
             return
         if not stream:
-            whole, replied = self.model.whole_step.remote(step), False
+            whole = self.model.whole_step.remote(step)
             try:
                 done = await whole
-                replied = True
-                yield done
-            finally:
-                if not replied:  # closed before the reply came: the replica drops the step
-                    whole.cancel()
+            except BaseException:  # cancelled before the reply came: the replica drops it
+                whole.cancel()
+                raise
+            yield done
             return
         response = self.model.options(stream=True).step.remote(step, stream)
         finished = False
@@ -263,8 +262,7 @@ def serve_forever(cfg: ServeConfig) -> None:
     from selfee.errors import ConfigError
     from selfee.ray_runtime import ray_runtime
 
-    if cfg.model is None:
-        raise ConfigError("--model: give a Hugging Face model directory or a .gguf file")
+    cfg.require()
     try:
         check_model(cfg.model, cfg.engine, cfg.gpus_per_replica)
     except ValueError as e:

@@ -75,6 +75,11 @@ class ServeConfig(StageConfig):
             )
         return self
 
+    def missing(self) -> str | None:
+        if self.model is None:
+            return "--model: give a Hugging Face model directory, an adapter or a .gguf file"
+        return None
+
     def served_name(self) -> str:
         return self.model_name or (
             Path(self.model).name.removesuffix(".gguf") if self.model else "selfee"

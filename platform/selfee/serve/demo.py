@@ -156,21 +156,10 @@ def endpoint_problem(cfg: DemoConfig, timeout_s: float = 3.0) -> str | None:
     return None
 
 
-def check_port(host: str, port: int) -> None:
-    """One line when the port is taken (Gradio's own error names its internals)."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise OSError(f"cannot listen on {host}:{port}: {e.strerror}; pick another "
-                          "--port") from None  # fmt: skip
-
-
 def run_demo(cfg: DemoConfig) -> None:
-    check_port(cfg.host, cfg.port)
+    from selfee.teacher.server import bind_socket
+
+    bind_socket(cfg.host, cfg.port).close()  # a taken port: one line (Gradio's names its internals)
     demo = build_demo(cfg)
     print(f"[demo] talking to {cfg.endpoint}; open http://{cfg.host}:{cfg.port}", flush=True)
     if (problem := endpoint_problem(cfg)) is not None:

@@ -3,9 +3,9 @@
 ``SelFeeModel.step(request, stream)`` is an async generator that yields the step's new
 text as the engine writes it (when ``stream``), then the ``Completion`` or a
 ``StepFailed`` (``whole_step``: only that, in one reply); the steps of requests that
-arrive together run as one batch (``@serve.batch``, streamed). A caller that stops listening drops its row at the next
-token. (``engine: vllm`` uses Ray Serve LLM's server instead: ``selfee.serve.llm_server``
-yields the same events.)
+arrive together run as one batch (``@serve.batch``, streamed). A caller that stops
+listening drops its row at the next token. (``engine: vllm`` uses Ray Serve LLM's server
+instead: ``selfee.serve.llm_server`` yields the same events.)
 """
 
 from __future__ import annotations

@@ -292,11 +292,18 @@ def create_app(config: TeacherConfig | None = None) -> FastAPI:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before serving so that port 0 resolves to a real port we can print."""
+    """Bind before serving so that port 0 resolves to a real port we can print; a port
+    that is taken is one line (``OSError``) naming it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port}: {e.strerror}; pick another --port"
+        ) from None
     sock.listen(128)  # clients that come before the server loop runs wait in the backlog
     return sock
 
@@ -307,10 +314,7 @@ def _uvicorn_server(config: TeacherConfig) -> uvicorn.Server:
 
 def serve_forever(config: TeacherConfig) -> None:
     """Run the teacher in this process until interrupted (``selfee teacher``)."""
-    try:
-        sock = bind_socket(config.host, config.port)
-    except OSError as e:
-        raise OSError(f"cannot listen on {config.host}:{config.port}: {e.strerror}") from None
+    sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     print(f"*** {BANNER}", file=sys.stderr)
     print(f"offline teacher listening on http://{config.host}:{port}/v1", flush=True)
