@@ -151,6 +151,27 @@ def test_a_client_that_disconnects_stops_its_generation(endpoint: str) -> None:
     assert stopped_at - before < 300
 
 
+def test_a_client_that_disconnects_before_a_plain_reply_stops_its_chain(endpoint: str) -> None:
+    """Not streamed: the steps go to the model replica as one-reply calls; a client that
+    gives up mid-chain leaves no step running and none sent after."""
+    handle = serve.get_deployment_handle("SelFeeModel", app_name="selfee")
+    body = {"messages": USER, "min_revisions": 20, "max_tokens": 3000}
+    before, started = handle.tokens_generated.remote().result(), time.monotonic()
+    httpx.post(f"{endpoint}/chat/completions", json=body, timeout=60).raise_for_status()
+    seconds, whole_chain = (
+        time.monotonic() - started,
+        handle.tokens_generated.remote().result() - before,
+    )
+    before += whole_chain
+    with pytest.raises(httpx.ReadTimeout):  # gives up a fifth of the way into the chain
+        httpx.post(f"{endpoint}/chat/completions", json=body, timeout=seconds / 5)
+    time.sleep(1.0)
+    stopped_at = handle.tokens_generated.remote().result()
+    time.sleep(1.5)
+    assert handle.tokens_generated.remote().result() == stopped_at
+    assert 0 < stopped_at - before < whole_chain / 2, (stopped_at - before, whole_chain)
+
+
 LONG = "word " * 6000
 BAD = [
     ({"model": "model"}, 400, "'messages' must be a non-empty list"),
