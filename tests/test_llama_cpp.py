@@ -208,13 +208,17 @@ def test_selfee_serve_with_a_gguf_model(exported: dict, tmp_path: Path) -> None:
         assert done.model_extra["selfee"]["revisions_count"] >= 1
         chunks = list(client.chat.completions.create(
             model=name, messages=[{"role": "user", "content": QUESTIONS[1]}], stream=True,
-            max_tokens=200,
+            max_tokens=400,
         ))  # fmt: skip
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        last = chunks[-1].model_extra["selfee"]
         content = "".join(c.choices[0].delta.content or "" for c in chunks)
-        assert content == chunks[-1].model_extra["selfee"]["text"]  # the chain, token by token
-        # many pieces, not one per segment (a fast engine's tokens are coalesced when they
-        # come faster than the stream is read)
-        assert len([c for c in chunks if c.model_extra["selfee"]["delta"]]) >= 6
+        assert content == last["text"]  # the chain, token by token
+        # more pieces than segments (answer, feedbacks, revisions), not one per segment. How
+        # many more depends on the machine: the replica joins the tokens that came while it
+        # was sending, and this toy model writes a segment in a few ms (a loaded CI machine
+        # sent 5 pieces for 4 segments). The relay's pacing is tested alone in test_serve_api.
+        pieces = [c for c in chunks if c.model_extra["selfee"]["delta"]]
+        assert len(pieces) > 1 + len(last["feedbacks"]) + len(last["revisions"])
         bad = httpx.post(f"{base}/chat/completions", json={"messages": "hi"}, timeout=30)
         assert bad.status_code == 400

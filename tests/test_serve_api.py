@@ -128,3 +128,30 @@ def test_a_stream_that_fails_on_the_server_still_ends_with_done() -> None:
     assert events[-1] == "data: [DONE]\n\n"
     error = json.loads(events[-2].removeprefix("data: "))["error"]
     assert error["type"] == "server_error" and "the stream failed" in error["message"]
+
+
+def test_the_relay_sends_each_token_as_it_comes_and_joins_only_a_burst() -> None:
+    """The model replica's relay from the engine's thread: a token that comes while the
+    relay waits goes out alone; tokens that came together (the reader was busy) go out
+    as one piece per row; rows stay apart and the results come last."""
+    import asyncio
+
+    from selfee.serve.models import relay
+
+    async def collect() -> list[list[list[str]]]:
+        async def work(on_text) -> list[str]:
+            for piece in ("a", "b", "c"):  # one at a time, each read before the next
+                await asyncio.to_thread(on_text, 0, piece)
+                await asyncio.sleep(0.05)
+            for piece in ("d", "e", "f"):  # a burst in one loop turn: read together
+                on_text(0, piece)
+            on_text(1, "x")
+            on_text(1, "")  # nothing new: not a piece
+            await asyncio.sleep(0.05)
+            return ["row 0", "row 1"]
+
+        return [pieces async for pieces in relay(work, 2, lambda row: True)]
+
+    pieces = asyncio.run(collect())
+    assert pieces == [[["a"], []], [["b"], []], [["c"], []], [["d", "e", "f"], ["x"]],
+                      [["row 0"], ["row 1"]]]  # fmt: skip
