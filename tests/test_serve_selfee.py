@@ -277,3 +277,52 @@ def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> No
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"--port {port}: 127.0.0.1:{port} is in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_proxy_that_serve_gave_up_on_is_one_error(
+    ray_session: None, selfee_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serve kills an HTTP proxy slow to start (seen on a busy 2-core machine) and
+    ``serve.start`` raises the actor's death: ``selfee serve`` says what happened and which
+    setting waits longer, in one line (``JobFailed``), not a traceback."""
+    from ray.exceptions import ActorDiedError
+
+    from selfee.errors import JobFailed
+    from selfee.serve.app import serve_forever
+    from selfee.serve.config import ServeConfig
+
+    def proxy_killed(**options: object) -> None:
+        raise ActorDiedError()
+
+    monkeypatch.setattr(serve, "start", proxy_killed)
+    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "12")
+    with pytest.raises(JobFailed) as caught:
+        serve_forever(ServeConfig(model=selfee_model_dir))
+    assert str(caught.value) == (
+        "Ray Serve's HTTP proxy did not start in time (a busy machine?): try again, or allow "
+        "it more than 12 s per check with $RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+    )
+
+
+def test_an_embedded_ray_gives_serve_s_proxy_time_to_start(tmp_path: Path) -> None:
+    """An embedded Ray's processes (Serve's controller among them) wait 30 s per readiness
+    check of the HTTP proxy, not Serve's 5; a value in the environment is kept."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, ray\n"
+        "from selfee.config import RayConfig\n"
+        "from selfee.ray_runtime import ray_runtime\n"
+        "with ray_runtime(RayConfig(num_cpus=1, dashboard=False)):\n"
+        "    wait = ray.remote(lambda: os.environ.get('RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S'))\n"
+        "    print('wait', ray.get(wait.remote()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
+           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S")}  # fmt: skip
+    for given, expected in ((None, "30"), ("7", "7")):
+        run_env = env if given is None else {**env, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": given}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=run_env)  # fmt: skip
+        assert f"wait {expected}\n" in done.stdout, done.stderr[-2000:]

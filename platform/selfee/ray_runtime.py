@@ -12,6 +12,13 @@ import ray
 from selfee.config import RayConfig
 from selfee.console import note
 
+# What an embedded Ray's processes inherit unless the environment says otherwise. Ray Serve
+# gives its HTTP proxy 5 s to start, three times, then kills it, and ``serve.start`` fails:
+# on a busy 2-core machine the proxy's start took longer every time (measured with two busy
+# processes beside it). 30 s each gives a slow start room and still ends a dead one.
+PROXY_WAIT = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
+EMBEDDED_ENV = {PROXY_WAIT: "30"}
+
 
 @contextmanager
 def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
@@ -23,6 +30,9 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     if started:
         address = cfg.address or os.environ.get("RAY_ADDRESS") or None
         embedded = address is None
+        if embedded:
+            for name, value in EMBEDDED_ENV.items():
+                os.environ.setdefault(name, value)
         context = ray.init(
             # "local": a new Ray even where `ray start` runs a head on this machine (Ray
             # would join that one, and refuse num_cpus)
