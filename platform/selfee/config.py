@@ -60,6 +60,13 @@ def warn_renamed(old: str, new: str) -> None:
                   FutureWarning, stacklevel=2)  # fmt: skip
 
 
+# A Ray Serve deployment that holds each request while it waits elsewhere (an ingress that
+# relays to the model deployment, an API with added latency, a page held open by a
+# browser) takes every request at once: Serve's default, 5, would queue the rest at the
+# proxy. Load is limited where the work is done.
+TAKE_EVERY_REQUEST = 1000
+
+
 class RayConfig(StageConfig):
     address: str | None = Field(
         None,

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from selfee.config import RayConfig, StageConfig
+from selfee.config import TAKE_EVERY_REQUEST, RayConfig, StageConfig
 from selfee.engines.config import ENGINE_HELP, EngineName, VLLMConfig
 
 
@@ -39,7 +39,7 @@ class ServeConfig(StageConfig):
         0.01, ge=0, description="how long a step waits for others to join its batch"
     )
     ingress_max_ongoing_requests: int = Field(
-        1000, ge=1, description="chains the ingress holds at once (each waits on the model "
+        TAKE_EVERY_REQUEST, ge=1, description="chains the ingress holds at once (each waits on the model "
         "deployment, which batches and autoscales); more wait at the proxy. Ray Serve's "
         "default, 5, would cap every engine at 5 concurrent chains",
     )  # fmt: skip

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from selfee.chain import parse_generation
+from selfee.config import TAKE_EVERY_REQUEST
 from selfee.serve.config import DemoConfig
 
 Message = dict[str, str]
@@ -178,9 +179,9 @@ def demo_application(cfg: DemoConfig) -> Any:
 
         return gr.mount_gradio_app(FastAPI(), build_demo(cfg).queue(), path="/")
 
-    deployment = serve.deployment(  # every open browser holds a request (Serve's default: 5)
+    deployment = serve.deployment(  # every open browser holds a request
         name="SelFeeDemo", num_replicas=1, ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=1000,
+        max_ongoing_requests=TAKE_EVERY_REQUEST,
     )(serve.ingress(build_asgi_app)())  # fmt: skip
     return deployment.bind()
 

@@ -8,16 +8,15 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from selfee.config import TAKE_EVERY_REQUEST
 from selfee.teacher.config import TeacherConfig
 from selfee.teacher.server import create_app
-
-MAX_CONCURRENT = 1000
 
 
 def teacher_application(config: TeacherConfig | None = None) -> Application:
     """One replica, so ``/stats`` and the server-side rate limit cover all traffic; it takes
-    every request at once, as an API does (Serve's default, 5 at a time, would turn the
-    added latency into a queue)."""
+    every request at once, as an API does (at 5 at a time, Serve's default, the added
+    latency would become a queue)."""
     config = config or TeacherConfig()
 
     def build_asgi_app() -> FastAPI:  # a plain function: Serve calls it on the replica
@@ -28,7 +27,7 @@ def teacher_application(config: TeacherConfig | None = None) -> Application:
         name="OfflineTeacher",
         num_replicas=1,
         ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=MAX_CONCURRENT,
+        max_ongoing_requests=TAKE_EVERY_REQUEST,
     )(ingress)
     return deployment.bind()
 
