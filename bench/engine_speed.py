@@ -38,7 +38,7 @@ from selfee.engines.hf import HFEngine
 from selfee.engines.llama_cpp import LlamaCppEngine
 from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
-from selfee.revision import CompletionRequest, RevisionSettings, generate
+from selfee.revision import MAX_REVISIONS, CompletionRequest, RevisionSettings, generate
 
 PROMPT = render_prompt("Explain how a bicycle stays upright, step by step.")
 
@@ -114,9 +114,8 @@ class NoEOSLlamaCpp(LlamaCppEngine):
 
 def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, float, int]]:
     """The real controller on the tests' trained tiny SelFee model (f16 GGUF and HF fp32):
-    ``min_revisions`` far above what fits, so every verdict is rewritten until N tokens are
+    the most ``min_revisions`` allowed, far above what fits, so every verdict is rewritten until N tokens are
     spent, against one call that generates N tokens; returns (engine, overhead, rewrites)."""
-    from selfee.revision import RevisionSettings
     from tiny_model import model_dir, prompt
 
     model = model_dir(None, folder)
@@ -133,7 +132,7 @@ def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str
             if seconds < plain_s:
                 plain_s, plain = seconds, done
             seconds, result = timed(generate, engine, prompt(0),
-                                    RevisionSettings(min_revisions=1000, max_new_tokens=n),
+                                    RevisionSettings(min_revisions=MAX_REVISIONS, max_new_tokens=n),
                                     key=f"f{i}")  # fmt: skip
             if seconds < forced_s:
                 forced_s, forced = seconds, result

@@ -36,7 +36,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = model_dir(args.model, work)
+        model = model_dir(args.model, work, args.size)
         questions = work / "question.jsonl"
         texts = [QUESTIONS[i % len(QUESTIONS)] + f" ({i})" for i in range(args.questions)]
         questions.write_text(

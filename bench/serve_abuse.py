@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        model = model_dir(args.model, Path(tmp))
+        model = model_dir(args.model, Path(tmp), args.size)
         serve.start(http_options={"host": "127.0.0.1", "port": 8766})
         cfg = ServeConfig(model=model, min_replicas=1, max_replicas=1, cpus_per_replica=1)
         serve.run(selfee_application(cfg), name="selfee", route_prefix="/")

@@ -213,7 +213,7 @@ def main() -> None:
         return
     today, where = datetime.date.today(), machine()
     with tempfile.TemporaryDirectory() as tmp:
-        model = model_dir(args.model, Path(tmp))
+        model = model_dir(args.model, Path(tmp), args.size)
         url = deploy(model=model, max_batch_size=8)
         mixed = run_client(url, args.requests, args.concurrency, 0.2, 128)
         server_errors = {s: n for s, n in mixed["statuses"].items() if s.startswith("5")}

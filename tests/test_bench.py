@@ -1,0 +1,28 @@
+"""The benchmarks keep running: one, on the tests' model and a short length, writing its
+rows to a file of its own (``$SELFEE_BENCH_RESULTS``), not to bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_revision_speed_measures_forced_rewrites(selfee_model_dir: Path, tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "revision_speed.py"), "--model",
+         str(selfee_model_dir), "--lengths", "300", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SELFEE_BENCH_RESULTS": str(results)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in results.read_text().splitlines()
+            if line.startswith("| 20")]  # fmt: skip
+    assert len(rows) == 1
+    model, tokens, rewrites = rows[0][2:5]
+    assert (model, tokens) == ("model", "300") and int(rewrites) >= 2  # the verdicts rewritten
+    assert "overhead" in done.stdout
