@@ -189,7 +189,7 @@ class VLLMEngine:
         finish, stop = "length", None
         self.running.add(request_id)
         try:
-            stream = self.llm.generate({"prompt_token_ids": ids}, params, request_id=request_id)
+            stream = self.llm.generate(token_prompt(ids), params, request_id=request_id)
             async for out in stream:
                 piece = out.outputs[0]
                 text += piece.text
@@ -204,6 +204,16 @@ class VLLMEngine:
         finally:
             self.running.discard(request_id)
         return Completion(text, finish, generated, stop, len(ids) - cached, (), cached)  # type: ignore[arg-type]
+
+
+def token_prompt(ids: list[int]) -> Any:
+    """A prompt of token ids as vLLM takes it: typed where vLLM has input types (it warns
+    that untyped prompts will be refused), a plain dict on older vLLM without them."""
+    try:
+        from vllm.inputs.engine import tokens_input
+    except ImportError:
+        return {"prompt_token_ids": ids}
+    return tokens_input(ids)
 
 
 def sampling(request: CompletionRequest) -> dict[str, Any]:
