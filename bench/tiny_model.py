@@ -16,7 +16,7 @@ SHAPES = {
     "tiny": {},  # the tests' model
     # 8 layers of 512 (8 heads of 64): the body of a 36M LLaMA with a 400-token vocabulary.
     # Fewer steps at a lower rate than the tiny model: it learns the chains (loss 0.04) and,
-    # forced on, writes a verdict every ~50 tokens — revision control's worst case.
+    # forced on, writes a verdict every ~50-120 tokens — revision control's worst case.
     "27m": {"hidden": 512, "layers": 8, "mlp": 1536, "steps": 150, "lr": 1e-3},
 }
 

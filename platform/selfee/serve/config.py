@@ -39,9 +39,9 @@ class ServeConfig(StageConfig):
         0.01, ge=0, description="how long a step waits for others to join its batch"
     )
     ingress_max_ongoing_requests: int = Field(
-        TAKE_EVERY_REQUEST, ge=1, description="chains the ingress holds at once (each waits on the model "
-        "deployment, which batches and autoscales); more wait at the proxy. Ray Serve's "
-        "default, 5, would cap every engine at 5 concurrent chains",
+        TAKE_EVERY_REQUEST, ge=1, description="chains the ingress holds at once (each waits "
+        "on the model deployment, which batches and autoscales); more wait at the proxy. Ray "
+        "Serve's default, 5, would cap every engine at 5 concurrent chains",
     )  # fmt: skip
     min_replicas: int = Field(1, ge=0, description="model replicas kept running")
     max_replicas: int = Field(2, ge=1, description="most model replicas under load")
