@@ -137,3 +137,23 @@ def test_shipped_samples_are_instruction_rows_and_questions() -> None:
     questions = list(read_jsonl(sample_path("questions.jsonl")))
     assert len(questions) >= 10
     assert all({"question_id", "text", "category"} == set(q) for q in questions)
+
+
+def test_a_taken_serve_port_is_one_line(tmp_path: Path) -> None:
+    """The quickstart starts Serve as ``selfee serve`` does (``start_serve``): a taken port
+    is one line naming the quickstart's own option, not Serve's proxy traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "selfee.cli", "quickstart", "--serve-port", str(port),
+             "--output", str(tmp_path / "out"), "--ray.num-cpus", "1"],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"--serve-port {port}: 127.0.0.1:{port} is in use" in errors[0]
+    assert "pick another --serve-port" in errors[0] and "Traceback" not in done.stderr

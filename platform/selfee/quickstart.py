@@ -77,6 +77,8 @@ def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[s
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
+    from selfee.serve.app import start_serve  # Serve's modules: only once the run starts
+
     questions = cfg.questions or sample_path("questions.jsonl")
     for path, what in ((cfg.instructions, "instructions"), (questions, "questions")):
         if path is not None and not any(True for _ in read_jsonl(path)):  # before Ray starts
@@ -86,9 +88,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     with ray_runtime(cfg.ray) as started_ray:
         quiet = {"log_level": "WARNING", "enable_access_log": False}
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": cfg.serve_port}, logging_config=quiet
-        )
+        start_serve("127.0.0.1", cfg.serve_port, "--serve-port", logging_config=quiet)
         try:
             serve.run(teacher_application(cfg.teacher), name=TEACHER_APP,
                       route_prefix="/teacher", logging_config=quiet)  # fmt: skip

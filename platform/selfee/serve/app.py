@@ -256,13 +256,35 @@ def build(args: dict[str, Any]) -> Application:
     return selfee_application(ServeConfig.model_validate(args))
 
 
-def serve_forever(cfg: ServeConfig) -> None:
-    """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
+def start_serve(host: str, port: int, port_option: str = "--port", **options: Any) -> None:
+    """``serve.start`` with its HTTP proxy on host:port; the proxy's failures to start are
+    one line each: a taken port (a ``ConfigError`` naming ``port_option``), a proxy Serve
+    gave up waiting for (a busy machine)."""
     from ray.exceptions import RayActorError
 
-    from selfee.engines import check_model
     from selfee.errors import ConfigError, JobFailed
-    from selfee.ray_runtime import PROXY_WAIT, ray_runtime
+    from selfee.ray_runtime import PROXY_WAIT
+
+    try:
+        serve.start(http_options={"host": host, "port": port}, **options)
+    except Exception as e:
+        if "Failed to bind" in str(e):
+            raise ConfigError(f"{port_option} {port}: {host}:{port} is in use (another server, "
+                              f"or Serve started by another job): pick another {port_option}"
+                              ) from None  # fmt: skip
+        if isinstance(e, RayActorError):  # Serve gave up waiting for it
+            wait = os.environ.get(PROXY_WAIT, "5")
+            raise JobFailed(f"Ray Serve's HTTP proxy did not start in time (a busy machine?): "
+                            f"try again, or allow it more than {wait} s per check with "
+                            f"${PROXY_WAIT}") from None  # fmt: skip
+        raise
+
+
+def serve_forever(cfg: ServeConfig) -> None:
+    """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
+    from selfee.engines import check_model
+    from selfee.errors import ConfigError
+    from selfee.ray_runtime import ray_runtime
 
     cfg.require()
     try:
@@ -270,19 +292,7 @@ def serve_forever(cfg: ServeConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
     with ray_runtime(cfg.ray):
-        try:
-            serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        except Exception as e:  # Serve's proxy actor failed to start: say why in one line
-            if "Failed to bind" in str(e):
-                raise ConfigError(f"--port {cfg.port}: {cfg.host}:{cfg.port} is in use (another "
-                                  "server, or Serve started by another job): pick another "
-                                  "--port") from None  # fmt: skip
-            if isinstance(e, RayActorError):  # Serve gave up waiting for it
-                wait = os.environ.get(PROXY_WAIT, "5")
-                raise JobFailed(f"Ray Serve's HTTP proxy did not start in time (a busy machine?): "
-                                f"try again, or allow it more than {wait} s per check with "
-                                f"${PROXY_WAIT}") from None  # fmt: skip
-            raise
+        start_serve(cfg.host, cfg.port)
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
         print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)",
