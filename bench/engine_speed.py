@@ -114,8 +114,9 @@ class NoEOSLlamaCpp(LlamaCppEngine):
 
 def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, float, int]]:
     """The real controller on the tests' trained tiny SelFee model (f16 GGUF and HF fp32):
-    the most ``min_revisions`` allowed, far above what fits, so every verdict is rewritten until N tokens are
-    spent, against one call that generates N tokens; returns (engine, overhead, rewrites)."""
+    the most ``min_revisions`` allowed, far above what fits, so every verdict is rewritten
+    until N tokens are spent, against one call that generates N tokens; returns (engine,
+    overhead, rewrites)."""
     from tiny_model import model_dir, prompt
 
     model = model_dir(None, folder)

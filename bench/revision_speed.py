@@ -151,22 +151,6 @@ def on_vllm(model: Path, lengths: list[int], repeats: int, what: str) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_option(parser)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    args = parser.parse_args()
-    what = args.model.name if args.model else f"SelFee {args.size} (trained here)"
-    with tempfile.TemporaryDirectory() as tmp:
-        model = model_dir(args.model, Path(tmp), args.size)
-        if args.engine == "vllm":
-            on_vllm(model, args.lengths, args.repeats, what)
-        else:
-            on_hf(model, args.lengths, args.repeats, what)
-
-
 def on_hf(model: Path, lengths: list[int], repeats: int, what: str) -> None:
     engine = HFEngine.load(model, device="cpu", dtype="float32")
     text, rows = prompt(0), []
@@ -195,6 +179,22 @@ def on_hf(model: Path, lengths: list[int], repeats: int, what: str) -> None:
         "|---|---|---|---|---|---|---|---|---|---|\n",
         rows,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_option(parser)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    args = parser.parse_args()
+    what = args.model.name if args.model else f"SelFee {args.size} (trained here)"
+    with tempfile.TemporaryDirectory() as tmp:
+        model = model_dir(args.model, Path(tmp), args.size)
+        if args.engine == "vllm":
+            on_vllm(model, args.lengths, args.repeats, what)
+        else:
+            on_hf(model, args.lengths, args.repeats, what)
 
 
 if __name__ == "__main__":
