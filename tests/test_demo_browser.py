@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ray import serve
 
-from conftest import deploy_from_serve_config, deploy_selfee, free_port
+from conftest import deploy_from_serve_config, deploy_selfee, free_port, taken_port
 from selfee.serve.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
 from selfee.testing.selfee_model import QUESTIONS
@@ -153,14 +153,10 @@ def test_the_demo_says_at_start_when_its_endpoint_would_not_answer(
 
 
 def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         done = subprocess.run([sys.executable, "-m", "selfee.cli", "demo", "--port", str(port)],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 1, done.stderr

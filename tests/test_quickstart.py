@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from ray import serve
 
-from conftest import free_port
+from conftest import free_port, taken_port
 from selfee.chain import final_answer, parse, render_prompt, render_target
 from selfee.collect.sources import SOURCES
 from selfee.config import dump_config
@@ -142,12 +142,8 @@ def test_shipped_samples_are_instruction_rows_and_questions() -> None:
 def test_a_taken_serve_port_is_one_line(tmp_path: Path) -> None:
     """The quickstart starts Serve as ``selfee serve`` does (``start_serve``): a taken port
     is one line naming the quickstart's own option, not Serve's proxy traceback."""
-    import socket
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         done = subprocess.run(
             [sys.executable, "-m", "selfee.cli", "quickstart", "--serve-port", str(port),
              "--output", str(tmp_path / "out"), "--ray.num-cpus", "1"],

@@ -14,6 +14,7 @@ import pytest
 from ray import serve
 
 from conftest import deploy_selfee as deploy
+from conftest import taken_port
 from selfee.chain import final_answer, parse
 from selfee.testing.selfee_model import QUESTIONS
 
@@ -261,14 +262,10 @@ def test_selfee_serve_command_serves_until_interrupted(
 
 def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> None:
     """``selfee serve`` on a taken port: one line naming it (Serve's proxy fails to bind)."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         done = subprocess.run(
             [sys.executable, "-m", "selfee.cli", "serve", "--model", str(selfee_model_dir),
              "--port", str(port), "--ray.num-cpus", "1", "--no-ray.dashboard"],
