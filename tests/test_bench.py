@@ -26,3 +26,26 @@ def test_revision_speed_measures_forced_rewrites(selfee_model_dir: Path, tmp_pat
     model, tokens, rewrites = rows[0][2:5]
     assert (model, tokens) == ("model", "300") and int(rewrites) >= 2  # the verdicts rewritten
     assert "overhead" in done.stdout
+
+
+def test_rows_name_the_processor(tmp_path: Path) -> None:
+    """Two machines both "x86_64, 2 cores" ran at twice each other's speed: rows say which."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from results import cpu_name
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, name, expected in [
+        (
+            "fpu avx2 avx512f amx_tile",
+            "Intel(R) Xeon(R)  Platinum",
+            "Intel(R) Xeon(R) Platinum (AMX)",
+        ),
+        ("fpu avx2 avx512f", "Intel(R) Xeon(R) Gold", "Intel(R) Xeon(R) Gold (AVX512)"),
+        ("fpu sse avx2", "AMD EPYC", "AMD EPYC (AVX2)"),
+        ("fpu sse", "AMD EPYC", "AMD EPYC"),
+    ]:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: {name}\nflags\t\t: {flags}\n\n" * 2)
+        assert cpu_name(cpuinfo) == expected
+    assert cpu_name(tmp_path / "absent") == ""
