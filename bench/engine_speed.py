@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from revision_speed import without_eos
+from revision_speed import compare, enforced, plain, without_eos
 
 from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, render_prompt, revision_header
@@ -38,7 +39,7 @@ from selfee.engines.hf import HFEngine
 from selfee.engines.llama_cpp import LlamaCppEngine
 from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
-from selfee.revision import MAX_REVISIONS, CompletionRequest, RevisionSettings, generate
+from selfee.revision import CompletionRequest, RevisionSettings, generate
 
 PROMPT = render_prompt("Explain how a bicycle stays upright, step by step.")
 
@@ -112,11 +113,11 @@ class NoEOSLlamaCpp(LlamaCppEngine):
         return super()._sample(logits, step)
 
 
-def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, float, int]]:
+def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, str, int]]:
     """The real controller on the tests' trained tiny SelFee model (f16 GGUF and HF fp32):
     the most ``min_revisions`` allowed, far above what fits, so every verdict is rewritten
-    until N tokens are spent, against one call that generates N tokens; returns (engine,
-    overhead, rewrites)."""
+    until N tokens are spent, against one call that generates N tokens, in 5 back-to-back
+    pairs; returns (engine, overhead: the pairs' median and range, rewrites)."""
     from tiny_model import model_dir, prompt
 
     model = model_dir(None, folder)
@@ -127,23 +128,12 @@ def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str
                ("hf fp32", without_eos(hf))]  # fmt: skip
     out = []
     for name, engine in engines:
-        plain_s, plain, forced_s, forced = float("inf"), None, float("inf"), None
-        for i in range(5):  # best of 5: each run is a fraction of a second on a busy machine
-            seconds, done = timed(engine.complete, CompletionRequest(prompt(0), (), n, key=f"p{i}"))
-            if seconds < plain_s:
-                plain_s, plain = seconds, done
-            seconds, result = timed(generate, engine, prompt(0),
-                                    RevisionSettings(min_revisions=MAX_REVISIONS, max_new_tokens=n),
-                                    key=f"f{i}")  # fmt: skip
-            if seconds < forced_s:
-                forced_s, forced = seconds, result
-        overhead = (forced_s / forced.tokens) / (plain_s / plain.tokens) - 1
-        out.append((name, overhead, forced.forced_rewrites))
-        print(
-            f"trained tiny model, {name}: enforced {100 * overhead:+.1f}% "
-            f"({forced.forced_rewrites} rewrites in {forced.tokens} tokens)",
-            flush=True,
-        )
+        keys = itertools.count()  # a new chain for every run: nothing cached from the last
+        runs = compare(lambda e=engine, k=keys: plain(e, prompt(0), n, key=f"p{next(k)}"),
+                       lambda e=engine, k=keys: enforced(e, prompt(0), n, key=f"f{next(k)}"),
+                       pairs=5)  # fmt: skip
+        out.append((name, runs.overhead_cell(), runs.rewrites()))
+        print(f"trained tiny model, {name}: {runs.summary()}", flush=True)
     return out
 
 
@@ -210,7 +200,7 @@ def main() -> None:
         "| date | machine | model | engine | tokens | forced rewrites | enforced vs one call |\n"
         "|---|---|---|---|---|---|---|\n",
         [f"| {today} | {where}, {args.threads} threads | the tests' tiny SelFee model (0.2M) | "
-         f"{name} | 2048 | {rewrites} | **{100 * overhead:+.1f}%** |"
+         f"{name} | 2048 | {rewrites} | {overhead} |"
          for name, overhead, rewrites in trained],
     )  # fmt: skip
 

@@ -59,15 +59,16 @@ def without_eos(engine: HFEngine) -> HFEngine:
     return NoEOSEngine(engine.model, engine.tokenizer)
 
 
-def plain(engine, text: str, n: int) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+def plain(engine, text: str, n: int, key: str = "plain") -> tuple[int, float]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    done = engine.complete(CompletionRequest(text, (), n, key="plain"))
+    done = engine.complete(CompletionRequest(text, (), n, key=key))
     return done.tokens, time.perf_counter() - started
 
 
-def enforced(engine, text: str, n: int) -> tuple[int, float, int]:  # type: ignore[no-untyped-def]
+def enforced(engine, text: str, n: int, key: str = "") -> tuple[int, float, int]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
-    result = generate(engine, text, RevisionSettings(min_revisions=MAX_REVISIONS, max_new_tokens=n))
+    settings = RevisionSettings(min_revisions=MAX_REVISIONS, max_new_tokens=n)
+    result = generate(engine, text, settings, key)
     return result.tokens, time.perf_counter() - started, result.forced_rewrites
 
 
