@@ -140,8 +140,9 @@ def test_shipped_samples_are_instruction_rows_and_questions() -> None:
 
 
 def test_a_taken_serve_port_is_one_line(tmp_path: Path) -> None:
-    """The quickstart starts Serve as ``selfee serve`` does (``start_serve``): a taken port
-    is one line naming the quickstart's own option, not Serve's proxy traceback."""
+    """The quickstart checks its Serve port as ``selfee serve`` does, before Ray starts
+    (not after minutes of training): a taken port is one line naming the quickstart's own
+    option, not Serve's proxy traceback."""
 
     with taken_port() as port:
         done = subprocess.run(

@@ -261,7 +261,9 @@ def test_selfee_serve_command_serves_until_interrupted(
 
 
 def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> None:
-    """``selfee serve`` on a taken port: one line naming it (Serve's proxy fails to bind)."""
+    """``selfee serve`` on a taken port: one line naming it, before Ray starts — once Ray
+    had started, its HTTP proxy's bind error came with the proxy's traceback, forwarded to
+    the console (seen in CI on a slower machine)."""
     import subprocess
     import sys
 
@@ -274,6 +276,40 @@ def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> No
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"--port {port}: 127.0.0.1:{port} is in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_port_is_checked_before_an_embedded_ray_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check binds as Serve's proxy does; on a cluster the proxy binds on the head node,
+    not here, so a port taken here is not checked."""
+    from selfee.config import RayConfig
+    from selfee.errors import ConfigError
+    from selfee.serve.app import check_port_free
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with taken_port() as port:
+        with pytest.raises(ConfigError) as caught:
+            check_port_free("127.0.0.1", port, "--port", RayConfig())
+        assert str(caught.value).startswith(f"--port {port}: 127.0.0.1:{port} is in use")
+        check_port_free("127.0.0.1", port, "--port", RayConfig(address="10.0.0.1:6379"))
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+        check_port_free("127.0.0.1", port, "--port", RayConfig())
+    monkeypatch.delenv("RAY_ADDRESS")
+    check_port_free("127.0.0.1", port, "--port", RayConfig())  # free again
+
+
+def test_a_port_taken_after_the_check_is_still_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken between the check and Serve's start (or on a cluster's head node): Serve's
+    bind failure is the same one line."""
+    from selfee.errors import ConfigError
+    from selfee.serve.app import start_serve
+
+    def bind_failed(**options: object) -> None:
+        raise RuntimeError("Failed to bind to address '127.0.0.1:8123'.")
+
+    monkeypatch.setattr(serve, "start", bind_failed)
+    with pytest.raises(ConfigError) as caught:
+        start_serve("127.0.0.1", 8123, "--serve-port")
+    assert str(caught.value).startswith("--serve-port 8123: 127.0.0.1:8123 is in use")
 
 
 def test_a_proxy_that_serve_gave_up_on_is_one_error(

@@ -77,12 +77,13 @@ def summarize(chains: list[dict[str, Any]], augmented: dict[str, Any]) -> dict[s
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
-    from selfee.serve.app import start_serve  # Serve's modules: only once the run starts
+    from selfee.serve.app import check_port_free, start_serve  # Serve's modules: once it runs
 
     questions = cfg.questions or sample_path("questions.jsonl")
     for path, what in ((cfg.instructions, "instructions"), (questions, "questions")):
         if path is not None and not any(True for _ in read_jsonl(path)):  # before Ray starts
             raise ValueError(f"{path} holds no {what}")
+    check_port_free("127.0.0.1", cfg.serve_port, "--serve-port", cfg.ray)
     out = Path(cfg.output)
     t0 = time.monotonic()
     stages: dict[str, dict[str, Any]] = {}

@@ -20,6 +20,12 @@ PROXY_WAIT = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
 EMBEDDED_ENV = {PROXY_WAIT: "30"}
 
 
+def will_embed(cfg: RayConfig) -> bool:
+    """Whether ``ray_runtime`` would start a Ray of its own, here (Serve's proxy among its
+    processes, on this machine)."""
+    return not ray.is_initialized() and not (cfg.address or os.environ.get("RAY_ADDRESS"))
+
+
 @contextmanager
 def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     """Use the Ray this process already has, or start/connect one and shut it down after.
@@ -29,7 +35,7 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     started = not ray.is_initialized()
     if started:
         address = cfg.address or os.environ.get("RAY_ADDRESS") or None
-        embedded = address is None
+        embedded = will_embed(cfg)
         if embedded:
             for name, value in EMBEDDED_ENV.items():
                 os.environ.setdefault(name, value)

@@ -12,9 +12,11 @@ No ``from __future__ import annotations`` here: FastAPI must see ``Request`` its
 string, in the signatures of the ingress's methods.
 """
 
+import errno
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +30,10 @@ from ray.serve.handle import DeploymentHandle
 
 from selfee import metrics
 from selfee import openai_wire as wire
+from selfee.config import RayConfig
 from selfee.console import wait_for_ctrl_c
+from selfee.errors import ConfigError
+from selfee.ray_runtime import will_embed
 from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
 from selfee.serve.config import ServeConfig
@@ -256,22 +261,40 @@ def build(args: dict[str, Any]) -> Application:
     return selfee_application(ServeConfig.model_validate(args))
 
 
+def port_in_use(host: str, port: int, port_option: str) -> ConfigError:
+    return ConfigError(f"{port_option} {port}: {host}:{port} is in use (another server, or "
+                       f"Serve started by another job): pick another {port_option}")  # fmt: skip
+
+
+def check_port_free(host: str, port: int, port_option: str, ray: RayConfig) -> None:
+    """Before an embedded Ray starts (its HTTP proxy would bind host:port on this machine):
+    a port something listens on is one line at once, not a failure after Ray's start with
+    the proxy's traceback forwarded to the console. Binds as the proxy does (no
+    ``SO_REUSEADDR``); other bind errors are left to Serve."""
+    if not will_embed(ray):
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise port_in_use(host, port, port_option) from None
+
+
 def start_serve(host: str, port: int, port_option: str = "--port", **options: Any) -> None:
     """``serve.start`` with its HTTP proxy on host:port; the proxy's failures to start are
     one line each: a taken port (a ``ConfigError`` naming ``port_option``), a proxy Serve
     gave up waiting for (a busy machine)."""
     from ray.exceptions import RayActorError
 
-    from selfee.errors import ConfigError, JobFailed
+    from selfee.errors import JobFailed
     from selfee.ray_runtime import PROXY_WAIT
 
     try:
         serve.start(http_options={"host": host, "port": port}, **options)
     except Exception as e:
-        if "Failed to bind" in str(e):
-            raise ConfigError(f"{port_option} {port}: {host}:{port} is in use (another server, "
-                              f"or Serve started by another job): pick another {port_option}"
-                              ) from None  # fmt: skip
+        if "Failed to bind" in str(e):  # taken after check_port_free, or on a cluster
+            raise port_in_use(host, port, port_option) from None
         if isinstance(e, RayActorError):  # Serve gave up waiting for it
             wait = os.environ.get(PROXY_WAIT, "5")
             raise JobFailed(f"Ray Serve's HTTP proxy did not start in time (a busy machine?): "
@@ -283,7 +306,6 @@ def start_serve(host: str, port: int, port_option: str = "--port", **options: An
 def serve_forever(cfg: ServeConfig) -> None:
     """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
     from selfee.engines import check_model
-    from selfee.errors import ConfigError
     from selfee.ray_runtime import ray_runtime
 
     cfg.require()
@@ -291,6 +313,7 @@ def serve_forever(cfg: ServeConfig) -> None:
         check_model(cfg.model, cfg.engine, cfg.gpus_per_replica)
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
+    check_port_free(cfg.host, cfg.port, "--port", cfg.ray)
     with ray_runtime(cfg.ray):
         start_serve(cfg.host, cfg.port)
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
