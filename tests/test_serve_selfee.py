@@ -280,12 +280,16 @@ def test_a_port_in_use_is_one_line(selfee_model_dir: Path, tmp_path: Path) -> No
 
 def test_the_port_is_checked_before_an_embedded_ray_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check binds as Serve's proxy does; on a cluster the proxy binds on the head node,
-    not here, so a port taken here is not checked."""
+    not here, and a Ray this process already holds runs its own proxy (Serve may be up on
+    that very port): neither is checked."""
+    import ray
+
     from selfee.config import RayConfig
     from selfee.errors import ConfigError
     from selfee.serve.app import check_port_free
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a new `selfee serve`
     with taken_port() as port:
         with pytest.raises(ConfigError) as caught:
             check_port_free("127.0.0.1", port, "--port", RayConfig())
@@ -293,7 +297,10 @@ def test_the_port_is_checked_before_an_embedded_ray_only(monkeypatch: pytest.Mon
         check_port_free("127.0.0.1", port, "--port", RayConfig(address="10.0.0.1:6379"))
         monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
         check_port_free("127.0.0.1", port, "--port", RayConfig())
-    monkeypatch.delenv("RAY_ADDRESS")
+        monkeypatch.delenv("RAY_ADDRESS")
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)
+        check_port_free("127.0.0.1", port, "--port", RayConfig())
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
     check_port_free("127.0.0.1", port, "--port", RayConfig())  # free again
 
 
