@@ -240,7 +240,7 @@ def main() -> None:
         "--repeats",
         type=int,
         default=5,
-        help="pairs of plain and enforced runs per length (the HF side: also upstream runs)",
+        help="pairs of plain and enforced runs per length (upstream, HF only: at most 3 runs)",
     )
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     args = parser.parse_args()

@@ -20,10 +20,15 @@ PROXY_WAIT = "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"
 EMBEDDED_ENV = {PROXY_WAIT: "30"}
 
 
+def cluster_address(cfg: RayConfig) -> str | None:
+    """The cluster to join: the config's, else $RAY_ADDRESS (``ray job submit``); None: none."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def will_embed(cfg: RayConfig) -> bool:
     """Whether ``ray_runtime`` would start a Ray of its own, here (Serve's proxy among its
     processes, on this machine)."""
-    return not ray.is_initialized() and not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    return not ray.is_initialized() and cluster_address(cfg) is None
 
 
 @contextmanager
@@ -34,8 +39,8 @@ def ray_runtime(cfg: RayConfig) -> Iterator[bool]:
     """
     started = not ray.is_initialized()
     if started:
-        address = cfg.address or os.environ.get("RAY_ADDRESS") or None
-        embedded = will_embed(cfg)
+        address = cluster_address(cfg)
+        embedded = address is None
         if embedded:
             for name, value in EMBEDDED_ENV.items():
                 os.environ.setdefault(name, value)

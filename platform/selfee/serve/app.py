@@ -32,8 +32,8 @@ from selfee import metrics
 from selfee import openai_wire as wire
 from selfee.config import RayConfig
 from selfee.console import wait_for_ctrl_c
-from selfee.errors import ConfigError
-from selfee.ray_runtime import will_embed
+from selfee.errors import ConfigError, JobFailed
+from selfee.ray_runtime import PROXY_WAIT, ray_runtime, will_embed
 from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
 from selfee.serve.config import ServeConfig
@@ -287,9 +287,6 @@ def start_serve(host: str, port: int, port_option: str = "--port", **options: An
     gave up waiting for (a busy machine)."""
     from ray.exceptions import RayActorError
 
-    from selfee.errors import JobFailed
-    from selfee.ray_runtime import PROXY_WAIT
-
     try:
         serve.start(http_options={"host": host, "port": port}, **options)
     except Exception as e:
@@ -306,7 +303,6 @@ def start_serve(host: str, port: int, port_option: str = "--port", **options: An
 def serve_forever(cfg: ServeConfig) -> None:
     """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
     from selfee.engines import check_model
-    from selfee.ray_runtime import ray_runtime
 
     cfg.require()
     try:
