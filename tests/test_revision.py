@@ -401,3 +401,60 @@ def test_a_model_that_ends_right_after_a_verdict_phrase_in_a_revision_is_continu
     assert "### Feedback 2:\nGood." in result.text and len(engine.requests) == 4
     stalled, _ = run(["Red." + EOS, EOS], min_revisions=1, max_new_tokens=500)
     assert stalled.calls == 2 and stalled.finish_reason == "eos"  # nothing into feedback 1
+
+
+@dataclass
+class TokenEngine:
+    """Plays one scripted continuation per call, a character per token, through the local
+    engines' own per-token loop (``RowCall``): it stops where they do."""
+
+    script: list[str]
+    requests: list[CompletionRequest] = field(default_factory=list)
+
+    def complete(self, request: CompletionRequest) -> Completion:
+        from selfee.engines.rows import RowCall
+
+        self.requests.append(request)
+        row = RowCall(request=request, fed=[0], limit=request.max_tokens)
+        for token, char in enumerate(self.script[len(self.requests) - 1].split(EOS)[0]):
+            if not row.take(token, False, char):
+                return row.completion()
+        row.take(0, True, "")
+        return row.completion()
+
+
+def test_the_verdict_phrase_outside_a_feedback_goes_on_in_the_same_call() -> None:
+    """An engine that checks ``feedback_stops`` writes the phrase inside an answer or a
+    revision as text and stops only at a feedback's verdict: one call where an engine that
+    stops at every match needs a new request after each (the same text either way)."""
+    whole = (
+        "Write 'Revision is not needed.' on the form."
+        + fb(1, "Vague. Revision is needed.")
+        + rev(1, "Sign it; Revision is not needed. is the stamp.")
+        + fb(2, "Clear. Revision is not needed. Done.")
+    )
+    engine = TokenEngine([whole])
+    result = generate(engine, PROMPT, RevisionSettings(max_new_tokens=500))  # type: ignore[arg-type]
+    assert result.calls == 1 and result.finish_reason == "verdict"
+    assert result.text == whole.removesuffix(" Done.")
+    assert engine.requests[0].feedback_stops == ("Revision is not needed.",)
+    every_match, _ = run(
+        ["Write 'Revision is not needed.", "' on the form." + fb(1, "Vague. Revision is needed.")
+         + rev(1, "Sign it; Revision is not needed."), " is the stamp."
+         + fb(2, "Clear. Revision is not needed.")],
+    )  # fmt: skip
+    assert every_match.calls == 3 and every_match.text == result.text
+
+
+def test_a_forced_rewrite_still_stops_at_the_feedback_verdict() -> None:
+    engine = TokenEngine([
+        "Red. Revision is not needed. (a quote)" + fb(1, "Ok. Revision is not needed. Bye."),
+        "Blue." + fb(2, "Ok. Revision is not needed." + EOS),
+    ])  # fmt: skip
+    result = generate(engine, PROMPT, RevisionSettings(min_revisions=1, max_new_tokens=500))  # type: ignore[arg-type]
+    assert result.calls == 2 and result.forced_rewrites == 1 and result.revisions == 1
+    assert result.chain.answer == "Red. Revision is not needed. (a quote)"
+    assert result.final_answer == "Blue." and result.finish_reason == "verdict"
+    second = engine.requests[1]  # its generation starts where the controller's text does
+    assert second.prompt[second.generation_start :] == result.text[: len(result.text) - len(
+        "Blue." + fb(2, "Ok. Revision is not needed."))]  # fmt: skip

@@ -96,6 +96,60 @@ def test_streamed_text_joins_to_the_completion_and_never_shows_a_stop_string(vll
     assert done.stop == "Revision is not needed." and "not needed" not in done.text
 
 
+def test_a_feedback_stop_ends_the_call_only_in_a_feedback_as_on_the_hf_engine(
+    vllm_engine, hf: HFEngine
+) -> None:
+    """vLLM cannot tell where a stop string stands, so a feedback stop is found in the
+    streamed text: the tiny model writes "The " in its answer (text: goes on) and then at
+    the start of feedback 1 (ends the call); "painted" only in its revision (never ends)."""
+    for stop, ends in [("The ", True), ("painted", False)]:
+        request = CompletionRequest(prompt(0), (stop,), 250, key=f"fs-{stop}",
+                                    feedback_stops=(stop,), generation_start=len(prompt(0)))  # fmt: skip
+        pieces: list[str] = []
+        ours = vllm_engine.run(
+            lambda r=request, seen=pieces: vllm_engine.acomplete(
+                r, lambda _, p: seen.append(p) or True
+            )
+        )
+        reference = hf.complete(request)
+        assert (ours.text, ours.tokens, ours.finish_reason, ours.stop) == (
+            reference.text, reference.tokens, reference.finish_reason, reference.stop
+        )  # fmt: skip
+        assert "".join(pieces) == ours.text and ours.text.startswith("The ")
+        if ends:
+            assert ours.stop == stop and ours.text.endswith("### Feedback 1:\n")
+        else:
+            assert ours.stop is None and "painted" in ours.text
+    assert not vllm_engine.llm.output_processor.has_unfinished_requests()
+
+
+def test_tokens_past_a_feedback_stop_are_not_counted(selfee_model_dir: Path) -> None:
+    """vLLM may hand over several tokens at once, or a token's text after later tokens'
+    ids; the tokens after the stop were not generated for this call (it is aborted), as a
+    token-by-token engine never sees them."""
+    from selfee.engines.vllm import _Call
+    from selfee.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(selfee_model_dir)
+    context = tokenizer(prompt(0))["input_ids"][-6:]
+    text = "The car is black.\n\n### Feedback 1:\nThe answer names the color"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    request = CompletionRequest(prompt(0), ("The ",), 100, feedback_stops=("The ",),
+                                generation_start=len(prompt(0)))  # fmt: skip
+    assert tokenizer.decode(ids) == text
+    call = _Call(request, context)
+    first = tokenizer.decode(ids[:1])
+    assert not call.take(first, ids[:1], tokenizer)  # in the answer: no stop
+    assert call.take(text[len(first) :], ids[1:], tokenizer)  # the rest, in one delta
+    assert call.text == "The car is black.\n\n### Feedback 1:\n" and call.stop == "The "
+    through = tokenizer.decode(ids[: len(call.ids)])
+    assert through.startswith(call.text + "The ")  # the token that completes the stop
+    assert not tokenizer.decode(ids[: len(call.ids) - 1]).startswith(call.text + "The ")
+    lagging = _Call(request, context)  # vLLM held the text back: it comes after its ids
+    assert not lagging.take("", ids[:-1], tokenizer) and lagging.take(text, ids[-1:], tokenizer)
+    assert (lagging.text, lagging.ids) == (call.text, call.ids)
+
+
 def test_a_cancelled_call_leaves_no_request_in_the_engine(vllm_engine) -> None:
     """Cancelled from another event loop than the engine's (as a Serve replica does)."""
     running_then: list[set[str]] = []

@@ -7,7 +7,8 @@ feedback says "Revision is not needed." and the model ends the text.
 The controller drives any text-completion engine (``complete(request) -> Completion``)
 through that chain, one completion per step:
 
-- it stops the engine at the canonical "not needed" verdict (a stop string); if fewer than
+- it stops the engine at the canonical "not needed" verdict (a stop string that ends a call
+  only where it closes a feedback: ``CompletionRequest.feedback_stops``); if fewer than
   ``min_revisions`` revisions exist, it rewrites the verdict to "Revision is needed.", adds
   the next "### Revision k:" header and continues from there (a *forced rewrite*);
   a "not needed" variant the model wrote in other words is caught when the model ends;
@@ -135,6 +136,19 @@ class CompletionRequest:
     top_p: float = 1.0
     seed: int = 0
     key: str = ""  # which generation this continues (engines that keep a cache per chain)
+    # Of ``stop``, those that end the call only where they close a feedback: in an answer
+    # or a revision the verdict phrase is text, and an engine that checks this goes on in
+    # the same call (no new request, no re-evaluated prompt tail). An engine that does not
+    # check stops there as at any stop string; revision control then continues the text.
+    feedback_stops: tuple[str, ...] = ()
+    generation_start: int = 0  # where the chain's generation starts in ``prompt``
+
+    def stop_ends_call(self, text: str, at: int, stop: str) -> bool:
+        """Whether ``stop``, found at ``text[at]`` of this call's new text, ends the call."""
+        if stop not in self.feedback_stops:
+            return True
+        generation = self.prompt[self.generation_start :] + text[:at]
+        return parse_generation(generation).segments[-1].kind == "feedback"
 
 
 @dataclass(frozen=True)
@@ -240,6 +254,8 @@ class RevisionController:
             top_p=self.settings.top_p,
             seed=self.settings.seed + self.calls,
             key=self.key,
+            feedback_stops=() if self.settings.answer_only else (VERDICT_STOP,),
+            generation_start=len(self.prompt),
         )
 
     def feed(self, completion: Completion) -> None:

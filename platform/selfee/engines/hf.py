@@ -25,10 +25,15 @@ from typing import Any
 import torch
 
 from selfee import adapter
-from selfee.engines.rows import OnText, RowCall, batch_keys, check_context, kept_prefix
+from selfee.engines.rows import (
+    DETOKENIZE_CONTEXT,
+    OnText,
+    RowCall,
+    batch_keys,
+    check_context,
+    kept_prefix,
+)
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
-
-DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
 
 
 @dataclass

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from selfee.revision import Completion, CompletionRequest
+
+DETOKENIZE_CONTEXT = 6  # tokens of left context when decoding new tokens (leading spaces)
 
 OnText = Callable[[int, str], bool]
 """Called after every generated token with (the row's index in the call, its new text —
@@ -38,13 +41,19 @@ def check_context(ids: Sequence[int], max_context: int) -> None:
         raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {max_context}")
 
 
-def first_stop(text: str, seen: int, stops: Sequence[str]) -> tuple[int, str] | None:
+def first_stop(
+    text: str, seen: int, stops: Sequence[str],
+    ends_call: Callable[[int, str], bool] | None = None,
+) -> tuple[int, str] | None:  # fmt: skip
     """(where, which) of the earliest stop string in ``text`` that was not wholly inside its
     first ``seen`` characters (each new piece is searched with enough overlap to catch a
-    stop string that straddles it), or None."""
+    stop string that straddles it) and that ends the call (``ends_call(at, stop)``, e.g.
+    ``CompletionRequest.stop_ends_call``; default: every one), or None."""
     hits = []
     for stop in stops:
         at = text.find(stop, max(0, seen - len(stop) + 1))
+        while at >= 0 and ends_call is not None and not ends_call(at, stop):
+            at = text.find(stop, at + 1)
         if at >= 0:
             hits.append((at, stop))
     return min(hits) if hits else None
@@ -99,7 +108,8 @@ class RowCall:
         self.generated.append(token)
         seen = len(self.text)
         self.text += piece
-        if (hit := first_stop(self.text, seen, self.request.stop)) is not None:
+        ends_call = partial(self.request.stop_ends_call, self.text)
+        if (hit := first_stop(self.text, seen, self.request.stop, ends_call)) is not None:
             at, self.stop = hit
             self.text, self.finish = self.text[:at], "stop"
             return False

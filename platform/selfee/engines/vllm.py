@@ -23,13 +23,14 @@ import asyncio
 import itertools
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from selfee.engines.config import VLLMConfig
-from selfee.engines.rows import OnText, check_context
+from selfee.engines.rows import DETOKENIZE_CONTEXT, OnText, check_context, first_stop, held_back
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 T = TypeVar("T")
@@ -175,7 +176,7 @@ class VLLMEngine:
             n=1,
             **sampling(request),
             max_tokens=min(request.max_tokens, self.max_context - prompt_tokens),
-            stop=list(request.stop),
+            stop=[stop for stop in request.stop if stop not in request.feedback_stops],
             include_stop_str_in_output=False,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -185,25 +186,88 @@ class VLLMEngine:
         check_context(ids, self.max_context)
         params = self.sampling_params(request, len(ids))
         request_id = f"{request.key or 'selfee'}-{next(self._ids)}"
-        text, generated, cached = "", 0, 0
-        finish, stop = "length", None
+        call = _Call(request, ids[-DETOKENIZE_CONTEXT:])
+        cached = 0
         self.running.add(request_id)
         try:
             stream = self.llm.generate(token_prompt(ids), params, request_id=request_id)
             async for out in stream:
                 piece = out.outputs[0]
-                text += piece.text
-                generated += len(piece.token_ids)
                 cached = out.num_cached_tokens or cached
-                if on_text is not None and not on_text(0, piece.text) and not out.finished:
+                ended = call.take(piece.text, piece.token_ids, self.tokenizer)
+                if out.finished and not ended:
+                    call.finish, call.stop = finish_of(piece.finish_reason, piece.stop_reason)
+                    ended = True
+                if on_text is not None and not on_text(0, call.unsent()) and not ended:
                     await stream.aclose()  # vLLM aborts the request
-                    finish = "abort"
+                    call.finish = "abort"
                     break
-                if out.finished:
-                    finish, stop = finish_of(piece.finish_reason, piece.stop_reason)
+                if ended:
+                    if not out.finished:
+                        await stream.aclose()  # a feedback stop, found here: abort the rest
+                    break
         finally:
             self.running.discard(request_id)
-        return Completion(text, finish, generated, stop, len(ids) - cached, (), cached)  # type: ignore[arg-type]
+        finish = call.finish or "length"
+        return Completion(call.text, finish, text_tokens(len(call.ids), finish), call.stop,  # type: ignore[arg-type]
+                          len(ids) - cached, (), cached)  # fmt: skip
+
+
+class _Call:
+    """One request's text as vLLM streams it. vLLM stops at the plain stop strings itself;
+    a feedback stop (``CompletionRequest.feedback_stops``) ends the call only where it
+    closes a feedback, which vLLM cannot tell, so it is found here in the streamed text,
+    held back from the stream until decided, and the request aborted where it applies."""
+
+    def __init__(self, request: CompletionRequest, context: list[int]) -> None:
+        self.request = request
+        self.context = context  # the prompt's last tokens, to decode the new ones as vLLM does
+        self.text = ""
+        self.ids: list[int] = []
+        self.finish: str | None = None
+        self.stop: str | None = None
+        self.sent = 0
+
+    def take(self, piece: str, ids: Sequence[int], tokenizer: Any) -> bool:
+        """Add one streamed delta; True when a feedback stop ended the call in it."""
+        seen = len(self.text)
+        self.text += piece
+        self.ids += ids
+        stops = self.request.feedback_stops
+        if not stops:
+            return False
+        hit = first_stop(self.text, seen, stops, partial(self.request.stop_ends_call, self.text))
+        if hit is None:
+            return False
+        at, self.stop = hit
+        # the tokens after the one that completed the stop were not generated for this call
+        # (vLLM may send a few tokens at once, and holds back the text that could begin one
+        # of its own stop strings, so the text may come a token or more after its ids)
+        del self.ids[tokens_through(tokenizer, self.context, self.ids, at + len(self.stop)) :]
+        self.text, self.finish = self.text[:at], "stop"
+        return True
+
+    def unsent(self) -> str:
+        """The new text no feedback stop can still claim (all of it once the call ended)."""
+        end = len(self.text)
+        if self.finish is None and self.request.feedback_stops:
+            end -= held_back(self.text, self.request.feedback_stops)
+        piece, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return piece
+
+
+def tokens_through(tokenizer: Any, context: list[int], ids: list[int], chars: int) -> int:
+    """How many of ``ids`` it takes to write the first ``chars`` characters of their text
+    (decoded after ``context``, as the streamed text was). From the end: at most a few
+    tokens lie past them."""
+
+    def length(n: int) -> int:
+        return len(tokenizer.decode(context + ids[:n], skip_special_tokens=True))
+
+    before, n = length(0), len(ids)
+    while n > 1 and length(n - 1) - before >= chars:
+        n -= 1
+    return n
 
 
 def token_prompt(ids: list[int]) -> Any:
@@ -221,6 +285,12 @@ def sampling(request: CompletionRequest) -> dict[str, Any]:
     if request.temperature < GREEDY_BELOW:
         return {"temperature": 0.0, "top_p": 1.0, "seed": None}
     return {"temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
+
+
+def text_tokens(generated: int, finish: str) -> int:
+    """The tokens a call wrote, as every engine counts them: vLLM counts the EOS token it
+    sampled too, which ends the call and writes nothing."""
+    return generated - 1 if finish == "eos" and generated else generated
 
 
 def finish_of(reason: str | None, stop_reason: int | str | None) -> tuple[str, str | None]:

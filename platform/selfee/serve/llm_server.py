@@ -21,7 +21,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
-from selfee.engines.vllm import engine_kwargs, finish_of, sampling
+from selfee.engines.vllm import engine_kwargs, finish_of, sampling, text_tokens
 from selfee.revision import Completion, CompletionRequest
 from selfee.serve.config import ServeConfig
 from selfee.serve.models import StepFailed
@@ -122,7 +122,8 @@ async def llm_step(
                         finish, stop = finish_of(choice["finish_reason"], choice.get("stop_reason"))
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         done = True
-        yield Completion(text, finish, usage.get("completion_tokens", 0), stop,  # type: ignore[arg-type]
+        tokens = text_tokens(usage.get("completion_tokens", 0), finish)
+        yield Completion(text, finish, tokens, stop,  # type: ignore[arg-type]
                          usage.get("prompt_tokens", 0) - cached, (), cached)  # fmt: skip
     finally:
         if not done:
