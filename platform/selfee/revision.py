@@ -276,18 +276,18 @@ class RevisionController:
             self.text = self.text.rstrip("\n")  # the answer, before the feedback header
             self.finish_reason = "answer_only"
             return
+        chain = self.chain()  # parsed once per call: the whole text so far
         stop = completion.stop
         if completion.finish_reason == "stop" and stop is None:
-            stop = self._infer_stop()
+            stop = self._infer_stop(chain)
         cap = self.settings.max_revisions
-        chain = self.chain()
         if cap is not None and len(chain.revisions) > cap:  # misnumbered headers slipped by
             self._cut_before_revision(chain, cap + 1)
             self.finish_reason = "max_revisions"
         elif completion.finish_reason == "stop" and stop is not None:
-            self._after_stop(stop)
+            self._after_stop(chain, stop)
         elif completion.finish_reason in ("stop", "eos"):
-            self._after_eos(stalled=self._opened and completion.tokens == 0)
+            self._after_eos(chain, stalled=self._opened and completion.tokens == 0)
         else:
             self.finish_reason = "budget"
         if not self.done and self.tokens >= self.settings.max_new_tokens:
@@ -317,8 +317,7 @@ class RevisionController:
 
     # --- what happens after each kind of ending ---------------------------------------
 
-    def _after_stop(self, stop: str) -> None:
-        chain = self.chain()
+    def _after_stop(self, chain: ParsedChain, stop: str) -> None:
         if stop != VERDICT_STOP:  # the header of the revision past max_revisions
             cap = self.settings.max_revisions or 0
             if chain.segments[-1].kind != "feedback":  # no header where it stands: text
@@ -337,8 +336,7 @@ class RevisionController:
         self.text += stop
         self.finish_reason = "verdict"
 
-    def _after_eos(self, stalled: bool) -> None:
-        chain = self.chain()
+    def _after_eos(self, chain: ParsedChain, stalled: bool) -> None:
         last = chain.segments[-1]
         verdict, start, _ = verdict_span(last.text)
         if last.kind != "feedback":
@@ -384,12 +382,12 @@ class RevisionController:
         before = chain.segments[chain.segments.index(revision_k) - 1]
         self.text = self.text[: before.end]
 
-    def _infer_stop(self) -> str | None:
+    def _infer_stop(self, chain: ParsedChain) -> str | None:
         """For engines that end with "stop" without saying whether a stop string or EOS
         ended the text: a feedback that ends in a verdict ended with the model (EOS), or
         before the revision header past the cap when it asked for one; a feedback cut
         before its verdict met the verdict stop string."""
-        last = self.chain().segments[-1]
+        last = chain.segments[-1]
         if last.kind != "feedback":
             return None
         verdict, _, end = verdict_span(last.text)
