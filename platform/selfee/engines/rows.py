@@ -76,6 +76,12 @@ def held_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+def streamable(text: str, stops: Sequence[str], ended: bool) -> int:
+    """Where the part of a call's text that may be streamed now ends: all of it once the
+    call ended, else short of what could still become one of ``stops``."""
+    return len(text) if ended else len(text) - held_back(text, stops)
+
+
 @dataclass(kw_only=True)
 class RowCall:
     """One chain's part of an engine call: what it evaluated and what it generated."""
@@ -120,11 +126,7 @@ class RowCall:
 
     def stream(self, index: int, on_text: OnText) -> bool:
         """Send the text no stop string can still claim; False when the row was aborted."""
-        end = (
-            len(self.text)
-            if self.finish
-            else len(self.text) - held_back(self.text, self.request.stop)
-        )
+        end = streamable(self.text, self.request.stop, bool(self.finish))
         piece, self.sent = self.text[self.sent : end], max(self.sent, end)
         if on_text(index, piece):
             return True

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selfee.engines.config import VLLMConfig
-from selfee.engines.rows import DETOKENIZE_CONTEXT, OnText, check_context, first_stop, held_back
+from selfee.engines.rows import DETOKENIZE_CONTEXT, OnText, check_context, first_stop, streamable
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 T = TypeVar("T")
@@ -249,9 +249,7 @@ class _Call:
 
     def unsent(self) -> str:
         """The new text no feedback stop can still claim (all of it once the call ended)."""
-        end = len(self.text)
-        if self.finish is None and self.request.feedback_stops:
-            end -= held_back(self.text, self.request.feedback_stops)
+        end = streamable(self.text, self.request.feedback_stops, self.finish is not None)
         piece, self.sent = self.text[self.sent : end], max(self.sent, end)
         return piece
 
