@@ -458,3 +458,29 @@ def test_a_forced_rewrite_still_stops_at_the_feedback_verdict() -> None:
     second = engine.requests[1]  # its generation starts where the controller's text does
     assert second.prompt[second.generation_start :] == result.text[: len(result.text) - len(
         "Blue." + fb(2, "Ok. Revision is not needed."))]  # fmt: skip
+
+
+def test_the_header_past_max_revisions_outside_a_feedback_goes_on_in_the_same_call() -> None:
+    """The stop before the revision past ``max_revisions`` means something only after a
+    feedback: a model that quotes that header in an answer or a revision (as text: the
+    parser reads it so) goes on in the same call with an engine that checks."""
+    quote = rev(2, "is how a second revision starts.")
+    whole = (
+        "Title it" + quote
+        + fb(1, "Vague. Revision is needed.")
+        + rev(1, "Title it" + quote + " Then sign.")
+        + fb(2, "Better. Revision is needed.")
+        + rev(2, "Never written.")
+    )  # fmt: skip
+    engine = TokenEngine([whole])
+    settings = RevisionSettings(max_revisions=1, max_new_tokens=1000)
+    result = generate(engine, PROMPT, settings)  # type: ignore[arg-type]
+    assert result.calls == 1 and result.finish_reason == "max_revisions"
+    assert result.text == whole[: whole.index(rev(2, "Never"))]
+    assert result.chain.answer == "Title it" + quote and result.revisions == 1
+    assert engine.requests[0].feedback_stops == engine.requests[0].stop
+    stop = rev(2, "").rstrip("\n")  # each call of an engine that stops at every match:
+    first = whole.index(stop) + len(stop)  # through a match (the third, after feedback 2)
+    second = whole.index(stop, first) + len(stop)
+    every_match, _ = run([whole[:first], whole[first:second], whole[second:]], max_revisions=1)
+    assert every_match.calls == 3 and every_match.text == result.text

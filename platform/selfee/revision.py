@@ -16,7 +16,8 @@ through that chain, one completion per step:
   rewrite): after an answer or a revision the next "### Feedback k:" is opened, after a
   feedback without a verdict "Revision is needed." and the next revision header are added;
   so ``min_revisions`` revisions are written unless the token budget runs out;
-- it stops the engine before the "### Revision" header past ``max_revisions``;
+- it stops the engine before the "### Revision" header past ``max_revisions`` (where it
+  follows a feedback: elsewhere a header is text, as the verdict is);
 - with ``answer_only`` it stops before the first feedback (independent samples for
   majority-vote baselines);
 - it stops when ``max_new_tokens`` are spent; the final answer is then the last finished
@@ -246,6 +247,9 @@ class RevisionController:
         if self.settings.max_revisions is not None and not self.settings.answer_only:
             stops.append(revision_stop(self.settings.max_revisions + 1))
         self._stops = tuple(stops)
+        # both the verdict and the header past max_revisions mean something only after a
+        # feedback (a revision header elsewhere is text: ``parse_generation``)
+        feedback_stops = () if self.settings.answer_only else self._stops
         return CompletionRequest(
             prompt=self.prompt + self.text,
             stop=self._stops,
@@ -254,7 +258,7 @@ class RevisionController:
             top_p=self.settings.top_p,
             seed=self.settings.seed + self.calls,
             key=self.key,
-            feedback_stops=() if self.settings.answer_only else (VERDICT_STOP,),
+            feedback_stops=feedback_stops,
             generation_start=len(self.prompt),
         )
 
