@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from revision_speed import compare, enforced, plain, without_eos
+from revision_speed import NoEOSLlamaCpp, compare, enforced, plain, without_eos
 
 from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, render_prompt, revision_header
@@ -102,15 +102,6 @@ def enforced_continuations(
         k += 1
     continuations = evaluated[1:] or [0]
     return time.perf_counter() - started, tokens, sum(continuations) / len(continuations)
-
-
-class NoEOSLlamaCpp(LlamaCppEngine):
-    """Never samples EOS (as ``revision_speed.NoEOSEngine``): the trained model would end
-    its text, and both sides must generate exactly N tokens."""
-
-    def _sample(self, logits, step):  # type: ignore[no-untyped-def]
-        logits[self._lib.llama_vocab_eos(self._vocab)] = float("-inf")
-        return super()._sample(logits, step)
 
 
 def trained_model_overhead(folder: Path, n: int, threads: int) -> list[tuple[str, str, int]]:

