@@ -4,18 +4,24 @@ rows to a file of its own (``$SELFEE_BENCH_RESULTS``), not to bench/RESULTS.md."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_revision_speed_measures_forced_rewrites(selfee_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["hf", "llama_cpp"])
+def test_revision_speed_measures_forced_rewrites(
+    selfee_model_dir: Path, tmp_path: Path, engine: str
+) -> None:
     results = tmp_path / "RESULTS.md"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "revision_speed.py"), "--model",
-         str(selfee_model_dir), "--lengths", "300", "--repeats", "1"],
+         str(selfee_model_dir), "--lengths", "300", "--repeats", "1", "--engine", engine],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "SELFEE_BENCH_RESULTS": str(results)},
     )  # fmt: skip
@@ -24,7 +30,9 @@ def test_revision_speed_measures_forced_rewrites(selfee_model_dir: Path, tmp_pat
             if line.startswith("| 20")]  # fmt: skip
     assert len(rows) == 1
     model, tokens, rewrites = rows[0][2:5]
-    assert (model, tokens) == ("model", "300") and int(rewrites) >= 2  # the verdicts rewritten
+    # the model by architecture and size (0.2M parameters), not by its folder's name
+    assert re.search(rf"llama 0\.\dM \({re.escape(str(selfee_model_dir))}\)$", model), model
+    assert tokens == "300" and int(rewrites) >= 2  # the verdicts rewritten
     assert "overhead" in done.stdout
 
 
