@@ -7,7 +7,8 @@ new request is tokenized (once per call, not per token) and keeps the cached tok
 ids start with; the rest of the cache is dropped (masked out in a batch, cropped at the
 end) and only the new tokens are fed: no re-prefill of the prefix. The cache holds exactly
 the ids a from-scratch run would feed, so both produce the same tokens. New text is
-decoded a few tokens at a time, never the whole text per token.
+decoded a few tokens at a time, never the whole text per token. The cache writes each
+token into room it keeps (``hf_cache.GrowingCache``), not into a copy of itself.
 
 Many chains run as one batch: each row has its own positions (``position_ids``) and its
 own attention-mask columns, so rows of different lengths, and rows whose tail was dropped,
@@ -187,9 +188,9 @@ class HFEngine:
 
     def _forget_cache(self) -> None:
         """Drop the cache: each row feeds all its tokens again."""
-        from transformers import DynamicCache
+        from selfee.engines.hf_cache import GrowingCache
 
-        self._cache = DynamicCache()
+        self._cache = GrowingCache()
         self._mask = torch.zeros(len(self._rows), 0, dtype=torch.long)
         for row in self._rows:
             row.columns = []
