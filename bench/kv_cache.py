@@ -2,8 +2,8 @@
 ``DynamicCache``, which the engine used before and which copies the whole cache at every
 token: tokens/s of one uninterrupted generation of N tokens, one chain and a batch.
 
-The model is a LLaMA of 28M parameters built from a config (hidden 512, 8 layers) (random weights, no EOS: every
-run makes N tokens per chain), fp32, on ``--threads`` threads. The two caches run in
+The model is a LLaMA of 28M parameters built from a config (hidden 512, 8 layers; random
+weights, no EOS: every run makes N tokens per chain), fp32, on ``--threads`` threads. The two caches run in
 pairs, back to back, in turns; a row gives the median of each side and of the pairs'
 ratios. Both produce the same tokens (checked here on every run).
 
