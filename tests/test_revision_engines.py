@@ -189,3 +189,62 @@ def test_completions_endpoint_engine_retries_faults_and_keeps_its_rpm(start_teac
     assert engine.call.usage.requests == stats["received"]
     paced = (stats["received"] - 1) / share.requests.per_second  # type: ignore[union-attr]
     assert stats["last_request_at"] - stats["first_request_at"] >= 0.9 * paced
+
+
+def test_a_chain_keeps_its_cache_whatever_it_is_batched_with(engine: HFEngine) -> None:
+    """As in a serving replica, each call batches different chains: a chain that comes back
+    (after calls with other neighbours, or without it at all) evaluates only its new
+    tokens, a new chain its whole prompt, and every row gives the tokens it gives alone."""
+    shared = fresh(engine)
+    texts = {k: prompt(i) for i, k in enumerate("abcdefg")}
+    seen: set[str] = set()
+    for keys in ["ab", "bc", "cbd", "e", "dec", "fgbda", "a"]:  # neighbours change every call
+        requests = [CompletionRequest(texts[k], (), 24, key=k) for k in keys]
+        for k, request, done in zip(keys, requests, shared.complete_batch(requests), strict=True):
+            alone = fresh(engine).complete(request)
+            assert (done.text, done.ids) == (alone.text, alone.ids), (keys, k)
+            if k in seen:  # only " Revision is needed." and the token before it are new
+                assert done.prompt_tokens <= 8 and done.cached_tokens > 40, (keys, k)
+            else:
+                assert done.cached_tokens == 0, (keys, k)
+            texts[k] += done.text + " Revision is needed."  # the next continuation
+            seen.add(k)
+
+
+def test_parked_chains_are_kept_within_their_budget(engine: HFEngine) -> None:
+    shared = fresh(engine)
+    cached = {}
+    for i, k in enumerate("abc"):  # each call parks the chain of the call before
+        shared.complete(CompletionRequest(prompt(i), (), 4, key=k))
+        cached[k] = len(shared._rows[0].ids)
+        shared.parked_tokens = cached["a"] + cached.get("b", 0) - 1  # room for one of them
+    assert list(shared._parked) == ["b"]  # the least recently used went first
+    again = shared.complete(CompletionRequest(prompt(0), (), 4, key="a"))
+    assert again.cached_tokens == 0  # evicted: its prompt evaluated again
+    assert list(shared._parked) == ["c"]  # parked by that call; "b" made room for it
+    # a chain that comes back is not made room for by the one its call parks
+    back = shared.complete(CompletionRequest(prompt(2), (), 4, key="c"))
+    assert back.cached_tokens == shared.count_tokens(prompt(2)) - 1  # all but the last
+    assert list(shared._parked) == ["a"]
+
+
+def test_columns_left_by_gone_chains_are_packed_away(engine: HFEngine) -> None:
+    """A chain that goes on while others come and go does not drag their columns along:
+    at the start of a call the cache is at most twice what the fullest row holds."""
+    shared = fresh(engine)
+    long_text, widths = prompt(0), []
+    for i in range(1, 9):
+        requests = [CompletionRequest(long_text, (), 16, key="long"),
+                    CompletionRequest(prompt(i) * 2, (), 16, key=f"n{i}")]  # fmt: skip
+        shared._select_rows([r.key for r in requests])  # what the call starts with
+        widths.append(shared._mask.shape[1])
+        used = max(len(row.columns) for row in shared._rows)
+        assert (
+            widths[-1] <= max(2 * used, used + 64) and widths[-1] == shared._cache.get_seq_length()
+        )
+        done = shared.complete_batch(requests)
+        assert done[1].ids == fresh(engine).complete(requests[1]).ids
+        long_text += done[0].text
+    assert fresh(engine).complete(CompletionRequest(long_text, (), 16, key="y")).ids == (
+        shared.complete(CompletionRequest(long_text, (), 16, key="long")).ids
+    )

@@ -12,12 +12,17 @@ token into room it keeps (``hf_cache.GrowingCache``), not into a copy of itself.
 
 Many chains run as one batch: each row has its own positions (``position_ids``) and its
 own attention-mask columns, so rows of different lengths, and rows whose tail was dropped,
-share one cache. ``reuse_cache=False`` re-prefills every request from scratch: the
-reference the cache-reusing path must match token for token.
+share one cache. A chain keeps its cached tokens whichever chains it is batched with next
+(a serving replica's batches change from step to step): a chain a call leaves out is
+parked (its cached tokens copied aside, up to ``parked_tokens``) and comes back in new
+columns, a new chain joins with a row that has nothing cached, and the columns no row uses
+are packed away once they are most of the cache. ``reuse_cache=False`` re-prefills every request from scratch: the reference the
+cache-reusing path must match token for token.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,8 @@ from selfee.engines.rows import (
     kept_prefix,
 )
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
+
+COMPACT_WASTE = 64  # masked-out cache columns worth a copy of the cache to drop
 
 
 @dataclass
@@ -77,6 +84,14 @@ class _Row:
     columns: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Parked:
+    """A chain's cached tokens, kept aside while calls run without it."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # keys and values, [heads, tokens, dim]
+
+
 @dataclass(kw_only=True)
 class _Step(RowCall):
     """One row's part of a ``complete_batch`` call."""
@@ -93,7 +108,11 @@ class HFEngine:
         tokenizer: Any,
         reuse_cache: bool = True,
         max_context: int | None = None,
+        parked_tokens: int | None = None,
     ) -> None:
+        """``parked_tokens``: how many cached tokens of chains absent from the current call
+        are kept for their next call (default: twice the context), least recently used
+        first out."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
@@ -103,7 +122,9 @@ class HFEngine:
         )
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.parked_tokens = 2 * self.max_context if parked_tokens is None else parked_tokens
         self._rows: list[_Row] = []
+        self._parked: OrderedDict[str, _Parked] = OrderedDict()
         self._cache: Any = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)
 
@@ -151,6 +172,7 @@ class HFEngine:
             return self._complete_batch(requests, keys, on_text)
         except BaseException:  # a half-done call leaves the cache unknown: start over
             self._rows, self._cache = [], None
+            self._parked.clear()
             raise
 
     def _complete_batch(
@@ -174,17 +196,68 @@ class HFEngine:
     # --- the steps of a call ----------------------------------------------------------
 
     def _select_rows(self, keys: list[str]) -> None:
-        """Keep the rows these keys continue (in this order); anything else starts over."""
+        """Keep the rows these keys continue, in this order; a chain absent from this call
+        is parked (its cached tokens copied aside), a parked one comes back in new columns,
+        and a key new to the engine gets a row with nothing cached (its mask hides every
+        column): a chain keeps its cache whichever chains it is batched with."""
         index = {row.key: i for i, row in enumerate(self._rows)}
-        if self._cache is None or any(k not in index for k in keys):
+        returning = {k: self._parked.pop(k) for k in keys if k in self._parked}
+        self._park([i for i, row in enumerate(self._rows) if row.key not in keys])
+        if self._cache is None or not any(k in index for k in keys):
             self._rows = [_Row(k) for k in keys]
             self._forget_cache()
+        else:
+            order = [index.get(k, 0) for k in keys]  # a new row takes row 0's cells, masked
+            if order != list(range(len(self._rows))):
+                self._cache.batch_select_indices(torch.tensor(order, device=self.device))
+                self._mask = self._mask[order]
+                self._rows = [self._rows[index[k]] if k in index else _Row(k) for k in keys]
+                for i, key in enumerate(keys):
+                    if key not in index:
+                        self._mask[i] = 0
+            self._compact()
+        self._unpark(returning)
+
+    def _park(self, leaving: list[int]) -> None:
+        if not self.reuse_cache:
             return
-        order = [index[k] for k in keys]
-        if order != list(range(len(self._rows))):
-            self._cache.batch_select_indices(torch.tensor(order, device=self.device))
-            self._mask = self._mask[order]
-            self._rows = [self._rows[i] for i in order]
+        for i in leaving:
+            row = self._rows[i]
+            if row.columns:
+                layers = self._cache.take_row(i, row.columns)
+                self._parked[row.key] = _Parked(row.ids[: len(row.columns)], layers)
+        total = sum(len(p.ids) for p in self._parked.values())
+        while total > self.parked_tokens:
+            total -= len(self._parked.popitem(last=False)[1].ids)
+
+    def _unpark(self, returning: dict[str, _Parked]) -> None:
+        back = {i: returning[row.key] for i, row in enumerate(self._rows) if row.key in returning}
+        if not back:
+            return
+        start = self._mask.shape[1]
+        width = self._cache.put_rows({i: p.layers for i, p in back.items()}, len(self._rows))
+        block = torch.zeros(len(self._rows), width, dtype=torch.long)
+        for i, parked in back.items():
+            first = start + width - len(parked.ids)
+            block[i, first - start :] = 1
+            self._rows[i].ids, self._rows[i].columns = parked.ids, list(range(first, start + width))
+        self._mask = torch.cat([self._mask, block], dim=1)
+
+    def _compact(self) -> None:
+        """Pack each row's cached tokens to the right of as many columns as the fullest row
+        needs, once most columns are masked out (left by chains that are gone, or before a
+        new row's tokens): attention reads, and the cache holds, what rows use."""
+        used = max(len(row.columns) for row in self._rows)
+        if self._mask.shape[1] - used < max(COMPACT_WASTE, used):
+            return
+        index = torch.zeros(len(self._rows), used, dtype=torch.long)
+        self._mask = torch.zeros(len(self._rows), used, dtype=torch.long)
+        for i, row in enumerate(self._rows):
+            first = used - len(row.columns)
+            index[i, first:] = torch.tensor(row.columns, dtype=torch.long)
+            self._mask[i, first:] = 1
+            row.columns = list(range(first, used))
+        self._cache.gather_columns(index)
 
     def _forget_cache(self) -> None:
         """Drop the cache: each row feeds all its tokens again."""

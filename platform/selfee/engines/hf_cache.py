@@ -6,8 +6,9 @@ a 27M model's time per token on CPU, and on a GPU the copy grows with the batch 
 weights read per step do not. Here each layer writes into a buffer with room to spare
 (rounded up to ``ROOM`` tokens) and hands attention a view of its filled part: the same
 values in the same order, so logits are bitwise those of ``DynamicCache``. Cropping keeps
-the buffer (the next tokens overwrite the dropped ones); selecting rows of a batch copies,
-as it did before, and the next write moves the copy into a new buffer.
+the buffer (the next tokens overwrite the dropped ones); selecting rows of a batch or
+gathering columns copies, as it did before, and the next write moves the copy into a new
+buffer.
 """
 
 from __future__ import annotations
@@ -62,8 +63,47 @@ def _buffer(cached: torch.Tensor, new: torch.Tensor, length: int, end: int) -> t
 
 class GrowingCache(DynamicCache):
     """A ``DynamicCache`` (no config: every layer full attention, as the engine used it)
-    whose layers are ``GrowingLayer``."""
+    whose layers are ``GrowingLayer``, with the column and row moves the engine makes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.layer_class_to_replicate = GrowingLayer
+
+    def take_row(self, row: int, columns: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of one row's keys and values at ``columns``, layer by layer."""
+        out = []
+        for layer in self.layers:
+            assert layer.keys is not None and layer.values is not None
+            where = torch.tensor(columns, dtype=torch.long, device=layer.keys.device)
+            out.append((layer.keys[row].index_select(1, where),
+                        layer.values[row].index_select(1, where)))  # fmt: skip
+        return out
+
+    def put_rows(self, rows: dict[int, list[tuple[torch.Tensor, torch.Tensor]]], batch: int) -> int:
+        """Append columns that hold, right-aligned, each given row's keys and values (from
+        ``take_row``); the other rows get zeros there, to be masked out. Returns how many
+        columns were added."""
+        saved = list(rows.values())
+        width = max(layers[0][0].shape[1] for layers in saved)
+        for i in range(len(saved[0])):
+            keys, values = (like.new_zeros((batch, like.shape[0], width, like.shape[-1]))
+                            for like in saved[0][i])  # [heads, tokens, head dim] each  # fmt: skip
+            for row, layers in rows.items():
+                key, value = layers[i]
+                keys[row, :, width - key.shape[1] :] = key
+                values[row, :, width - value.shape[1] :] = value
+            self.update(keys, values, i)
+        return width
+
+    def gather_columns(self, index: torch.Tensor) -> None:
+        """Keep the columns ``index[b]`` of each row ``b``, in that order (positions are
+        in the keys already: a cached token may move to another column)."""
+        for layer in self.layers:
+            if layer.get_seq_length():
+                keys, values = layer.keys, layer.values
+                assert keys is not None and values is not None
+                where = index.to(keys.device)[:, None, :, None]
+                layer.keys = keys.gather(2, where.expand(-1, keys.shape[1], -1, keys.shape[-1]))
+                layer.values = values.gather(
+                    2, where.expand(-1, values.shape[1], -1, values.shape[-1])
+                )
