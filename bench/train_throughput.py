@@ -4,9 +4,12 @@ Same tiny model (random init, LLaMA architecture), same tokenized chains, same
 length-grouped micro-batches. The plain loop is one process with torch's default threads;
 the Ray path is ``selfee train`` (2 workers x 1 CPU, ZeRO-2 or ZeRO-1, gloo), timed by its own
 tokens/s over its training steps (start-up and checkpoints excluded on both sides).
+The two sides run in pairs, back to back (``--pairs``); a row gives the median of the
+pairs' ratios and their range: a shared 2-core VM's speed drifts by ±10% from one minute
+to the next, which one pair's two runs share.
 
     .venv/bin/python bench/train_throughput.py [--chains 400] [--steps 30] [--adapter lora]
-        [--deepspeed zero1] [--size 32m]
+        [--deepspeed zero1] [--size 32m] [--pairs 3]
 
 ``--adapter lora``: both sides train LoRA adapters (rank 16, every linear layer) on the
 same model saved as a base directory, as ``selfee train --adapter lora`` does.
@@ -18,6 +21,7 @@ import argparse
 import datetime
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--global-batch-size", type=int, default=None,
                         help="examples per optimizer step (default: the size's, tiny 16, 32m 8); "
                         "the all-reduce is paid once per step, so more examples dilute it")  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="plain loop + Ray Train runs, back to back; the row is their median")  # fmt: skip
     args = parser.parse_args()
 
     rows = varied_chains(args.chains)
@@ -146,12 +152,25 @@ def main() -> None:
             batches = sft.make_batches(lengths, micro, 0, grouping, width)
             padding[(micro, grouping)] = sft.padding_efficiency(batches, lengths, 8, width)
 
-    plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)
     from selfee.train.job import run_train
 
-    summary = run_train(cfg)
-    history = summary["history"][1:]  # the first step includes DeepSpeed's warm-up
-    ray_tps = sum(h["tokens"] for h in history) / sum(h["seconds"] for h in history)
+    def ray_tokens_per_s(pair: int) -> float:
+        summary = run_train(cfg.model_copy(update={"output": work / f"run{pair}"}))
+        history = summary["history"][1:]  # the first step includes DeepSpeed's warm-up
+        return sum(h["tokens"] for h in history) / sum(h["seconds"] for h in history)
+
+    pairs = []  # (plain, ray) tokens/s, run back to back
+    for pair in range(args.pairs):
+        plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)
+        pairs.append((plain, ray_tokens_per_s(pair)))
+        print(f"pair {pair + 1}/{args.pairs}: plain {pairs[-1][0]:,.0f} tokens/s, "
+              f"Ray Train {pairs[-1][1]:,.0f} tokens/s", flush=True)  # fmt: skip
+    ratios = sorted(r / p for p, r in pairs)
+    plain = statistics.median(p for p, _ in pairs)
+    ray_tps = statistics.median(r for _, r in pairs)
+    ratio = f"**{statistics.median(ratios):.2f}**"
+    if len(ratios) > 1:
+        ratio += f" (median of {len(ratios)} pairs, {ratios[0]:.2f} to {ratios[-1]:.2f})"
 
     today = datetime.date.today().isoformat()
     params = sum(p.numel() for p in build_model(spec, 0).parameters())
@@ -168,7 +187,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|\n",
         [f"| {today} | {machine()} | {what} | {len(examples)} | "
          f"{args.steps} | {plain:,.0f} tokens/s | {ray_tps:,.0f} tokens/s | "
-         f"{args.deepspeed}, balanced | **{ray_tps / plain:.2f}** |"],
+         f"{args.deepspeed}, balanced | {ratio} |"],
     )  # fmt: skip
     if cfg.adapter == "none" and cfg.batching != "packed":  # the same every time: once
         append_rows(
@@ -183,7 +202,7 @@ def main() -> None:
                 for micro in (4, 8, 16)
             ],
         )
-    print(json.dumps({"plain_tokens_per_s": plain, "ray_tokens_per_s": ray_tps,
+    print(json.dumps({"pairs": pairs, "ratios": ratios,
                       "padding": {f"{m}/{g}": v for (m, g), v in padding.items()}}, indent=1))  # fmt: skip
 
 
