@@ -18,11 +18,13 @@ from selfee.chain import final_answer
 from selfee.testing.selfee_model import QUESTIONS
 
 USER = [{"role": "user", "content": QUESTIONS[0]}]
+ROUTER_CHARS = 1_000  # what the prefix-affinity router may remember per replica
 
 
 @pytest.fixture(scope="module")
 def endpoint(ray_session: None, selfee_model_dir: Path) -> Iterator[str]:
-    yield deploy_selfee(selfee_model_dir, engine="vllm", cpus_per_replica=1)
+    yield deploy_selfee(selfee_model_dir, engine="vllm", cpus_per_replica=1,
+                        prefix_affinity_chars=ROUTER_CHARS)  # fmt: skip
     serve.shutdown()
 
 
@@ -88,3 +90,25 @@ def test_a_client_that_disconnects_leaves_no_request_running(endpoint: str) -> N
     while model_handle().running_requests.remote().result() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert model_handle().running_requests.remote().result() == 0
+
+
+def test_the_routers_prefix_tree_stays_within_its_bound(endpoint: str) -> None:
+    import ray
+
+    written = 0
+    for question in QUESTIONS[1:7]:  # six chains: the router remembers each step's prompt
+        done = client(endpoint).chat.completions.create(
+            model="model", messages=[{"role": "user", "content": question}], max_tokens=400,
+            extra_body={"min_revisions": 3},
+        )  # fmt: skip
+        assert done.model_extra["selfee"]["calls"] >= 2
+        written += len(done.model_extra["selfee"]["text"])
+    assert written > 2 * ROUTER_CHARS  # what the tree would hold without eviction, at least
+    tree = ray.get_actor("LlmPrefixTreeActor", namespace="serve::selfee::SelFeeModel")
+    deadline = time.monotonic() + 15
+    while True:
+        remembered = ray.get(tree.getattr.remote("tenant_to_char_count"))
+        if max(remembered.values(), default=0) <= ROUTER_CHARS or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert remembered and max(remembered.values()) <= ROUTER_CHARS, remembered

@@ -219,6 +219,9 @@ class OpenAIIngress:
             await chain.aclose()  # a client that went away: its engine request ends now
 
 
+CHAIN_AFFINITY_ROUTER = "selfee.serve.routing.ChainAffinityRouter"
+
+
 def model_deployment(cfg: ServeConfig) -> Application:
     """The model deployment for the configured engine (named ``SelFeeModel`` whatever the
     engine): Ray Serve LLM's vLLM server, or ours for the engines that batch the steps
@@ -227,6 +230,9 @@ def model_deployment(cfg: ServeConfig) -> Application:
         from selfee.serve.llm_server import llm_deployment
 
         return llm_deployment(cfg)
+    options: dict[str, Any] = {}
+    if cfg.prefix_affinity:  # a chain's steps go to the replica that holds its cache
+        options["request_router_config"] = {"request_router_class": CHAIN_AFFINITY_ROUTER}
     return serve.deployment(
         SelFeeModel,
         name="SelFeeModel",
@@ -237,6 +243,7 @@ def model_deployment(cfg: ServeConfig) -> Application:
         },
         max_ongoing_requests=max(cfg.max_batch_size * 2, 4),
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        **options,
     ).bind(cfg)
 
 

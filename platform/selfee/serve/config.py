@@ -62,8 +62,14 @@ class ServeConfig(StageConfig):
     )  # fmt: skip
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
     prefix_affinity: bool = Field(
-        True, description="vllm: send a chain's continuations to the replica that holds its "
-        "prefix (Ray Serve LLM's PrefixCacheAffinityRouter)",
+        True, description="send a chain's continuations to the replica that holds its prefix "
+        "in its cache (vllm: Ray Serve LLM's PrefixCacheAffinityRouter; hf, llama_cpp: "
+        "selfee.serve.routing.ChainAffinityRouter)",
+    )  # fmt: skip
+    prefix_affinity_chars: int = Field(
+        400_000, ge=1_000, description="vllm, prefix_affinity: characters of prompts the router "
+        "remembers per replica, least recently used out (~4 per KV-cache token: 400,000 is "
+        "about what a 7B model's cache holds on an 80 GB GPU)",
     )  # fmt: skip
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -27,6 +27,7 @@ from selfee.serve.config import ServeConfig
 from selfee.serve.models import StepFailed
 
 SERVED_ID = "selfee"  # the model id inside Ray Serve LLM (clients see ServeConfig's name)
+PREFIX_TREE_EVICTION_S = 2  # how often the router's prefix tree drops what is past its bound
 STREAM_BATCH_MS = 10  # Ray Serve LLM sends stream chunks in batches this often (default 50)
 
 
@@ -43,6 +44,19 @@ class SelFeeLLMServer(LLMServer):
         return self.engine._engine_client
 
 
+def prefix_tree_bounds(chars: int) -> dict[str, Any]:
+    """The router remembers every prompt it routed, in a prefix tree per replica; without
+    eviction (its default) that tree grows with every request for as long as the app runs.
+    Bound it to about what a replica's KV cache can hold: beyond that the replica has
+    dropped the prefix anyway."""
+    return {
+        "do_eviction": True,
+        "eviction_threshold_chars": chars,
+        "eviction_target_chars": int(chars * 0.9),
+        "eviction_interval_secs": PREFIX_TREE_EVICTION_S,
+    }
+
+
 def llm_config(cfg: ServeConfig) -> LLMConfig:
     gpus = cfg.gpus_per_replica > 0
     deployment: dict[str, Any] = {
@@ -57,7 +71,8 @@ def llm_config(cfg: ServeConfig) -> LLMConfig:
         deployment["ray_actor_options"] = {"num_cpus": 0}
     if cfg.prefix_affinity:
         deployment["request_router_config"] = {
-            "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+            "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
+            "request_router_kwargs": prefix_tree_bounds(cfg.prefix_affinity_chars),
         }
     return LLMConfig(
         model_loading_config={"model_id": SERVED_ID, "model_source": str(cfg.model)},
