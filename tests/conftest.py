@@ -80,9 +80,36 @@ def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")
 
 
-def deploy_from_serve_config(config_file: str, app: str, port: int, **overrides: object) -> str:
+SERVE_STARTS = 3  # ports tried before a Serve that cannot bind fails the test
+
+
+def start_serve() -> int:
+    """A fresh Ray Serve, its HTTP proxy on a free port of 127.0.0.1; returns the port. A
+    Serve left running (by a module whose setup failed before its shutdown) is shut down
+    first: ``serve.start`` keeps a running Serve and its port, whatever port it is given.
+    A port found free can be taken before the proxy binds it (Ray's own connections draw
+    from the same ephemeral range): then another is tried."""
+    from ray import serve
+
+    serve.shutdown()
+    for attempt in range(1, SERVE_STARTS + 1):
+        port = free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            return port
+        except Exception as e:  # Ray wraps the proxy's error in its own
+            serve.shutdown()
+            if "Failed to bind" not in str(e) or attempt == SERVE_STARTS:
+                raise
+    raise AssertionError("not reached")
+
+
+def deploy_from_serve_config(
+    config_file: str, app: str, port: int | None = None, **overrides: object
+) -> str:
     """Deploy one application of ``configs/serve/<config_file>`` the way ``serve run`` does
-    (its builder, args and route prefix; ``overrides`` win); returns its base URL."""
+    (its builder, args and route prefix; ``overrides`` win) on a fresh Serve, or next to the
+    apps of the Serve already running on ``port``; returns its base URL."""
     import importlib
 
     import yaml
@@ -92,7 +119,8 @@ def deploy_from_serve_config(config_file: str, app: str, port: int, **overrides:
     app_spec = next(a for a in spec["applications"] if a["name"] == app)
     module, attr = app_spec["import_path"].split(":")
     builder = getattr(importlib.import_module(module), attr)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})  # kept when Serve runs
+    if port is None:
+        port = start_serve()
     serve.run(builder({**app_spec["args"], **overrides}), name=app,
               route_prefix=app_spec["route_prefix"])  # fmt: skip
     return f"http://127.0.0.1:{port}{app_spec['route_prefix'].rstrip('/')}"
@@ -101,7 +129,7 @@ def deploy_from_serve_config(config_file: str, app: str, port: int, **overrides:
 def deploy_selfee(model_dir: Path, **args: object) -> str:
     """The SelFee app of ``configs/serve/selfee.yaml`` with a small replica; returns /v1."""
     settings = {"model": str(model_dir), "max_replicas": 1, "cpus_per_replica": 0.5, **args}
-    return deploy_from_serve_config("selfee.yaml", "selfee", free_port(), **settings) + "/v1"
+    return deploy_from_serve_config("selfee.yaml", "selfee", **settings) + "/v1"
 
 
 @contextlib.contextmanager

@@ -8,11 +8,11 @@ import httpx
 import openai
 import pytest
 
-from conftest import deploy_from_serve_config, free_port
+from conftest import deploy_from_serve_config
 
 
 def test_serve_config_deploys_the_teacher(serve_cleanup: None) -> None:
-    base = deploy_from_serve_config("teacher.yaml", "offline-teacher", free_port(), rpm=3)
+    base = deploy_from_serve_config("teacher.yaml", "offline-teacher", rpm=3)
 
     async def go() -> None:
         client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=30)
@@ -33,7 +33,7 @@ def test_serve_config_deploys_the_teacher(serve_cleanup: None) -> None:
 def test_the_teacher_on_serve_takes_concurrent_requests_at_once(serve_cleanup: None) -> None:
     """As an API does: 12 requests in their latency together (Ray Serve's default would hold
     5 at a time and queue the rest)."""
-    base = deploy_from_serve_config("teacher.yaml", "offline-teacher", free_port(), rpm=None,
+    base = deploy_from_serve_config("teacher.yaml", "offline-teacher", rpm=None,
                                     latency_ms=1000)  # fmt: skip
 
     async def go() -> None:
