@@ -161,8 +161,8 @@ def main() -> None:
 
     pairs = []  # (plain, ray) tokens/s, run back to back
     for pair in range(args.pairs):
-        plain = plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps)
-        pairs.append((plain, ray_tokens_per_s(pair)))
+        pairs.append((plain_loop_tokens_per_s(cfg, spec, tokenizer, examples, args.steps),
+                      ray_tokens_per_s(pair)))  # fmt: skip
         print(f"pair {pair + 1}/{args.pairs}: plain {pairs[-1][0]:,.0f} tokens/s, "
               f"Ray Train {pairs[-1][1]:,.0f} tokens/s", flush=True)  # fmt: skip
     ratios = sorted(r / p for p, r in pairs)

@@ -38,6 +38,7 @@ from selfee.revision import Completion, CompletionRequest, RevisionController
 from selfee.serve import openai_api as api
 from selfee.serve.config import ServeConfig
 from selfee.serve.models import SelFeeModel, StepFailed
+from selfee.serve.routing import request_router_config
 
 logger = logging.getLogger("ray.serve")
 
@@ -219,9 +220,6 @@ class OpenAIIngress:
             await chain.aclose()  # a client that went away: its engine request ends now
 
 
-CHAIN_AFFINITY_ROUTER = "selfee.serve.routing.ChainAffinityRouter"
-
-
 def model_deployment(cfg: ServeConfig) -> Application:
     """The model deployment for the configured engine (named ``SelFeeModel`` whatever the
     engine): Ray Serve LLM's vLLM server, or ours for the engines that batch the steps
@@ -231,8 +229,8 @@ def model_deployment(cfg: ServeConfig) -> Application:
 
         return llm_deployment(cfg)
     options: dict[str, Any] = {}
-    if cfg.prefix_affinity:  # a chain's steps go to the replica that holds its cache
-        options["request_router_config"] = {"request_router_class": CHAIN_AFFINITY_ROUTER}
+    if router := request_router_config(cfg, vllm=False):
+        options["request_router_config"] = router
     return serve.deployment(
         SelFeeModel,
         name="SelFeeModel",

@@ -25,9 +25,9 @@ from selfee.engines.vllm import engine_kwargs, finish_of, sampling, text_tokens
 from selfee.revision import Completion, CompletionRequest
 from selfee.serve.config import ServeConfig
 from selfee.serve.models import StepFailed
+from selfee.serve.routing import request_router_config
 
 SERVED_ID = "selfee"  # the model id inside Ray Serve LLM (clients see ServeConfig's name)
-PREFIX_TREE_EVICTION_S = 2  # how often the router's prefix tree drops what is past its bound
 STREAM_BATCH_MS = 10  # Ray Serve LLM sends stream chunks in batches this often (default 50)
 
 
@@ -44,19 +44,6 @@ class SelFeeLLMServer(LLMServer):
         return self.engine._engine_client
 
 
-def prefix_tree_bounds(chars: int) -> dict[str, Any]:
-    """The router remembers every prompt it routed, in a prefix tree per replica; without
-    eviction (its default) that tree grows with every request for as long as the app runs.
-    Bound it to about what a replica's KV cache can hold: beyond that the replica has
-    dropped the prefix anyway."""
-    return {
-        "do_eviction": True,
-        "eviction_threshold_chars": chars,
-        "eviction_target_chars": int(chars * 0.9),
-        "eviction_interval_secs": PREFIX_TREE_EVICTION_S,
-    }
-
-
 def llm_config(cfg: ServeConfig) -> LLMConfig:
     gpus = cfg.gpus_per_replica > 0
     deployment: dict[str, Any] = {
@@ -69,11 +56,8 @@ def llm_config(cfg: ServeConfig) -> LLMConfig:
     }
     if not gpus:  # the replica actor takes none: its bundle holds the CPUs vLLM runs on
         deployment["ray_actor_options"] = {"num_cpus": 0}
-    if cfg.prefix_affinity:
-        deployment["request_router_config"] = {
-            "request_router_class": "ray.serve.llm.request_router.PrefixCacheAffinityRouter",
-            "request_router_kwargs": prefix_tree_bounds(cfg.prefix_affinity_chars),
-        }
+    if router := request_router_config(cfg, vllm=True):
+        deployment["request_router_config"] = router
     return LLMConfig(
         model_loading_config={"model_id": SERVED_ID, "model_source": str(cfg.model)},
         accelerator_config=None if gpus else {"kind": "cpu"},

@@ -9,8 +9,8 @@ so with two idle replicas a chain's steps land on either, at random.
 others; a new chain goes to the less busy of two drawn at random, as by default. It needs
 no shared state: all steps of a chain come from the one ingress replica whose request
 drives it, and that replica's router saw where each went. vLLM replicas use Ray Serve
-LLM's ``PrefixCacheAffinityRouter`` instead (``selfee.serve.llm_server``), which also finds
-prefixes that different chains share.
+LLM's ``PrefixCacheAffinityRouter`` instead, which also finds prefixes that different
+chains share. ``request_router_config`` says which router a model deployment gets.
 """
 
 from __future__ import annotations
@@ -26,7 +26,37 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from selfee.serve.config import ServeConfig
+
 REMEMBERED_CHAINS = 100_000  # where the latest chains' steps went, least recently used out
+CHAIN_AFFINITY_ROUTER = "selfee.serve.routing.ChainAffinityRouter"
+PREFIX_CACHE_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+PREFIX_TREE_EVICTION_S = 2  # how often the vLLM router's prefix tree drops what is past its bound
+
+
+def request_router_config(cfg: ServeConfig, vllm: bool) -> dict[str, Any] | None:
+    """The router ``prefix_affinity`` gives the model deployment (None: Serve's default)."""
+    if not cfg.prefix_affinity:
+        return None
+    if not vllm:
+        return {"request_router_class": CHAIN_AFFINITY_ROUTER}
+    return {
+        "request_router_class": PREFIX_CACHE_ROUTER,
+        "request_router_kwargs": prefix_tree_bounds(cfg.prefix_affinity_chars),
+    }
+
+
+def prefix_tree_bounds(chars: int) -> dict[str, Any]:
+    """Ray's prefix router remembers every prompt it routed, in a prefix tree per replica;
+    without eviction (its default) that tree grows with every request for as long as the
+    app runs. Bound it to about what a replica's KV cache can hold: beyond that the replica
+    has dropped the prefix anyway."""
+    return {
+        "do_eviction": True,
+        "eviction_threshold_chars": chars,
+        "eviction_target_chars": int(chars * 0.9),
+        "eviction_interval_secs": PREFIX_TREE_EVICTION_S,
+    }
 
 
 def chain_key(request: PendingRequest | None) -> str | None:
