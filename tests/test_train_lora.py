@@ -138,10 +138,73 @@ def test_the_adapter_loads_in_infer_and_serve(lora_run: dict, tmp_path: Path) ->
     assert done.model_extra["selfee"]["text"]
 
 
+def test_the_adapter_runs_on_vllm_as_on_the_hf_engine(lora_run: dict, tmp_path: Path) -> None:
+    """vLLM loads the base and applies the adapter with its own LoRA: batch inference (the
+    engine in a Ray Data actor, revisions forced) and Serve (Ray Serve LLM's server, the
+    adapter loaded at start) write what the HF engine writes with the adapter folded in."""
+    from ray import serve
+
+    from conftest import deploy_selfee
+    from selfee.engines.vllm import vllm_model
+    from selfee.revision import RevisionSettings, generate
+    from selfee.serve.openai_api import chat_prompt
+
+    adapter = lora_run["adapter"]
+    assert check_model(adapter, engine="vllm") == "vllm"
+    model = vllm_model(adapter)
+    assert (model.base, model.adapter, model.max_lora_rank) == (str(lora_run["base"]),
+                                                                str(adapter), 16)  # fmt: skip
+    # the base's tokenizer is the run's but for [PAD], which the base cannot write: vLLM
+    # reads it from the base's folder, beside a model config (none beside an adapter)
+    assert model.tokenizer == str(lora_run["base"])
+
+    questions = question_file(tmp_path / "q.jsonl", 3)
+    answers = {}
+    for engine in ("hf", "vllm"):
+        cfg = InferConfig(model=str(adapter), engine=engine, questions=questions,
+                          output=tmp_path / engine / "answers.jsonl", max_new_tokens=60,
+                          min_revisions=1, vllm={"kv_cache_gib": 0.25})  # fmt: skip
+        run_infer(cfg)
+        answers[engine] = [a["whole_generation"] for a in read_jsonl(cfg.output)]
+    assert answers["vllm"] == answers["hf"] and len(answers["hf"]) == 3
+
+    messages = [{"role": "user", "content": "What color is the car?"}]
+    reference = generate(HFEngine.load(adapter, device="cpu"), chat_prompt(messages),
+                         RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
+    without = generate(HFEngine.load(lora_run["base"], device="cpu"), chat_prompt(messages),
+                       RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
+    assert reference.text != without.text  # the adapter changes what the model writes
+    url = deploy_selfee(adapter, engine="vllm", cpus_per_replica=1, vllm={"kv_cache_gib": 0.25})
+    try:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+        done = client.chat.completions.create(
+            model=client.models.list().data[0].id, messages=messages, max_tokens=40,
+            extra_body={"min_revisions": 1},
+        )  # fmt: skip
+    finally:
+        serve.shutdown()
+    assert done.model_extra["selfee"]["text"] == reference.text
+
+
+def test_what_vllm_cannot_apply_is_refused_before_it_starts(lora_run: dict, tmp_path: Path) -> None:
+    def edited(name: str, **change: object) -> Path:
+        copy = tmp_path / name
+        copy.mkdir()
+        for part in lora_run["adapter"].iterdir():
+            (copy / part.name).write_bytes(part.read_bytes())
+        config = json.loads((copy / "adapter_config.json").read_text())
+        (copy / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        return copy
+
+    with pytest.raises(ValueError, match="LoRA rank 600; vLLM applies ranks up to 512"):
+        check_model(edited("wide", r=600), engine="vllm")
+    with pytest.raises(ValueError, match=r"saves whole modules too \(\['lm_head'\]\)"):
+        check_model(edited("whole", modules_to_save=["lm_head"]), engine="vllm")
+    assert check_model(edited("wide-hf", r=600)) == "hf"  # the HF engine merges any rank
+
+
 def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Path) -> None:
     adapter = lora_run["adapter"]
-    with pytest.raises(ValueError, match="is a LoRA adapter, not a full model: engine vllm"):
-        check_model(adapter, engine="vllm")
     assert check_model(adapter) == "hf"
     with pytest.raises(ConfigError, match="LoRA adapter, not a full model: GGUF export"):
         run_export(ExportGGUFConfig(model=adapter, output=tmp_path / "gguf"))

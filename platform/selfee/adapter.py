@@ -6,8 +6,11 @@ peft's ``adapter_config.json`` and ``adapter_model.safetensors`` (the low-rank w
 only), the run's tokenizer and ``selfee.json``; ``adapter_config.json`` names the base
 model's directory. A base whose vocabulary the run grew (SelFee's ``[PAD]``) is grown the
 same way when the adapter is loaded: the new embedding rows are zero and frozen in
-training, so they are rebuilt, not stored. ``lora.export: merged`` writes a full Hugging
-Face model instead (base + adapter folded into the weights), which every engine takes.
+training, so they are rebuilt, not stored. The HF engine folds an adapter into its base
+as it loads; vLLM loads the base and applies the adapter to every request with its own
+LoRA kernels (``selfee.engines.vllm.vllm_model``). ``lora.export: merged`` writes a full
+Hugging Face model instead (base + adapter folded into the weights), which every engine
+takes, llama.cpp's GGUF export too.
 """
 
 from __future__ import annotations
@@ -51,13 +54,22 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def adapter_config(path: str | Path) -> dict[str, Any]:
+    """peft's settings of an adapter directory (rank, target modules, its base)."""
+    file = Path(path) / ADAPTER_CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{file}: cannot read it ({e})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{file}: not a JSON object")
+    return config
+
+
 def adapter_base(path: str | Path) -> Path:
     """The base model directory an adapter was trained on (named in its config)."""
     path = Path(path)
-    try:
-        config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"{path / ADAPTER_CONFIG}: cannot read it ({e})") from None
+    config = adapter_config(path)
     base = Path(str(config.get("base_model_name_or_path") or ""))
     if not (base / "config.json").is_file():
         raise AdapterError(

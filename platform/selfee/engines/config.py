@@ -47,7 +47,8 @@ class ModelConfig(StageConfig):
     model: str | None = Field(
         None,
         description="a Hugging Face model directory, a LoRA adapter directory (loaded on its "
-        "base) or a .gguf file; with base_url, the endpoint's model name",
+        "base: merged by hf, applied per request by vllm) or a .gguf file; with base_url, the "
+        "endpoint's model name",
     )
     engine: EngineName = Field("auto", description=ENGINE_HELP)
     model_id: str | None = Field(

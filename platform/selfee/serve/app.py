@@ -57,12 +57,13 @@ def _record_first_text(arrived: float) -> None:
 class OpenAIIngress:
     def __init__(
         self, model: DeploymentHandle, cfg: ServeConfig, key_sha256: str | None = None,
-        vllm: bool = False,
+        vllm_model: str | None = None,
     ) -> None:  # fmt: skip
-        """``vllm``: the model deployment is Ray Serve LLM's server."""
+        """``vllm_model``: the model deployment is Ray Serve LLM's server, asked for this
+        model (decided where the app is built, which reads the model's folder)."""
         self.model = model
         self.cfg = cfg
-        self.vllm = vllm
+        self.vllm_model = vllm_model
         self.name = cfg.served_name()
         # the key's hash travels in the app's arguments (the dashboard shows them); the
         # replica's own environment may hold the key too
@@ -167,10 +168,10 @@ class OpenAIIngress:
 
     async def _step(self, step: CompletionRequest, stream: bool) -> AsyncIterator[Any]:
         """One step on the model deployment; closed early, the deployment drops it."""
-        if self.vllm:
+        if self.vllm_model is not None:
             from selfee.serve.llm_server import llm_step
 
-            async for event in llm_step(self.model, step, stream):
+            async for event in llm_step(self.model, self.vllm_model, step, stream):
                 yield event
             return
         if not stream:
@@ -254,10 +255,15 @@ def uses_vllm(cfg: ServeConfig) -> bool:
 def selfee_application(cfg: ServeConfig) -> Application:
     model = model_deployment(cfg)
     key_sha256 = wire.key_sha256(os.environ.get(cfg.api_key_env))
+    vllm_model = None
+    if uses_vllm(cfg):
+        from selfee.serve.llm_server import served_model
+
+        vllm_model = served_model(cfg)
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-    ).bind(model, cfg, key_sha256, uses_vllm(cfg))  # fmt: skip
+    ).bind(model, cfg, key_sha256, vllm_model)  # fmt: skip
     return ingress
 
 

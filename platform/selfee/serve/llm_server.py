@@ -9,6 +9,8 @@ cached. This project's revision-control ingress (``selfee.serve.app``) stays in 
 sends each step as a ``/v1/completions`` request (the prompt text, stop strings, the
 step's budget; vLLM tokenizes it once, in the replica, and clamps ``max_tokens`` to the
 context) and reads vLLM's stream back as the events the other engines' deployment yields.
+A LoRA adapter is loaded on its base when the server starts (vLLM's ``lora_modules``) and
+each step asks for it by name.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
-from selfee.engines.vllm import engine_kwargs, finish_of, sampling, text_tokens
+from selfee.engines.vllm import (
+    ADAPTER_ID,
+    engine_kwargs,
+    finish_of,
+    sampling,
+    text_tokens,
+    vllm_model,
+)
 from selfee.revision import Completion, CompletionRequest
 from selfee.serve.config import ServeConfig
 from selfee.serve.models import StepFailed
@@ -58,14 +67,21 @@ def llm_config(cfg: ServeConfig) -> LLMConfig:
         deployment["ray_actor_options"] = {"num_cpus": 0}
     if router := request_router_config(cfg, vllm=True):
         deployment["request_router_config"] = router
+    model = vllm_model(cfg.model)
+    engine = {
+        **engine_kwargs(cfg.vllm, cfg.dtype, 0, cpu=not gpus),
+        **model.engine_kwargs(),
+        "enable_prompt_tokens_details": True,  # usage.prompt_tokens_details.cached_tokens
+    }
+    if model.adapter is not None:  # loaded at start, asked for by name (served_model)
+        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+        engine["lora_modules"] = [LoRAModulePath(ADAPTER_ID, model.adapter)]
     return LLMConfig(
-        model_loading_config={"model_id": SERVED_ID, "model_source": str(cfg.model)},
+        model_loading_config={"model_id": SERVED_ID, "model_source": model.base},
         accelerator_config=None if gpus else {"kind": "cpu"},
         placement_group_config=None if gpus else {"bundles": [{"CPU": cfg.cpus_per_replica}]},
-        engine_kwargs={
-            **engine_kwargs(cfg.vllm, cfg.dtype, 0, cpu=not gpus),
-            "enable_prompt_tokens_details": True,  # usage.prompt_tokens_details.cached_tokens
-        },
+        engine_kwargs=engine,
         deployment_config=deployment,
         experimental_configs={"stream_batching_interval_ms": STREAM_BATCH_MS},
         runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}},
@@ -79,26 +95,32 @@ def llm_deployment(cfg: ServeConfig) -> Application:
     )  # fmt: skip
 
 
-def completion_request(request: CompletionRequest) -> Any:
+def served_model(cfg: ServeConfig) -> str:
+    """The model the ingress asks the server for: the base, or the adapter on it."""
+    return ADAPTER_ID if vllm_model(cfg.model).adapter is not None else SERVED_ID
+
+
+def completion_request(request: CompletionRequest, model: str) -> Any:
     """A step as vLLM's OpenAI completion request (always streamed: tokens as they come)."""
     from ray.llm._internal.serve.core.configs.openai_api_models import (
         CompletionRequest as OpenAICompletion,
     )
 
     return OpenAICompletion(
-        model=SERVED_ID, prompt=request.prompt, max_tokens=request.max_tokens,
+        model=model, prompt=request.prompt, max_tokens=request.max_tokens,
         stop=list(request.stop), **sampling(request),
         stream=True, stream_options={"include_usage": True},
     )  # fmt: skip
 
 
 async def llm_step(
-    server: DeploymentHandle, request: CompletionRequest, stream: bool
+    server: DeploymentHandle, model: str, request: CompletionRequest, stream: bool
 ) -> AsyncIterator[str | Completion | StepFailed]:
-    """One step on the ``LLMServer``: its text as it comes (when ``stream``), then the
-    ``Completion`` or a ``StepFailed``. Closed early, it cancels the request (vLLM aborts)."""
+    """One step on the ``LLMServer`` (``model``: ``served_model``): its text as it comes (when
+    ``stream``), then the ``Completion`` or a ``StepFailed``. Closed early, it cancels the
+    request (vLLM aborts)."""
     text, finish, stop, usage = "", "length", None, {}
-    response = server.options(stream=True).completions.remote(completion_request(request))
+    response = server.options(stream=True).completions.remote(completion_request(request, model))
     done = False
     try:
         async for batch in response:

@@ -64,7 +64,7 @@ def write_pad_less_base(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(
         LlamaConfig(vocab_size=len(no_pad), hidden_size=64, intermediate_size=128,
-                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                     tie_word_embeddings=False)
     ).save_pretrained(folder)  # fmt: skip
     no_pad.save_pretrained(folder)
