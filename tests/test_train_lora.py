@@ -203,10 +203,40 @@ def test_what_vllm_cannot_apply_is_refused_before_it_starts(lora_run: dict, tmp_
     assert check_model(edited("wide-hf", r=600)) == "hf"  # the HF engine merges any rank
 
 
+def test_an_adapter_merged_after_training_is_the_runs_merged_export(
+    lora_run: dict, tmp_path: Path
+) -> None:
+    """``selfee export merged``: the adapter-only export folded into its base later gives
+    the weights the run's merged export has, and a full model the delta commands take."""
+    out = tmp_path / "merged"
+    command = [sys.executable, "-m", "selfee.cli", "export", "merged",
+               "--model", str(lora_run["adapter"]), "--output", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"in {out}" in done.stdout
+    ours = load_file(out / "model.safetensors")
+    theirs = load_file(lora_run["merged"] / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
+    assert ours["model.embed_tokens.weight"].dtype == torch.float32  # the base's own type
+    meta = json.loads((out / "selfee.json").read_text())
+    assert meta["adapter"] == {"kind": "lora", "export": "merged"}
+    assert check_model(out) == "hf" and make_delta(lora_run["base"], out, tmp_path / "delta")
+    # an existing folder is not replaced unless asked; a full model is not an adapter
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "exists: give a new folder, or --overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+    command[command.index("--model") + 1] = str(out)
+    command[command.index("--output") + 1] = str(tmp_path / "twice")
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert full.returncode != 0 and "is not a LoRA adapter" in full.stderr
+
+
 def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Path) -> None:
     adapter = lora_run["adapter"]
     assert check_model(adapter) == "hf"
-    with pytest.raises(ConfigError, match="LoRA adapter, not a full model: GGUF export"):
+    with pytest.raises(ConfigError, match="LoRA adapter, not a full model: GGUF export needs "
+                       "the base with the adapter merged — selfee export merged --model "):  # fmt: skip
         run_export(ExportGGUFConfig(model=adapter, output=tmp_path / "gguf"))
     with pytest.raises(DeltaError, match="is a LoRA adapter: it already is a small delta"):
         make_delta(lora_run["base"], adapter, tmp_path / "delta")

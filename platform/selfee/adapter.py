@@ -162,5 +162,5 @@ def require_full_model(path: str | Path, what: str) -> None:
     if is_adapter(path):
         raise AdapterError(
             f"{path} is a LoRA adapter, not a full model: {what} needs the base with the "
-            "adapter merged — train with lora.export merged (or adapter: none)"
+            f"adapter merged — selfee export merged --model {path} --output DIR, then use DIR"
         )

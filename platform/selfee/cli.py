@@ -23,7 +23,7 @@ from selfee.config_cli import add_config_arguments, config_from_args
 from selfee.console import note, quiet_run, say
 from selfee.errors import ConfigError, JobFailed
 from selfee.eval.config import EvalConfig
-from selfee.export.config import ExportGGUFConfig
+from selfee.export.config import ExportGGUFConfig, ExportMergedConfig
 from selfee.infer.config import InferConfig
 from selfee.judge.config import JudgeConfig, ReportConfig
 from selfee.quickstart_config import QuickstartConfig
@@ -80,6 +80,14 @@ def _run_export_gguf(cfg: ExportGGUFConfig) -> None:
     from selfee.export.gguf import run_export
 
     run_export(cfg)
+
+
+def _run_export_merged(cfg: ExportMergedConfig) -> None:
+    from selfee.export.merged import merge_adapter
+
+    done = merge_adapter(cfg)
+    say(f"merged the adapter into its base {done['base']}: {done['parameters']:,} parameters "
+        f"({done['dtype']}) in {done['model']}")  # fmt: skip
 
 
 def _run_infer(cfg: InferConfig) -> None:
@@ -207,7 +215,8 @@ COMMANDS = [
     Command(
         "export",
         "export a trained model for other runtimes: 'gguf' writes llama.cpp files (f16, q8_0, "
-        "k-quants) with llama.cpp's own converter and quantizer, measured against the model",
+        "k-quants) with llama.cpp's own converter and quantizer, measured against the model; "
+        "'merged' folds a LoRA adapter into its base",
         None,
         None,
         children=(
@@ -217,6 +226,13 @@ COMMANDS = [
                 ExportGGUFConfig,
                 _run_export_gguf,
                 quiet=True,
+            ),
+            Command(
+                "merged",
+                "a LoRA adapter folded into its base: a full Hugging Face model (for the GGUF "
+                "export and the delta commands, and vLLM at full speed)",
+                ExportMergedConfig,
+                _run_export_merged,
             ),
         ),
     ),

@@ -81,11 +81,11 @@ def vllm_model(path: str | Path) -> VLLMModel:
     max_rank = next((r for r in LORA_RANKS if r >= rank), None)
     if max_rank is None:
         raise AdapterError(f"{path}: LoRA rank {rank}; vLLM applies ranks up to "
-                           f"{LORA_RANKS[-1]}: export it merged (lora.export merged)")  # fmt: skip
+                           f"{LORA_RANKS[-1]}: merge it (selfee export merged) or use engine hf")  # fmt: skip
     if config.get("modules_to_save"):
         raise AdapterError(
             f"{path}: the adapter saves whole modules too ({config['modules_to_save']}), "
-            "which vLLM does not apply: export it merged (lora.export merged)"
+            "which vLLM does not apply: merge it (selfee export merged) or use engine hf"
         )
     return VLLMModel(str(base), str(tokenizer_dir(path, base)), str(path), max_rank)
 

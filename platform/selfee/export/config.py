@@ -36,3 +36,17 @@ class ExportGGUFConfig(StageConfig):
         description="llama.cpp's convert_hf_to_gguf.py folder (default: $SELFEE_LLAMA_CPP_DIR, "
         "else <venv>/share/llama.cpp, unpacked by make)",
     )
+
+
+class ExportMergedConfig(StageConfig):
+    """A LoRA adapter folded into its base: a full Hugging Face model."""
+
+    model: Path = Field(
+        description="the adapter directory (selfee train with lora.export adapter); its "
+        "adapter_config.json names the base"
+    )
+    output: Path = Field(description="where the merged model goes (a new folder)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the merged weights' type; auto: the base's own"
+    )
+    overwrite: bool = Field(False, description="replace the output folder if it exists")

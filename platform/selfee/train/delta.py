@@ -42,7 +42,7 @@ class WeightReader:
             raise DeltaError(
                 f"{self.folder} is a LoRA adapter: it already is a small delta on its base "
                 "(share the adapter directory as it is; its base is named in "
-                "adapter_config.json), and a weight delta needs a full model (lora.export merged)"
+                "adapter_config.json), and a weight delta needs a full model (selfee export merged)"
             )
         if not (self.folder / "config.json").is_file():
             raise DeltaError(f"{self.folder}: not a Hugging Face model directory (no config.json)")
