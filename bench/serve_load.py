@@ -5,7 +5,9 @@
 2. Throughput of 64 valid requests at concurrency 16 with step batching
    (``max_batch_size`` 8) against one request at a time (``max_batch_size`` 1).
 3. Serve overhead: p50/p99 latency of a 1-token request over HTTP against calling the
-   same model in-process (``HFEngine.complete``, 1 token).
+   same model in-process (``HFEngine.complete``, 1 token); and Ray Serve's own floor on
+   the same machine, with the same client: an ingress that answers at once, and one that
+   calls a replica that answers at once (the hops every SelFee request takes, no work).
 
 The model of 1-3 is the tests' tiny SelFee model (trained here unless ``--model``), one
 replica with 1 CPU on a local Ray with 2 CPUs.
@@ -130,6 +132,42 @@ def percentile(values: list[float], q: float) -> float:
 # --- the server side ---------------------------------------------------------------------
 
 
+def ray_serve_floor() -> dict[str, list[float]]:
+    """1-token-shaped requests on apps that do no work: proxy → ingress, and proxy →
+    ingress → one replica (1 CPU, as the model's), one at a time."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    class Replica:
+        def step(self, body: dict) -> dict:
+            return {"usage": {"completion_tokens": 1}}
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, replica: object = None) -> None:
+            self.replica = replica
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, body: dict) -> dict:
+            if self.replica is None:
+                return {"usage": {"completion_tokens": 1}}
+            return await self.replica.step.remote(body)  # type: ignore[attr-defined]
+
+    latencies = {}
+    for name, bound in (("ingress", Ingress.bind()), ("replica", Ingress.bind(Replica.bind()))):
+        serve.shutdown()
+        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        serve.run(bound, name="floor", route_prefix="/")
+        run_client("http://127.0.0.1:8765/v1", 10, 1, 0.0, 1)  # warm-up
+        latencies[name] = run_client("http://127.0.0.1:8765/v1", 100, 1, 0.0, 1)["latencies"]
+    serve.shutdown()
+    return latencies
+
+
 def deploy(**settings: object) -> str:
     """The SelFee app on the local Ray with one model replica; returns its /v1 URL."""
     from ray import serve
@@ -228,7 +266,9 @@ def main() -> None:
                   f"{throughput[batch][1]:,.0f} tokens/s", flush=True)  # fmt: skip
 
         url = deploy(model=model, max_batch_size=8)
+        run_client(url, 10, 1, 0.0, 1)  # warm-up
         one_token = run_client(url, 100, 1, 0.0, 1)["latencies"]
+        floor = ray_serve_floor()
         engine = HFEngine.load(model, device="cpu", dtype="float32")
         direct = []
         for i in range(100):
@@ -252,6 +292,21 @@ def main() -> None:
          f"**{sum(server_errors.values())}** | **{throughput[8][0]:.2f} · {throughput[8][1]:,.0f}** | "
          f"{throughput[1][0]:.2f} · {throughput[1][1]:,.0f} | {http_p50:.1f} / {http_p99:.1f} ms | "
          f"{direct_p50:.1f} / {direct_p99:.1f} ms |"],
+    )  # fmt: skip
+    ms = {name: [percentile(v, q) * 1000 for q in (0.5, 0.99)] for name, v in floor.items()}
+    print(f"Ray Serve alone: proxy -> ingress p50 {ms['ingress'][0]:.1f} ms; proxy -> ingress "
+          f"-> replica p50 {ms['replica'][0]:.1f} ms", flush=True)  # fmt: skip
+    append_rows(
+        "\n## Serving: Ray Serve's own floor (`bench/serve_load.py`, part 3)\n\n"
+        "Apps that do no work, the same client: what any request through Ray Serve costs on "
+        "the machine, against the SelFee endpoint's 1-token request (HF engine) and its model "
+        "called in-process.\n\n"
+        "| date | machine | proxy → ingress p50 / p99 | proxy → ingress → replica p50 / p99 | "
+        "SelFee 1-token p50 / p99 | of which the model (in-process) p50 | SelFee over the floor "
+        "(p50) |\n|---|---|---|---|---|---|---|\n",
+        [f"| {today} | {where} | {ms['ingress'][0]:.1f} / {ms['ingress'][1]:.1f} ms | "
+         f"{ms['replica'][0]:.1f} / {ms['replica'][1]:.1f} ms | {http_p50:.1f} / {http_p99:.1f} ms | "
+         f"{direct_p50:.1f} ms | {http_p50 - direct_p50 - ms['replica'][0]:+.1f} ms |"],
     )  # fmt: skip
     if server_errors:
         raise SystemExit(f"server errors under load: {server_errors}")

@@ -94,7 +94,7 @@ def tokenizer_dir(adapter: Path, base: Path) -> Path:
     """The directory vLLM reads the tokenizer from: the base's where its tokenizer is the
     adapter's but for tokens the base model cannot write (the ``[PAD]`` a run adds), as a
     run derives it; else the adapter's. vLLM also reads a model config beside a tokenizer:
-    missing beside an adapter's, it logs two errors and waits 3 s in each process."""
+    missing beside an adapter's, it logs two errors and waits 2 s in each process."""
     from selfee.tokenizer import load_tokenizer
 
     try:
