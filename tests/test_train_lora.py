@@ -232,6 +232,36 @@ def test_an_adapter_merged_after_training_is_the_runs_merged_export(
     assert full.returncode != 0 and "is not a LoRA adapter" in full.stderr
 
 
+def test_a_half_precision_merge_never_holds_the_base_in_fp32(
+    lora_run: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folded in bf16 (the HF engine on a GPU), the base is loaded in bf16 itself: a 13B
+    base takes 26 GB of host memory, not 52 in fp32 first. The weights are the fp32
+    merge's, rounded: within a bf16 step of the tensor's largest weights (this base is saved
+    in fp32, so its weights are rounded before the update is added, then the sum; a base
+    saved in half precision, as LLaMA's are, merged bit for bit the same on a 105M model)."""
+    from selfee.adapter import load_merged
+
+    loaded = []
+    original = AutoModelForCausalLM.from_pretrained
+
+    def recording(*args: object, **kwargs: object) -> object:
+        loaded.append(kwargs.get("dtype"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    tokenizer = AutoTokenizer.from_pretrained(lora_run["adapter"])
+    half = load_merged(lora_run["adapter"], tokenizer, torch.bfloat16).state_dict()
+    assert loaded == [torch.bfloat16]
+    full = load_merged(lora_run["adapter"], tokenizer, torch.float32).state_dict()
+    assert half.keys() == full.keys()
+    for name, weight in half.items():
+        assert weight.dtype == torch.bfloat16
+        reference = full[name].to(torch.bfloat16).float()
+        step = 2**-7 * float(reference.abs().max())  # bf16 keeps 8 significant bits
+        assert float((weight.float() - reference).abs().max()) <= 2 * step, name
+
+
 def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Path) -> None:
     adapter = lora_run["adapter"]
     assert check_model(adapter) == "hf"

@@ -50,16 +50,17 @@ def model_config(spec: dict[str, Any]) -> Any:
     return config
 
 
-def build_model(spec: dict[str, Any], seed: int, quantized: bool = False) -> Any:
+def build_model(spec: dict[str, Any], seed: int, quantized: bool = False, dtype: Any = None) -> Any:
     """``quantized``: the base in 4 bits (NF4, bf16 compute) on this process's GPU (or on
-    the CPU where there is none), for QLoRA (bitsandbytes)."""
+    the CPU where there is none), for QLoRA (bitsandbytes). ``dtype``: a Hugging Face
+    base's weights as loaded (float32 unless given: training keeps fp32 master weights)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if spec["kind"] == "tiny":
         return LlamaForCausalLM(model_config(spec))
-    load: dict[str, Any] = {"dtype": torch.float32}
+    load: dict[str, Any] = {"dtype": dtype or torch.float32}
     if quantized:
         from transformers import BitsAndBytesConfig
 
