@@ -167,6 +167,12 @@ def test_the_adapter_runs_on_vllm_as_on_the_hf_engine(lora_run: dict, tmp_path: 
         run_infer(cfg)
         answers[engine] = [a["whole_generation"] for a in read_jsonl(cfg.output)]
     assert answers["vllm"] == answers["hf"] and len(answers["hf"]) == 3
+    # a question that reads like the run's added token: text to vLLM (the base has no row
+    # for [PAD]), not an id it refuses ("Token id 400 is out of vocabulary")
+    with questions.open("a") as f:
+        f.write(json.dumps({"question_id": 4, "text": "Why [PAD] it?", "category": "x"}) + "\n")
+    summary = run_infer(cfg)
+    assert (summary["generated"], summary["failed"]) == (1, {}), summary["failed"]
 
     messages = [{"role": "user", "content": "What color is the car?"}]
     reference = generate(HFEngine.load(adapter, device="cpu"), chat_prompt(messages),

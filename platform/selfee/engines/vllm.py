@@ -95,17 +95,24 @@ def tokenizer_dir(adapter: Path, base: Path) -> Path:
     adapter's but for tokens the base model cannot write (the ``[PAD]`` a run adds), as a
     run derives it; else the adapter's. vLLM also reads a model config beside a tokenizer:
     missing beside an adapter's, it logs two errors and waits 2 s in each process."""
-    from selfee.tokenizer import load_tokenizer
-
     try:
-        base_vocab = load_tokenizer(base).get_vocab()
+        base_vocab = raw_tokenizer(base).get_vocab()
         vocab_size = int(json.loads((base / "config.json").read_text())["vocab_size"])
     except Exception:  # no tokenizer of its own beside the base
         return adapter
-    vocab = load_tokenizer(adapter).get_vocab().items()
+    vocab = raw_tokenizer(adapter).get_vocab().items()
     added = vocab - base_vocab.items()
     same = base_vocab.items() <= vocab and all(i >= vocab_size for _, i in added)
     return base if same else adapter
+
+
+def raw_tokenizer(path: str | Path) -> Any:
+    """A tokenizer as vLLM loads it: the ids the HF engine feeds, and no ``[PAD]`` added
+    where the model has no row for one (``selfee.tokenizer.load_tokenizer`` adds it for
+    training): text that reads "[PAD]" stays text instead of an id vLLM refuses."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), use_fast=True)
 
 
 def _import_vllm() -> None:
@@ -155,7 +162,6 @@ class VLLMEngine:
         seed: int = 0,
     ) -> None:  # fmt: skip
         from selfee.adapter import is_adapter
-        from selfee.tokenizer import load_tokenizer
 
         self.path = Path(path)
         if not (self.path / "config.json").is_file() and not is_adapter(self.path):
@@ -164,7 +170,7 @@ class VLLMEngine:
         self.model = vllm_model(self.path)
         self.options = options or VLLMConfig()
         _import_vllm()
-        self.tokenizer = load_tokenizer(self.path)  # the ids the HF engine feeds
+        self.tokenizer = raw_tokenizer(self.model.tokenizer)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop",
                                         daemon=True)  # fmt: skip
