@@ -366,3 +366,15 @@ def test_an_embedded_ray_gives_serve_s_proxy_time_to_start(tmp_path: Path) -> No
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                               timeout=120, cwd=tmp_path, env=run_env)  # fmt: skip
         assert f"wait {expected}\n" in done.stdout, done.stderr[-2000:]
+
+
+def test_parked_tokens_reach_the_hf_engine(selfee_model_dir: Path) -> None:
+    """``parked_tokens`` bounds what a replica's HF engine keeps for chains between steps
+    (in the model's device memory: on a GPU, room the batch could use)."""
+    from selfee.serve.config import ServeConfig
+    from selfee.serve.models import SelFeeModel
+
+    none_kept = SelFeeModel(ServeConfig(model=selfee_model_dir, parked_tokens=0)).engine
+    assert none_kept.parked_tokens == 0
+    default = SelFeeModel(ServeConfig(model=selfee_model_dir)).engine
+    assert default.parked_tokens == 2 * default.max_context

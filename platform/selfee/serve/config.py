@@ -35,6 +35,11 @@ class ServeConfig(StageConfig):
         8, ge=1, le=256, description="hf, llama_cpp: requests' steps run as one batch (vllm "
         "batches continuously)",
     )  # fmt: skip
+    parked_tokens: int | None = Field(
+        None, ge=0, description="hf: cached tokens a replica keeps for chains between their "
+        "steps (least recently used out; in the model's device memory); default: twice the "
+        "context; 0: none, every step evaluates its whole text",
+    )  # fmt: skip
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="how long a step waits for others to join its batch"
     )

@@ -85,6 +85,8 @@ class SelFeeModel:
 
         self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
                                   max(1, int(cfg.cpus_per_replica)))  # fmt: skip
+        if cfg.parked_tokens is not None and hasattr(self.engine, "parked_tokens"):  # hf
+            self.engine.parked_tokens = cfg.parked_tokens
         self._batch.set_max_batch_size(cfg.max_batch_size)
         self.batch_wait_s = cfg.batch_wait_timeout_s
         self.ongoing = 0  # steps in this replica now, queued or running
