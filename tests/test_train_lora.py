@@ -22,7 +22,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import selfee_serve
 from selfee.engines import check_model
 from selfee.engines.hf import HFEngine
-from selfee.errors import ConfigError
 from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
 from selfee.infer.config import InferConfig
@@ -268,12 +267,31 @@ def test_a_half_precision_merge_never_holds_the_base_in_fp32(
         assert float((weight.float() - reference).abs().max()) <= 2 * step, name
 
 
+def test_the_gguf_export_folds_an_adapter_in_first(lora_run: dict, tmp_path: Path) -> None:
+    """llama.cpp's converter reads a full model: the export merges the adapter into a folder
+    of its output, converts that, measures the file against it and removes it."""
+    summary = run_export(ExportGGUFConfig(model=lora_run["adapter"], output=tmp_path / "gguf",
+                                          quant=["f16"], prompts=2, max_new_tokens=8))  # fmt: skip
+    [f16] = summary["files"]
+    assert Path(f16["file"]).name == f"{lora_run['adapter'].name}-f16.gguf"
+    assert summary["model"] == str(lora_run["adapter"])
+    assert f16["greedy_identical_percent"] == 100.0 and f16["mean_abs_logit_diff"] < 1e-2
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir() if p.name.startswith(".")) == []
+    # the file is the merged model's, not the bare base's
+    from selfee.engines.llama_cpp import LlamaCppEngine
+
+    request = CompletionRequest(prompt="### Human: What color is the car?\n\n### Assistant:",
+                                stop=(), max_tokens=8)  # fmt: skip
+    gguf = LlamaCppEngine(f16["file"])
+    try:
+        assert gguf.complete(request).ids == HFEngine.load(lora_run["merged"]).complete(request).ids
+    finally:
+        gguf.close()
+
+
 def test_what_needs_a_full_model_refuses_an_adapter(lora_run: dict, tmp_path: Path) -> None:
     adapter = lora_run["adapter"]
     assert check_model(adapter) == "hf"
-    with pytest.raises(ConfigError, match="LoRA adapter, not a full model: GGUF export needs "
-                       "the base with the adapter merged — selfee export merged --model "):  # fmt: skip
-        run_export(ExportGGUFConfig(model=adapter, output=tmp_path / "gguf"))
     with pytest.raises(DeltaError, match="is a LoRA adapter: it already is a small delta"):
         make_delta(lora_run["base"], adapter, tmp_path / "delta")
     moved = tmp_path / "moved"

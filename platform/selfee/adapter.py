@@ -157,12 +157,3 @@ def load_merged(path: str | Path, tokenizer: Any, dtype: Any) -> Any:
     base = build_model(hf_spec(adapter_base(path), tokenizer), seed=0, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(path))
     return model.merge_and_unload().to(dtype)
-
-
-def require_full_model(path: str | Path, what: str) -> None:
-    """A clear refusal where a tool needs a full model and was given an adapter."""
-    if is_adapter(path):
-        raise AdapterError(
-            f"{path} is a LoRA adapter, not a full model: {what} needs the base with the "
-            f"adapter merged — selfee export merged --model {path} --output DIR, then use DIR"
-        )

@@ -17,7 +17,10 @@ QuantType = Literal[
 class ExportGGUFConfig(StageConfig):
     """GGUF files for llama.cpp from a LLaMA-architecture Hugging Face model directory."""
 
-    model: Path = Field(description="the Hugging Face model directory (LLaMA architecture)")
+    model: Path = Field(
+        description="the Hugging Face model directory (LLaMA architecture), or a LoRA adapter "
+        "on one (folded into its base first, in a folder of the output removed after)"
+    )
     quant: list[QuantType] = Field(
         default_factory=lambda: ["q8_0", "q4_K_M"], min_length=1,
         description="the types to write, one file each: --quant f16 q8_0 q4_K_M",

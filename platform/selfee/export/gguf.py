@@ -9,6 +9,9 @@
    tensor types are read back and reported.
 3. Each file against the source model: identical greedy tokens on fixed prompts, mean
    absolute logit difference and perplexity on held chains (both fed the same token ids).
+
+A LoRA adapter is folded into its base first (``selfee.export.merged``), in a folder of
+the output that is removed after: the files are the merged model's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from selfee import chain
-from selfee.adapter import AdapterError, require_full_model
+from selfee.adapter import AdapterError, adapter_base, is_adapter
 from selfee.console import progress_bar, say
 from selfee.errors import ConfigError
 from selfee.export.config import ExportGGUFConfig
+from selfee.export.merged import write_merged
 from selfee.export.tokenizer_check import strings as tokenizer_strings
 from selfee.stage import Stage
 
@@ -212,13 +217,28 @@ def run_export(cfg: ExportGGUFConfig) -> dict[str, Any]:
 
 
 def export_files(cfg: ExportGGUFConfig) -> dict[str, Any]:
-    """Convert, prove the tokenizer, quantize and measure each file; returns the summary."""
-    started = time.monotonic()
+    """Convert, prove the tokenizer, quantize and measure each file; returns the summary.
+    A LoRA adapter is first folded into its base, in a folder of the output removed after
+    (llama.cpp's converter reads a full model); the files take the adapter's name."""
     model = Path(cfg.model)
+    if not is_adapter(model):
+        return convert_and_measure(cfg, model, model.name)
     try:
-        require_full_model(model, "GGUF export")
+        adapter_base(model)
     except AdapterError as e:
         raise ConfigError(f"--model {e}") from None
+    merged = Path(cfg.output) / f".{model.name}-merged"
+    try:
+        log(f"folding the adapter {model} into its base for the converter ({merged})")
+        write_merged(model, merged)
+        summary = convert_and_measure(cfg, merged, model.name)
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
+    return {**summary, "model": str(model)}
+
+
+def convert_and_measure(cfg: ExportGGUFConfig, model: Path, name: str) -> dict[str, Any]:
+    started = time.monotonic()
     if not (model / "config.json").is_file():
         raise ConfigError(f"--model {model} is not a Hugging Face model directory (no config.json)")
     architectures = json.loads((model / "config.json").read_text()).get("architectures") or []
@@ -231,7 +251,6 @@ def export_files(cfg: ExportGGUFConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log_file = out / "export.log"
     log_file.write_text("")
-    name = model.name
     base_type = "f32" if "f32" in cfg.quant else "f16"
     base = out / f"{name}-{base_type}.gguf"
     pre = declared_pre_tokenizer(model)

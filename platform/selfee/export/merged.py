@@ -1,7 +1,7 @@
 """``selfee export merged``: a LoRA adapter folded into its base, saved as a full Hugging
 Face model. An adapter-only export (``lora.export: adapter``) is small and runs on its base
-on the HF engine and vLLM; the merged model is what the GGUF export and the delta commands
-need, and what vLLM runs fastest (it applies an adapter at every layer of every step:
+on the HF engine and vLLM; the merged model is what the delta commands need (the GGUF
+export merges an adapter itself, into a folder it removes after), and what vLLM runs fastest (it applies an adapter at every layer of every step:
 ``bench/vllm_lora.py``). The weights are the base's, in the base's own type by default.
 """
 
@@ -31,10 +31,7 @@ def base_dtype(base: Path) -> str:
 
 
 def merge_adapter(cfg: ExportMergedConfig) -> dict[str, Any]:
-    import torch
-
-    from selfee.tokenizer import load_tokenizer
-
+    """``selfee export merged``: the checks a user's paths need, then ``write_merged``."""
     adapter = Path(cfg.model)
     if not is_adapter(adapter):
         raise ConfigError(f"--model {adapter} is not a LoRA adapter (no adapter_config.json): "
@@ -48,7 +45,18 @@ def merge_adapter(cfg: ExportMergedConfig) -> dict[str, Any]:
         raise ConfigError(f"--output {output} is the adapter or its base: give a new folder")
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"--output {output} exists: give a new folder, or --overwrite")
-    dtype = base_dtype(base) if cfg.dtype == "auto" else cfg.dtype
+    return write_merged(adapter, output, cfg.dtype)
+
+
+def write_merged(adapter: Path, output: Path, dtype: str = "auto") -> dict[str, Any]:
+    """The adapter folded into its base, written to ``output`` (replaced whole, or left as
+    it was if this fails)."""
+    import torch
+
+    from selfee.tokenizer import load_tokenizer
+
+    base = adapter_base(adapter)
+    dtype = base_dtype(base) if dtype == "auto" else dtype
     tokenizer = load_tokenizer(adapter)
     model = load_merged(adapter, tokenizer, getattr(torch, dtype))
     meta_file = adapter / METADATA_FILE
