@@ -220,7 +220,7 @@ def export_files(cfg: ExportGGUFConfig) -> dict[str, Any]:
     """Convert, prove the tokenizer, quantize and measure each file; returns the summary.
     A LoRA adapter is first folded into its base, in a folder of the output removed after
     (llama.cpp's converter reads a full model); the files take the adapter's name."""
-    model = Path(cfg.model)
+    started, model = time.monotonic(), Path(cfg.model)
     if not is_adapter(model):
         return convert_and_measure(cfg, model, model.name)
     try:
@@ -234,7 +234,7 @@ def export_files(cfg: ExportGGUFConfig) -> dict[str, Any]:
         summary = convert_and_measure(cfg, merged, model.name)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
-    return {**summary, "model": str(model)}
+    return {**summary, "model": str(model), "seconds": round(time.monotonic() - started, 1)}
 
 
 def convert_and_measure(cfg: ExportGGUFConfig, model: Path, name: str) -> dict[str, Any]:

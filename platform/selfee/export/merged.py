@@ -1,8 +1,9 @@
 """``selfee export merged``: a LoRA adapter folded into its base, saved as a full Hugging
 Face model. An adapter-only export (``lora.export: adapter``) is small and runs on its base
 on the HF engine and vLLM; the merged model is what the delta commands need (the GGUF
-export merges an adapter itself, into a folder it removes after), and what vLLM runs fastest (it applies an adapter at every layer of every step:
-``bench/vllm_lora.py``). The weights are the base's, in the base's own type by default.
+export merges an adapter itself, into a folder it removes after), and what vLLM runs
+fastest (it applies an adapter at every layer of every step: ``bench/vllm_lora.py``). The
+weights are the base's, in the base's own type by default.
 """
 
 from __future__ import annotations
