@@ -159,27 +159,30 @@ def ray_serve_floor() -> dict[str, list[float]]:
 
     latencies = {}
     for name, bound in (("ingress", Ingress.bind()), ("replica", Ingress.bind(Replica.bind()))):
-        serve.shutdown()
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-        serve.run(bound, name="floor", route_prefix="/")
-        run_client("http://127.0.0.1:8765/v1", 10, 1, 0.0, 1)  # warm-up
-        latencies[name] = run_client("http://127.0.0.1:8765/v1", 100, 1, 0.0, 1)["latencies"]
+        url = run_alone(bound, "floor")
+        run_client(url, 10, 1, 0.0, 1)  # warm-up
+        latencies[name] = run_client(url, 100, 1, 0.0, 1)["latencies"]
     serve.shutdown()
     return latencies
 
 
-def deploy(**settings: object) -> str:
-    """The SelFee app on the local Ray with one model replica; returns its /v1 URL."""
+def run_alone(app: object, name: str) -> str:
+    """``app`` on a fresh Serve on 127.0.0.1:8765 (whatever ran before is gone); its /v1 URL."""
     from ray import serve
-
-    from selfee.serve.app import selfee_application
-    from selfee.serve.config import ServeConfig
 
     serve.shutdown()
     serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-    cfg = ServeConfig(**{"min_replicas": 1, "max_replicas": 1, "cpus_per_replica": 1, **settings})
-    serve.run(selfee_application(cfg), name="selfee", route_prefix="/")
+    serve.run(app, name=name, route_prefix="/")  # type: ignore[arg-type]
     return "http://127.0.0.1:8765/v1"
+
+
+def deploy(**settings: object) -> str:
+    """The SelFee app on the local Ray with one model replica; returns its /v1 URL."""
+    from selfee.serve.app import selfee_application
+    from selfee.serve.config import ServeConfig
+
+    cfg = ServeConfig(**{"min_replicas": 1, "max_replicas": 1, "cpus_per_replica": 1, **settings})
+    return run_alone(selfee_application(cfg), "selfee")
 
 
 def engines_under_load(engines: list[str], tokens: int) -> None:

@@ -23,6 +23,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
+from selfee.adapter import is_adapter
 from selfee.engines.vllm import (
     ADAPTER_ID,
     engine_kwargs,
@@ -96,8 +97,9 @@ def llm_deployment(cfg: ServeConfig) -> Application:
 
 
 def served_model(cfg: ServeConfig) -> str:
-    """The model the ingress asks the server for: the base, or the adapter on it."""
-    return ADAPTER_ID if vllm_model(cfg.model).adapter is not None else SERVED_ID
+    """The model the ingress asks the server for: the base, or the adapter on it (whose
+    settings ``llm_config`` has read and checked already)."""
+    return ADAPTER_ID if is_adapter(cfg.model) else SERVED_ID
 
 
 def completion_request(request: CompletionRequest, model: str) -> Any:
