@@ -218,7 +218,7 @@ def test_an_adapter_merged_after_training_is_the_runs_merged_export(
                "--model", str(lora_run["adapter"]), "--output", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"in {out}" in done.stdout
+    assert f"in {out}" in done.stdout and "(one tensor at a time)" in done.stdout
     ours = load_file(out / "model.safetensors")
     theirs = load_file(lora_run["merged"] / "model.safetensors")
     assert ours.keys() == theirs.keys()
@@ -235,6 +235,64 @@ def test_an_adapter_merged_after_training_is_the_runs_merged_export(
     command[command.index("--output") + 1] = str(tmp_path / "twice")
     full = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert full.returncode != 0 and "is not a LoRA adapter" in full.stderr
+    command[command.index("--model") + 1] = str(tmp_path / "nowhere")
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert (
+        missing.returncode != 0
+        and f"--model {tmp_path / 'nowhere'}: no such folder" in missing.stderr
+    )
+    command[command.index("--model") + 1] = str(lora_run["adapter"])
+    command[command.index("--output") + 1] = str(lora_run["base"] / "config.json")
+    a_file = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert a_file.returncode != 0 and "config.json is a file: give a folder" in a_file.stderr
+
+
+def test_a_plain_adapter_is_merged_one_tensor_at_a_time(
+    lora_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge never builds the model: each weight is read, updated and written alone, in
+    shards as big as asked, and the result is peft's merge (logits, the grown [PAD] rows). An
+    adapter setting the stream does not apply (here a scale per module) goes through peft."""
+    from selfee.export.merged import write_in_memory, write_merged
+    from selfee.export.shards import INDEX_FILE
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the streamed merge built the model")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AutoModelForCausalLM, "from_pretrained", no_model)
+        done = write_merged(lora_run["adapter"], tmp_path / "sharded", shard_bytes=200_000)
+    assert done["merge"] == "streamed"
+    shards = sorted((tmp_path / "sharded").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "sharded" / INDEX_FILE).is_file()
+    assert all(s.stat().st_size < 200_000 + 64 * 1024 for s in shards)  # + one tensor, header
+    tokenizer = AutoTokenizer.from_pretrained(lora_run["adapter"])
+    (tmp_path / "peft").mkdir()
+    write_in_memory(lora_run["adapter"], tokenizer, tmp_path / "peft", "float32")
+    ids = tokenizer("### Human: What color is the car? [PAD]", return_tensors="pt")
+    with torch.no_grad():
+        streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded").eval()
+        peft_merged = AutoModelForCausalLM.from_pretrained(tmp_path / "peft").eval()
+        assert torch.equal(streamed(**ids).logits, peft_merged(**ids).logits)
+    assert streamed.config.vocab_size == len(tokenizer) == peft_merged.config.vocab_size
+    assert streamed.config.pad_token_id == tokenizer.pad_token_id
+    assert streamed.get_input_embeddings().weight[-1].eq(0).all()
+    # a scale for q_proj alone: peft's merge, which applies it
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for part in lora_run["adapter"].iterdir():
+        (odd / part.name).write_bytes(part.read_bytes())
+    config = json.loads((odd / "adapter_config.json").read_text())
+    config["alpha_pattern"] = {"q_proj": 4 * config["lora_alpha"]}
+    (odd / "adapter_config.json").write_text(json.dumps(config))
+    done = write_merged(odd, tmp_path / "odd-merged")
+    assert done["merge"] == "in memory (peft): its adapter_config sets alpha_pattern"
+    plain, scaled = load_file(tmp_path / "peft" / "model.safetensors"), load_file(
+        tmp_path / "odd-merged" / "model.safetensors")  # fmt: skip
+    base = load_file(lora_run["base"] / "model.safetensors")
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    assert torch.allclose(scaled[q] - base[q], 4 * (plain[q] - base[q]), atol=1e-6)
+    assert torch.equal(scaled[k], plain[k])
 
 
 def test_a_half_precision_merge_never_holds_the_base_in_fp32(

@@ -86,8 +86,9 @@ def _run_export_merged(cfg: ExportMergedConfig) -> None:
     from selfee.export.merged import merge_adapter
 
     done = merge_adapter(cfg)
-    say(f"merged the adapter into its base {done['base']}: {done['parameters']:,} parameters "
-        f"({done['dtype']}) in {done['model']}")  # fmt: skip
+    how = "one tensor at a time" if done["merge"] == "streamed" else done["merge"]
+    say(f"merged the adapter into its base {done['base']} ({how}): {done['parameters']:,} "
+        f"parameters ({done['dtype']}) in {done['model']}")  # fmt: skip
 
 
 def _run_infer(cfg: InferConfig) -> None:
