@@ -295,6 +295,42 @@ def test_a_plain_adapter_is_merged_one_tensor_at_a_time(
     assert torch.equal(scaled[k], plain[k])
 
 
+def test_a_lora_runs_export_never_builds_its_base(
+    lora_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export of a LoRA run writes peft's adapter files from the checkpoint alone and
+    merges them one tensor at a time: a 13B base is never built in host memory (it was,
+    in fp32, even to save MBs of adapter). Both exports are what peft makes of them."""
+    from selfee.adapter import LLAMA_LINEAR
+    from selfee.export.merged import write_in_memory
+
+    tokenizer = AutoTokenizer.from_pretrained(lora_run["adapter"])
+    settings = {"kind": "lora", "rank": 16, "alpha": 32.0, "dropout": 0.0,
+                "target_modules": LLAMA_LINEAR}  # fmt: skip
+    with monkeypatch.context() as patched:
+
+        def no_model(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the export built the base")
+
+        patched.setattr(AutoModelForCausalLM, "from_pretrained", no_model)
+        for export in ("adapter", "merged"):
+            export_model(lora_run["checkpoint"], lora_run["spec"], tokenizer, tmp_path / export,
+                         {"steps": STEPS}, adapter={**settings, "export": export})  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged"]  # no temp left
+    meta = json.loads((tmp_path / "merged" / "selfee.json").read_text())
+    assert meta["adapter"] == {"kind": "lora", "export": "merged"} and meta["steps"] == STEPS
+    assert "merged_from" not in meta  # the adapter folder it went through is gone
+    # peft reads the adapter as trained: loaded on its base, it gives the merge peft makes
+    (tmp_path / "peft").mkdir()
+    write_in_memory(tmp_path / "adapter", tokenizer, tmp_path / "peft", "float32")
+    ours, peft_merged = (load_file(tmp_path / name / "model.safetensors")
+                         for name in ("merged", "peft"))  # fmt: skip
+    assert ours.keys() == peft_merged.keys()
+    assert all(torch.equal(ours[k], peft_merged[k]) for k in ours)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(ours[q], load_file(lora_run["base"] / "model.safetensors")[q])
+
+
 def test_a_half_precision_merge_never_holds_the_base_in_fp32(
     lora_run: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ takes, llama.cpp's GGUF export too.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,40 +106,53 @@ def check_qlora_backend(use_gpu: bool) -> None:
         ) from None
 
 
+def lora_config(lora: dict[str, Any], base: str | Path | None = None) -> Any:
+    """peft's settings of our adapters, as training wraps a model and as the export saves
+    them (``base``: the directory ``adapter_config.json`` names)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], task_type="CAUSAL_LM",
+                      base_model_name_or_path=None if base is None else str(base))  # fmt: skip
+
+
 def wrap_for_training(
     model: Any, lora: dict[str, Any], quantized: bool, checkpointing: bool
 ) -> Any:
     """The model with trainable LoRA weights; everything else frozen."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:  # QLoRA: norms in fp32, inputs that carry gradients through frozen 4-bit
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    config = LoraConfig(
-        r=lora["rank"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=lora["target_modules"],
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, lora_config(lora))
 
 
-def trainable_names(model: Any) -> set[str]:
-    return {name for name, param in model.named_parameters() if param.requires_grad}
+# a trained weight's name in a checkpoint of the wrapped model ("default": peft's adapter name)
+CHECKPOINT_KEY = re.compile(r"(base_model\.model\..+\.lora_[AB])\.default\.weight")
 
 
-def load_adapter_weights(model: Any, state: dict[str, Any]) -> None:
-    """The trained LoRA weights (a checkpoint's trainable parameters) into a wrapped model;
-    every adapter weight must be there and nothing else."""
-    expected = trainable_names(model)
-    missing = expected - set(state)
-    unexpected = set(state) - {name for name, _ in model.named_parameters()}
-    if missing or unexpected:
-        raise RuntimeError(
-            f"checkpoint does not match the adapter: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+def write_adapter_files(
+    state: dict[str, Any], lora: dict[str, Any], base: Path, folder: Path, dtype: str
+) -> None:
+    """peft's adapter files from a checkpoint's trained weights alone: the base is neither
+    read nor built (a 13B base in fp32 is 52 GB of host memory, to save MBs)."""
+    import torch
+    from safetensors.torch import save_file
+
+    weights = {}
+    for name, tensor in state.items():
+        match = CHECKPOINT_KEY.fullmatch(name)
+        if match is None:
+            raise RuntimeError(
+                f"checkpoint does not match the adapter: {name} is not a LoRA weight"
+            )
+        weights[f"{match[1]}.weight"] = tensor.to(getattr(torch, dtype)).contiguous()
+    if not weights:
+        raise RuntimeError("checkpoint does not match the adapter: it holds no LoRA weight")
+    config = lora_config(lora, base)
+    config.inference_mode = True  # as peft saves an adapter
+    config.save_pretrained(str(folder))
+    save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
 
 
 def save_adapter(model: Any, folder: Path) -> None:

@@ -10,6 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# What every model directory this project writes holds beside the weights: how its text is
+# laid out, and where it came from (objective, hashes, the adapter it was merged from, ...).
+METADATA_FILE = "selfee.json"
+PROMPT_FORMAT = "selfee"  # selfee.chain: '### Answer:' / '### Feedback k:' / '### Revision k:'
+
 
 def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_context: int) -> dict[str, Any]:
     """The LlamaConfig (as a dict, so it travels to workers and into the export)."""

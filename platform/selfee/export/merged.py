@@ -34,8 +34,8 @@ from selfee.export.shards import (
     read_tensor,
     write_shards,
 )
+from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT
 from selfee.records import atomic_directory
-from selfee.train.export import METADATA_FILE, PROMPT_FORMAT
 
 SAVED_TYPES = ("float32", "bfloat16", "float16")
 
@@ -73,20 +73,18 @@ def merge_adapter(cfg: ExportMergedConfig) -> dict[str, Any]:
 
 
 def write_merged(adapter: Path, output: Path, dtype: str = "auto",
-                 shard_bytes: int = SHARD_BYTES) -> dict[str, Any]:  # fmt: skip
+                 shard_bytes: int = SHARD_BYTES, meta: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:  # fmt: skip
     """The adapter folded into its base, written to ``output`` (replaced whole, or left as
     it was if this fails). ``merge`` in the result says how: ``streamed`` (one tensor at a
-    time) or why peft merged it in memory."""
+    time) or why peft merged it in memory. ``meta``: the merged model's ``selfee.json``
+    (default: the adapter's, saying it was merged from it)."""
     from selfee.tokenizer import load_tokenizer
 
     base = adapter_base(adapter)
     dtype = base_dtype(base) if dtype == "auto" else dtype
     tokenizer = load_tokenizer(adapter)
-    meta_file = adapter / METADATA_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    meta |= {"prompt_format": meta.get("prompt_format", PROMPT_FORMAT), "dtype": dtype,
-             "merged_from": str(adapter.resolve())}  # fmt: skip
-    meta["adapter"] = {**meta.get("adapter", {"kind": "lora"}), "export": "merged"}
+    meta = merged_metadata(adapter, dtype) if meta is None else meta
     plan = streamed_merge_plan(adapter, base, tokenizer)
     with atomic_directory(output) as staging:
         if isinstance(plan, MergePlan):
@@ -99,6 +97,15 @@ def write_merged(adapter: Path, output: Path, dtype: str = "auto",
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return {"model": str(output), "base": str(base), "dtype": dtype, "parameters": parameters,
             "merge": how}  # fmt: skip
+
+
+def merged_metadata(adapter: Path, dtype: str) -> dict[str, Any]:
+    meta_file = adapter / METADATA_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta |= {"prompt_format": meta.get("prompt_format", PROMPT_FORMAT), "dtype": dtype,
+             "merged_from": str(adapter.resolve())}  # fmt: skip
+    meta["adapter"] = {**meta.get("adapter", {"kind": "lora"}), "export": "merged"}
+    return meta
 
 
 def write_in_memory(adapter: Path, tokenizer: Any, folder: Path, dtype: str) -> int:

@@ -5,25 +5,25 @@ they are loaded into a model built on the meta device (no second copy in memory)
 saved as safetensors with the tokenizer and ``selfee.json`` (prompt format, objective,
 hashes of data and config). The checkpoint files are our own, written by this job.
 
-An adapter run's checkpoints hold the adapter's weights only: they go onto the base (read
-from its directory) wrapped as in training, then either merged into it and saved as a full
-model, or saved alone (``selfee.adapter``).
+An adapter run's checkpoints hold the adapter's weights only: they are saved as peft's
+adapter files without building the base (``selfee.adapter.write_adapter_files``), and for
+a merged export folded into the base one tensor at a time (``selfee.export.merged``): the
+export of a LoRA run on a 13B base never holds the base in host memory.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from selfee.adapter import load_adapter_weights, save_adapter, wrap_for_training
-from selfee.model_spec import build_model, model_config
+from selfee.adapter import write_adapter_files
+from selfee.export.merged import write_merged
+from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT, model_config
 from selfee.records import atomic_directory
 from selfee.train.deepspeed_config import use_cpu_accelerator_unless_cuda
 from selfee.train.loop import DS_TAG
-
-METADATA_FILE = "selfee.json"
-PROMPT_FORMAT = "selfee"  # selfee.chain: '### Answer:' / '### Feedback k:' / '### Revision k:'
 
 
 def export_model(
@@ -43,23 +43,36 @@ def export_model(
     state = get_fp32_state_dict_from_zero_checkpoint(
         str(checkpoint_dir), tag=DS_TAG, exclude_frozen_parameters=adapter is not None
     )
-    model = full_model(state, spec) if adapter is None else adapted_model(state, spec, adapter)
-    keep_adapter = adapter is not None and adapter["export"] == "adapter"
-    if adapter is not None and not keep_adapter:
-        model = model.merge_and_unload()
-    model.to(getattr(torch, dtype))
-
+    meta = {"prompt_format": PROMPT_FORMAT, "dtype": dtype, **metadata}
+    if adapter is not None:
+        return export_adapter(state, spec, tokenizer, Path(output), meta, adapter)
+    model = full_model(state, spec).to(getattr(torch, dtype))
     with atomic_directory(output) as staging:
-        if keep_adapter:
-            save_adapter(model, staging)
-        else:
-            model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        meta = {"prompt_format": PROMPT_FORMAT, "dtype": dtype, **metadata}
-        if adapter is not None:
-            meta["adapter"] = {"kind": adapter["kind"], "export": adapter["export"]}
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(output)
+
+
+def export_adapter(state: dict[str, Any], spec: dict[str, Any], tokenizer: Any, output: Path,
+                   meta: dict[str, Any], adapter: dict[str, Any]) -> Path:  # fmt: skip
+    """The adapter alone, or merged into its base (through an adapter folder beside the
+    output, removed after)."""
+
+    meta = {**meta, "adapter": {"kind": adapter["kind"], "export": adapter["export"]}}
+    base = Path(spec["path"])
+    if adapter["export"] == "adapter":
+        with atomic_directory(output) as staging:
+            write_adapter_files(state, adapter, base, staging, meta["dtype"])
+            tokenizer.save_pretrained(staging)
+            (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}-adapter-", dir=output.parent) as tmp:
+        write_adapter_files(state, adapter, base, Path(tmp), "float32")
+        tokenizer.save_pretrained(tmp)
+        write_merged(Path(tmp), output, meta["dtype"], meta=meta)
+    return output
 
 
 def full_model(state: dict[str, Any], spec: dict[str, Any]) -> Any:
@@ -80,14 +93,4 @@ def full_model(state: dict[str, Any], spec: dict[str, Any]) -> Any:
         )
     if tied:
         model.tie_weights()
-    return model
-
-
-def adapted_model(state: dict[str, Any], spec: dict[str, Any], adapter: dict[str, Any]) -> Any:
-    """The base from its directory (full precision, also for QLoRA), wrapped as in
-    training, with the checkpoint's adapter weights."""
-    model = wrap_for_training(build_model(spec, seed=0), adapter, quantized=False,
-                              checkpointing=False)  # fmt: skip
-    load_adapter_weights(model, state)
-    model.config.use_cache = True
     return model
