@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine_speed import write_random_adapter
+
 from results import append_rows, machine
 
 RANK = 16
@@ -31,10 +33,8 @@ def build_base_and_adapter(folder: Path, size: str) -> tuple[Path, int]:
     """A base saved in fp16 (as LLaMA's are) and a rank-16 adapter on every linear layer
     with random weights (peft starts B at zero: the adapter would change nothing)."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from selfee.adapter import LLAMA_LINEAR, save_adapter
     from selfee.tokenizer import train_tiny_tokenizer
 
     hidden, layers, mlp = SIZES[size]
@@ -50,17 +50,7 @@ def build_base_and_adapter(folder: Path, size: str) -> tuple[Path, int]:
     parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
-    lora = LoraConfig(
-        r=RANK, lora_alpha=2 * RANK, target_modules=LLAMA_LINEAR, task_type="CAUSAL_LM"
-    )
-    wrapped = get_peft_model(model.float(), lora)
-    wrapped.peft_config["default"].base_model_name_or_path = str(base)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    save_adapter(wrapped, adapter)
-    tokenizer.save_pretrained(adapter)
+    write_random_adapter(model.float(), base, adapter, tokenizer, RANK)
     return adapter, parameters
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine_speed import build_model
+from engine_speed import build_model, write_random_adapter
 
 from results import append_rows, machine
 from selfee.engines.vllm import VLLMEngine
@@ -29,27 +29,13 @@ RANK = 16
 
 
 def write_adapter(base: Path, adapter: Path, merged: Path) -> None:
-    """A rank-16 adapter on every linear layer with random weights (B is zero after
-    peft's initialization: the adapter would change nothing), and the same merged."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    """A rank-16 adapter on every linear layer with random weights, and the same merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selfee.adapter import LLAMA_LINEAR, save_adapter
-
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=LLAMA_LINEAR, task_type="CAUSAL_LM"),
-    )  # fmt: skip
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    save_adapter(model, adapter)
-    tokenizer.save_pretrained(adapter)
-    model.merge_and_unload().save_pretrained(merged, safe_serialization=True)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    wrapped = write_random_adapter(model, base, adapter, tokenizer, RANK)
+    wrapped.merge_and_unload().save_pretrained(merged, safe_serialization=True)
     tokenizer.save_pretrained(merged)
 
 
