@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from metrics_endpoint import value, wait_for
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import check_manifest
@@ -21,6 +22,7 @@ from selfee.errors import ConfigError, JobFailed
 from selfee.records import write_jsonl
 from selfee.testing.chains import make_chains, write_pad_less_base
 from selfee.train.config import TrainConfig
+from selfee.train.export import export_model
 from selfee.train.job import run_train
 
 pytestmark = pytest.mark.slow
@@ -60,7 +62,7 @@ def tiny_config(chains: Path, output: Path, **overrides: object) -> TrainConfig:
 
 
 def test_zero3_run_learns_exports_and_generates(
-    ray_session: None, chains_file: Path, tmp_path: Path
+    ray_session: None, chains_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny_config(
         chains_file,
@@ -107,6 +109,26 @@ def test_zero3_run_learns_exports_and_generates(
     text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     # Words of the chains, from the exported weights (random weights would not find them).
     assert "color" in text or "Revision is" in text, text
+
+    # the export gathers ZeRO-3's weights one at a time from the ranks' files (a 13B model
+    # is never whole in host memory): exported again with the step of DeepSpeed's
+    # zero_to_fp32 that gathers them all at once failing, the same files
+    import deepspeed.utils.zero_to_fp32 as zero_to_fp32
+
+    def all_at_once(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export gathered every weight at once")
+
+    monkeypatch.setattr(zero_to_fp32, "to_torch_tensor", all_at_once)
+    checkpoint = max(Path(summary["checkpoints"]).glob("checkpoint_0*"))
+    spec = {"kind": "tiny", "config": json.loads((model_dir / "config.json").read_text())}
+    again = export_model(checkpoint, spec, tokenizer, tmp_path / "again", meta)
+    ours, theirs = (
+        load_file(again / "model.safetensors"),
+        load_file(model_dir / "model.safetensors"),
+    )
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    for name in ("config.json", "generation_config.json", "selfee.json"):
+        assert json.loads((again / name).read_text()) == json.loads((model_dir / name).read_text())
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(

@@ -1,9 +1,13 @@
 """The final model: ZeRO shards consolidated into a Hugging Face directory.
 
-``zero_to_fp32`` gathers the fp32 master weights from every rank's shards (ZeRO-2 or 3);
-they are loaded into a model built on the meta device (no second copy in memory) and
-saved as safetensors with the tokenizer and ``selfee.json`` (prompt format, objective,
-hashes of data and config). The checkpoint files are our own, written by this job.
+``zero_to_fp32`` gathers the fp32 master weights from every rank's shards (ZeRO-2 or 3),
+lazily: each weight is gathered, cast and written to safetensors before the next
+(``selfee.export.shards``), so the model is never whole in host memory in the saved type
+(from ZeRO-3, the weights are read one at a time from the ranks' memory-mapped files; ZeRO-1/2
+checkpoints are gathered into one fp32 vector by DeepSpeed). Beside them: the config and
+generation config ``save_pretrained`` writes, the tokenizer and ``selfee.json`` (prompt
+format, objective, hashes of data and config). The checkpoint files are our own, written by
+this job.
 
 An adapter run's checkpoints hold the adapter's weights only: they are saved as peft's
 adapter files without building the base (``selfee.adapter.write_adapter_files``), and for
@@ -20,6 +24,7 @@ from typing import Any
 
 from selfee.adapter import write_adapter_files
 from selfee.export.merged import write_merged
+from selfee.export.shards import TensorEntry, write_shards
 from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT, model_config
 from selfee.records import atomic_directory
 from selfee.train.deepspeed_config import use_cpu_accelerator_unless_cuda
@@ -37,18 +42,18 @@ def export_model(
 ) -> Path:
     """``adapter``: the run's adapter settings (``{"kind": ..., **LoraSettings}``)."""
     use_cpu_accelerator_unless_cuda()
-    import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    # lazy: ZeRO-3's weights are gathered one at a time from the ranks' memory-mapped files
     state = get_fp32_state_dict_from_zero_checkpoint(
-        str(checkpoint_dir), tag=DS_TAG, exclude_frozen_parameters=adapter is not None
-    )
+        str(checkpoint_dir), tag=DS_TAG, exclude_frozen_parameters=adapter is not None,
+        lazy_mode=adapter is None,
+    )  # fmt: skip
     meta = {"prompt_format": PROMPT_FORMAT, "dtype": dtype, **metadata}
     if adapter is not None:
         return export_adapter(state, spec, tokenizer, Path(output), meta, adapter)
-    model = full_model(state, spec).to(getattr(torch, dtype))
     with atomic_directory(output) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        write_full_model(state, spec, staging, dtype)
         tokenizer.save_pretrained(staging)
         (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(output)
@@ -75,22 +80,35 @@ def export_adapter(state: dict[str, Any], spec: dict[str, Any], tokenizer: Any, 
     return output
 
 
-def full_model(state: dict[str, Any], spec: dict[str, Any]) -> Any:
-    """Built on the meta device and given the checkpoint's tensors: no second copy."""
+def write_full_model(state: dict[str, Any], spec: dict[str, Any], folder: Path, dtype: str) -> None:
+    """Each weight gathered, cast and written before the next (``selfee.export.shards``),
+    with the config ``save_pretrained`` writes: the model is never whole in host memory in
+    ``dtype`` (nor, from ZeRO-3, in fp32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     config = model_config(spec)
     config.use_cache = True
-    with torch.device("meta"):
+    with torch.device("meta"):  # its names, config and generation config; no weights
         model = AutoModelForCausalLM.from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    expected = set(model.state_dict())
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
+    missing, unexpected = expected - set(state) - tied, set(state) - expected
+    if missing or unexpected:
         raise RuntimeError(
             f"checkpoint does not match the model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    if tied:
-        model.tie_weights()
-    return model
+
+    def saved_type(name: str) -> str:
+        return dtype if state[name].dtype.is_floating_point else str(state[name].dtype)[6:]
+
+    layout = [TensorEntry(name, Path(), saved_type(name), tuple(state[name].shape))
+              for name in state if name not in tied]  # fmt: skip
+    write_shards(folder, layout,
+                 lambda e: state[e.name].contiguous().to(getattr(torch, e.dtype)))  # fmt: skip
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = dtype
+    model.config.save_pretrained(folder)
+    if model.can_generate():
+        model.generation_config.save_pretrained(folder)
