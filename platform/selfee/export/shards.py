@@ -1,6 +1,7 @@
-"""Safetensors model files read and written one tensor at a time, so that rewriting a model
-(``selfee export merged``) holds one tensor in memory, not the model: a 13B base in bf16 is
-26 GB, more than many hosts that fine-tune it with LoRA have to spare.
+"""Safetensors model files read and written one tensor at a time, so that writing a model
+(``selfee export merged``, the export at the end of ``selfee train``) holds a few tensors in
+memory, not the model: a 13B model in bf16 is 26 GB (52 in fp32), more than many hosts that
+fine-tune it have to spare.
 
 The format is a little-endian u64 header length, a JSON header (each tensor's dtype, shape
 and byte range; padded to 8 bytes), then the tensors' bytes in that order. The writer knows

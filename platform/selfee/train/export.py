@@ -2,12 +2,12 @@
 
 ``zero_to_fp32`` gathers the fp32 master weights from every rank's shards (ZeRO-2 or 3),
 lazily: each weight is gathered, cast and written to safetensors before the next
-(``selfee.export.shards``), so the model is never whole in host memory in the saved type
-(from ZeRO-3, the weights are read one at a time from the ranks' memory-mapped files; ZeRO-1/2
-checkpoints are gathered into one fp32 vector by DeepSpeed). Beside them: the config and
-generation config ``save_pretrained`` writes, the tokenizer and ``selfee.json`` (prompt
-format, objective, hashes of data and config). The checkpoint files are our own, written by
-this job.
+(``selfee.export.shards``): the model is never whole in host memory in the saved type, and
+from ZeRO-3 not in fp32 either (each weight is read from the ranks' memory-mapped files;
+DeepSpeed gathers ZeRO-1/2 checkpoints into one fp32 vector, its format for those stages).
+Beside them: the config and generation config ``save_pretrained`` writes, the tokenizer and
+``selfee.json`` (prompt format, objective, hashes of data and config). The checkpoint files
+are our own, written by this job.
 
 An adapter run's checkpoints hold the adapter's weights only: they are saved as peft's
 adapter files without building the base (``selfee.adapter.write_adapter_files``), and for
@@ -63,7 +63,6 @@ def export_adapter(state: dict[str, Any], spec: dict[str, Any], tokenizer: Any, 
                    meta: dict[str, Any], adapter: dict[str, Any]) -> Path:  # fmt: skip
     """The adapter alone, or merged into its base (through an adapter folder beside the
     output, removed after)."""
-
     meta = {**meta, "adapter": {"kind": adapter["kind"], "export": adapter["export"]}}
     base = Path(spec["path"])
     if adapter["export"] == "adapter":
@@ -101,7 +100,11 @@ def write_full_model(state: dict[str, Any], spec: dict[str, Any], folder: Path, 
         )
 
     def saved_type(name: str) -> str:
-        return dtype if state[name].dtype.is_floating_point else str(state[name].dtype)[6:]
+        return (
+            dtype
+            if state[name].dtype.is_floating_point
+            else str(state[name].dtype).removeprefix("torch.")
+        )
 
     layout = [TensorEntry(name, Path(), saved_type(name), tuple(state[name].shape))
               for name in state if name not in tied]  # fmt: skip
