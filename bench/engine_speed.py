@@ -79,7 +79,7 @@ def write_random_adapter(
     saved to ``adapter``; returns the wrapped model."""
     from peft import LoraConfig, get_peft_model
 
-    from selfee.adapter import LLAMA_LINEAR, save_adapter
+    from selfee.adapter import LLAMA_LINEAR
 
     lora = LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules=LLAMA_LINEAR, task_type="CAUSAL_LM"
@@ -91,7 +91,7 @@ def write_random_adapter(
         for name, param in wrapped.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.02)
-    save_adapter(wrapped, adapter)
+    wrapped.save_pretrained(adapter, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(adapter)
     return wrapped
 

@@ -155,11 +155,6 @@ def write_adapter_files(
     save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
 
 
-def save_adapter(model: Any, folder: Path) -> None:
-    # The grown vocabulary's rows are zero and frozen: rebuilt at load, not saved.
-    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
-
-
 def load_merged(path: str | Path, tokenizer: Any, dtype: Any) -> Any:
     """The base with the adapter folded in (as fast as a plain model at inference). The
     base is loaded in ``dtype`` itself, not in fp32 first: a 13B base in bf16 needs 26 GB of

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ from typing import Any
 # laid out, and where it came from (objective, hashes, the adapter it was merged from, ...).
 METADATA_FILE = "selfee.json"
 PROMPT_FORMAT = "selfee"  # selfee.chain: '### Answer:' / '### Feedback k:' / '### Revision k:'
+
+
+def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def tiny_llama_config(tiny: dict[str, Any], tokenizer: Any, max_context: int) -> dict[str, Any]:

@@ -32,9 +32,10 @@ from selfee.export.shards import (
     model_files,
     read_entries,
     read_tensor,
+    saved_type,
     write_shards,
 )
-from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT
+from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT, write_metadata
 from selfee.records import atomic_directory
 
 SAVED_TYPES = ("float32", "bfloat16", "float16")
@@ -94,7 +95,7 @@ def write_merged(adapter: Path, output: Path, dtype: str = "auto",
             parameters = write_in_memory(adapter, tokenizer, staging, dtype)
             how = f"in memory (peft): {plan}"
         tokenizer.save_pretrained(staging)
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_metadata(staging, meta)
     return {"model": str(output), "base": str(base), "dtype": dtype, "parameters": parameters,
             "merge": how}  # fmt: skip
 
@@ -214,9 +215,6 @@ def write_streamed(plan: MergePlan, folder: Path, dtype: str, shard_bytes: int) 
     lora = load_file(plan.adapter_file)  # MBs: the low-rank weights only
     by_name = {t.name: t for t in plan.tensors}
 
-    def out_type(t: TensorEntry) -> str:
-        return dtype if getattr(torch, t.dtype).is_floating_point else t.dtype
-
     def produce(out: TensorEntry) -> Any:
         tensor = read_tensor(by_name[out.name])
         if out.name in plan.updates:
@@ -228,7 +226,7 @@ def write_streamed(plan: MergePlan, folder: Path, dtype: str, shard_bytes: int) 
             tensor = torch.cat([tensor, zeros])
         return tensor.to(getattr(torch, out.dtype))
 
-    layout = [TensorEntry(t.name, t.file, out_type(t),
+    layout = [TensorEntry(t.name, t.file, saved_type(t.dtype, dtype),
                           (t.shape[0] + plan.grown_rows.get(t.name, 0), *t.shape[1:]))
               for t in plan.tensors]  # fmt: skip
     write_shards(folder, layout, produce, shard_bytes)

@@ -29,6 +29,7 @@ SHARD_BYTES = 5 * 2**30  # a file a resumable download or the Hub takes easily
 DTYPES = {"float64": ("F64", 8), "float32": ("F32", 4), "float16": ("F16", 2),
           "bfloat16": ("BF16", 2), "int64": ("I64", 8), "int32": ("I32", 4), "int16": ("I16", 2),
           "int8": ("I8", 1), "uint8": ("U8", 1), "bool": ("BOOL", 1)}  # fmt: skip
+TORCH_NAMES = {short: name for name, (short, _) in DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,19 @@ def _opened(file: Path) -> Iterator[Any]:
 
 
 def _torch_name(safetensors_name: str) -> str:
-    names = {short: long for long, (short, _) in DTYPES.items()}
-    if safetensors_name not in names:
+    if safetensors_name not in TORCH_NAMES:
         raise ValueError(f"tensors of type {safetensors_name} are not supported here")
-    return names[safetensors_name]
+    return TORCH_NAMES[safetensors_name]
+
+
+def saved_type(tensor_type: str, dtype: str) -> str:
+    """The type a tensor is written in when a model is saved in ``dtype``: floating-point
+    weights take it, other tensors (ids, masks) keep theirs. ``tensor_type``: torch's name,
+    with or without its ``torch.`` prefix."""
+    import torch
+
+    name = tensor_type.removeprefix("torch.")
+    return dtype if getattr(torch, name).is_floating_point else name
 
 
 def read_tensor(entry: TensorEntry) -> Any:

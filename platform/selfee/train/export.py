@@ -17,15 +17,14 @@ export of a LoRA run on a 13B base never holds the base in host memory.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from selfee.adapter import write_adapter_files
 from selfee.export.merged import write_merged
-from selfee.export.shards import TensorEntry, write_shards
-from selfee.model_spec import METADATA_FILE, PROMPT_FORMAT, model_config
+from selfee.export.shards import TensorEntry, saved_type, write_shards
+from selfee.model_spec import PROMPT_FORMAT, model_config, write_metadata
 from selfee.records import atomic_directory
 from selfee.train.deepspeed_config import use_cpu_accelerator_unless_cuda
 from selfee.train.loop import DS_TAG
@@ -55,7 +54,7 @@ def export_model(
     with atomic_directory(output) as staging:
         write_full_model(state, spec, staging, dtype)
         tokenizer.save_pretrained(staging)
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_metadata(staging, meta)
     return Path(output)
 
 
@@ -69,7 +68,7 @@ def export_adapter(state: dict[str, Any], spec: dict[str, Any], tokenizer: Any, 
         with atomic_directory(output) as staging:
             write_adapter_files(state, adapter, base, staging, meta["dtype"])
             tokenizer.save_pretrained(staging)
-            (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_metadata(staging, meta)
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}-adapter-", dir=output.parent) as tmp:
@@ -99,14 +98,8 @@ def write_full_model(state: dict[str, Any], spec: dict[str, Any], folder: Path, 
             f"unexpected {sorted(unexpected)[:5]}"
         )
 
-    def saved_type(name: str) -> str:
-        return (
-            dtype
-            if state[name].dtype.is_floating_point
-            else str(state[name].dtype).removeprefix("torch.")
-        )
-
-    layout = [TensorEntry(name, Path(), saved_type(name), tuple(state[name].shape))
+    layout = [TensorEntry(name, Path(), saved_type(str(state[name].dtype), dtype),
+                          tuple(state[name].shape))
               for name in state if name not in tied]  # fmt: skip
     write_shards(folder, layout,
                  lambda e: state[e.name].contiguous().to(getattr(torch, e.dtype)))  # fmt: skip
