@@ -71,31 +71,6 @@ def build_model(folder: Path, hidden: int = 768, layers: int = 8, mlp: int = 204
     return folder
 
 
-def write_random_adapter(
-    model: Any, base: Path, adapter: Path, tokenizer: Any, rank: int = 16
-) -> Any:
-    """A LoRA adapter of ``rank`` on every linear layer of ``model`` (the base saved in
-    ``base``) with random weights (peft starts B at zero: the adapter would change nothing),
-    saved to ``adapter``; returns the wrapped model."""
-    from peft import LoraConfig, get_peft_model
-
-    from selfee.adapter import LLAMA_LINEAR
-
-    lora = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=LLAMA_LINEAR, task_type="CAUSAL_LM"
-    )
-    wrapped = get_peft_model(model, lora)
-    wrapped.peft_config["default"].base_model_name_or_path = str(base)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    wrapped.save_pretrained(adapter, safe_serialization=True, save_embedding_layers=False)
-    tokenizer.save_pretrained(adapter)
-    return wrapped
-
-
 def timed(fn, *args, **kwargs) -> tuple[float, Any]:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     out = fn(*args, **kwargs)

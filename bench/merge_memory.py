@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine_speed import write_random_adapter
-
 from results import append_rows, machine
+from selfee.testing.chains import write_random_adapter
 
 RANK = 16
 # hidden, layers, MLP width (LLaMA shapes; vocabulary 8,192)

@@ -19,11 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine_speed import build_model, write_random_adapter
+from engine_speed import build_model
 
 from results import append_rows, machine
 from selfee.engines.vllm import VLLMEngine
 from selfee.revision import Completion, CompletionRequest
+from selfee.testing.chains import write_random_adapter
 
 RANK = 16
 

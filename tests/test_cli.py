@@ -141,3 +141,24 @@ def test_configuration_docs_are_current() -> None:
     assert (REPO / "docs" / "configuration.md").read_text() == render(), (
         "regenerate: python -m selfee.config_docs > docs/configuration.md"
     )
+
+
+def test_a_mapping_takes_name_value_pairs(capsys: pytest.CaptureFixture[str]) -> None:
+    from selfee.config_cli import config_from_args
+    from selfee.serve.config import ServeConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--model", "base", "--adapters", "math=runs/m", "code=c",
+                              "--adapters", "chat=runs/chat"])  # fmt: skip
+    cfg = config_from_args(ServeConfig, args)
+    assert cfg.adapters == {"math": Path("runs/m"), "code": Path("c"), "chat": Path("runs/chat")}
+    assert cfg.served_names() == ["base", "math", "code", "chat"]
+    for argv, message in ((["math"], "'math' is not NAME=VALUE"),
+                          (["a=x", "a=y"], "'a' is given twice")):  # fmt: skip
+        with pytest.raises(SystemExit) as caught:
+            main(["serve", "--model", "base", "--adapters", *argv])
+        assert caught.value.code == 2
+        assert f"--adapters: {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the model's own name, taken
+        main(["serve", "--model", "base", "--adapters", "base=x"])
+    assert "'base' is the name model is served under" in capsys.readouterr().err

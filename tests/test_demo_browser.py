@@ -12,6 +12,7 @@ from ray import serve
 from conftest import deploy_from_serve_config, deploy_selfee, free_port, taken_port
 from selfee.serve.config import DemoConfig
 from selfee.serve.demo import build_demo, chain_bubbles
+from selfee.testing.chains import write_random_adapter
 from selfee.testing.selfee_model import QUESTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ def test_chain_bubbles_follow_the_selfee_headers() -> None:
     assert chain_bubbles(text)[2]["content"].endswith("Blood red.")
 
 
-def chat_in_browser(url: str, screenshot: Path) -> str:
-    """Send one question through the page; returns the chat's text once the final answer shows."""
+def chat_in_browser(url: str, screenshot: Path, model: str | None = None) -> str:
+    """Send one question through the page (to ``model``, picked from the page's list: else
+    the first listed); returns the chat's text once the final answer shows."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -43,6 +45,9 @@ def chat_in_browser(url: str, screenshot: Path) -> str:
         )
         page = browser.new_page(viewport={"width": 1200, "height": 1400})
         page.goto(url, wait_until="load")
+        if model is not None:
+            page.get_by_label("Model").click()
+            page.get_by_role("option", name=model).click()
         page.get_by_placeholder("Ask something…").fill(QUESTIONS[0])
         page.get_by_role("button", name="Send").click()
         page.get_by_text("Final answer").wait_for(timeout=60_000)
@@ -62,21 +67,29 @@ def check_bubbles(chat: str, screenshot: Path) -> None:
 
 
 def test_selfee_demo_shows_answer_feedback_and_revision_bubbles(
-    ray_session: None, selfee_model_dir: Path
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path
 ) -> None:
-    """``selfee demo --endpoint URL``: Gradio's own server, talking to the Serve endpoint."""
-    endpoint = deploy_selfee(selfee_model_dir)
+    """``selfee demo --endpoint URL``: Gradio's own server, talking to the Serve endpoint,
+    which serves an adapter beside the model (one that changes nothing): the page lists
+    both and the one picked answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    write_random_adapter(AutoModelForCausalLM.from_pretrained(selfee_model_dir), selfee_model_dir,
+                         tmp_path / "copy", AutoTokenizer.from_pretrained(selfee_model_dir),
+                         rank=4, std=0.0)  # fmt: skip
+    endpoint = deploy_selfee(selfee_model_dir, adapters={"copy": str(tmp_path / "copy")})
     port = free_port()
     demo = build_demo(DemoConfig(endpoint=endpoint, port=port))
     demo.queue().launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
     )
     try:
-        chat = chat_in_browser(f"http://127.0.0.1:{port}/", ARTIFACTS / "demo-chat.png")
+        chat = chat_in_browser(f"http://127.0.0.1:{port}/", ARTIFACTS / "demo-chat.png", "copy")
     finally:
         demo.close()
         serve.shutdown()
     check_bubbles(chat, ARTIFACTS / "demo-chat.png")
+    assert "Final answer (copy: " in chat
 
 
 def test_demo_deployed_next_to_the_serve_app(ray_session: None, selfee_model_dir: Path) -> None:
@@ -89,6 +102,7 @@ def test_demo_deployed_next_to_the_serve_app(ray_session: None, selfee_model_dir
     finally:
         serve.shutdown()
     check_bubbles(chat, ARTIFACTS / "demo-on-serve.png")
+    assert f"Final answer ({selfee_model_dir.name}: " in chat  # the only model, listed
 
 
 LAUNCH_AND_RECORD = """

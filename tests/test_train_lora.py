@@ -5,6 +5,8 @@ infer and serve on its base. What cannot take an adapter says so in one line."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import selfee_serve
 from selfee.engines import check_model
+from selfee.engines.config import VLLMConfig
 from selfee.engines.hf import HFEngine
 from selfee.export.config import ExportGGUFConfig
 from selfee.export.gguf import run_export
@@ -29,7 +32,7 @@ from selfee.infer.job import run_infer
 from selfee.model_spec import build_model, hf_spec
 from selfee.records import read_jsonl, write_jsonl
 from selfee.revision import CompletionRequest
-from selfee.testing.chains import make_chains, write_pad_less_base
+from selfee.testing.chains import make_chains, write_pad_less_base, write_random_adapter
 from selfee.testing.selfee_model import question_file
 from selfee.train.delta import DeltaError, make_delta
 from selfee.train.export import export_model
@@ -179,16 +182,55 @@ def test_the_adapter_runs_on_vllm_as_on_the_hf_engine(lora_run: dict, tmp_path: 
     without = generate(HFEngine.load(lora_run["base"], device="cpu"), chat_prompt(messages),
                        RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
     assert reference.text != without.text  # the adapter changes what the model writes
-    url = deploy_selfee(adapter, engine="vllm", cpus_per_replica=1, vllm={"kv_cache_gib": 0.25})
+    # beside it, another adapter on the same base (rank 8, the base's own tokenizer), served
+    # under its own name by the same vLLM engine
+    other = tmp_path / "other"
+    write_random_adapter(AutoModelForCausalLM.from_pretrained(lora_run["base"]), lora_run["base"],
+                         other, AutoTokenizer.from_pretrained(lora_run["base"]), 8)  # fmt: skip
+    other_reference = generate(HFEngine.load(other, device="cpu"), chat_prompt(messages),
+                               RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
+    assert other_reference.text not in (reference.text, without.text)
+    url = deploy_selfee(adapter, engine="vllm", cpus_per_replica=1, vllm={"kv_cache_gib": 0.25},
+                        adapters={"other": str(other)})  # fmt: skip
     try:
         client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
-        done = client.chat.completions.create(
-            model=client.models.list().data[0].id, messages=messages, max_tokens=40,
-            extra_body={"min_revisions": 1},
-        )  # fmt: skip
+        names = [m.id for m in client.models.list().data]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            done, other_done = pool.map(
+                lambda name: client.chat.completions.create(
+                    model=name, messages=messages, max_tokens=40, extra_body={"min_revisions": 1}
+                ),
+                names,
+            )  # fmt: skip
     finally:
         serve.shutdown()
+    assert names == [adapter.name, "other"]
     assert done.model_extra["selfee"]["text"] == reference.text
+    assert other_done.model == "other"
+    assert other_done.model_extra["selfee"]["text"] == other_reference.text
+
+    # the engine in-process (batch inference's, the benchmarks'): the other adapter
+    # beside the trained one, requests for each all at once, as the HF engine writes
+    from selfee.engines import load_engine
+
+    engine = load_engine(adapter, "vllm", vllm=VLLMConfig(kv_cache_gib=0.25),
+                         adapters={"other": other})  # fmt: skip
+    try:
+        asked = [None, "other", None, "other"]
+        batch = [CompletionRequest(chat_prompt(messages), (), 24, key=f"k{i}", adapter=name)
+                 for i, name in enumerate(asked)]  # fmt: skip
+
+        async def at_once() -> list:
+            return list(await asyncio.gather(*(engine.acomplete(r) for r in batch)))
+
+        texts = [done.text for done in engine.run(at_once)]
+    finally:
+        engine.close()
+    folders = {None: adapter, "other": other}
+    alone = {name: HFEngine.load(folders[name], device="cpu").complete(
+        CompletionRequest(chat_prompt(messages), (), 24)).text for name in folders}  # fmt: skip
+    assert len(set(alone.values())) == 2
+    assert texts == [alone[name] for name in asked]
 
 
 def test_what_vllm_cannot_apply_is_refused_before_it_starts(lora_run: dict, tmp_path: Path) -> None:

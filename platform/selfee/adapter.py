@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,62 @@ def adapter_base(path: str | Path) -> Path:
             f"base_model_name_or_path in {path / ADAPTER_CONFIG}"
         )
     return base
+
+
+def shared_base(model: str | Path, adapters: Mapping[str, Path]) -> Path:
+    """The base that ``model`` (a base, or an adapter on it) and every one of ``adapters``
+    run on, served side by side; an ``AdapterError`` for one that is not an adapter, was
+    trained on another base, or writes text with other token ids (one tokenizer serves
+    them all)."""
+    base = adapter_base(model) if is_adapter(model) else Path(model)
+    if not adapters:
+        return base
+    vocabulary = _base_vocabulary(model, base)
+    for path in adapters.values():
+        if not is_adapter(path):
+            raise AdapterError(f"{path} is not a LoRA adapter (no {ADAPTER_CONFIG})")
+        if adapter_base(path).resolve() != base.resolve():
+            raise AdapterError(
+                f"{path} was trained on {adapter_base(path)}, not on {base}: "
+                "adapters served together share one base; serve it on its own"
+            )
+        if _base_vocabulary(path, base) != vocabulary:
+            raise AdapterError(
+                f"{path} has another tokenizer than {model} (the token ids "
+                "differ): adapters served together share one; serve it on its own"
+            )
+    return base
+
+
+def _base_vocabulary(folder: str | Path, base: Path) -> dict[str, int]:
+    """The folder's tokenizer (the base's where it has none) on the ids the base model has
+    rows for: tokens a run adds beyond them (its ``[PAD]``) are never written."""
+    from transformers import AutoConfig
+
+    from selfee.tokenizer import raw_tokenizer
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        folder = base
+    rows = int(AutoConfig.from_pretrained(str(base)).vocab_size)
+    vocab = raw_tokenizer(folder).get_vocab()
+    return {token: i for token, i in vocab.items() if i < rows}
+
+
+def load_side_by_side(base: Path, adapters: Mapping[str, Path], tokenizer: Any, dtype: Any) -> Any:
+    """The base with several adapters beside each other, none merged: each row of a batch
+    runs the one it names (peft's ``adapter_names``, ``"__base__"`` for none), so one base
+    in memory serves them all. Keys: peft's names for them (no dots)."""
+    from peft import PeftModel
+
+    from selfee.model_spec import build_model, hf_spec
+
+    model = build_model(hf_spec(base, tokenizer), seed=0, dtype=dtype)
+    (first, path), *rest = adapters.items()
+    model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
+    for name, path in rest:
+        model.load_adapter(str(path), adapter_name=name)
+    return model.eval()
 
 
 def check_qlora_backend(use_gpu: bool) -> None:

@@ -1,6 +1,7 @@
 """Every key of a stage's config as a command-line option of the same name.
 
-``rpm: 60`` in YAML is ``--rpm 60``; nested keys use dots: ``--teacher.rpm 60``."""
+``rpm: 60`` in YAML is ``--rpm 60``; nested keys use dots: ``--teacher.rpm 60``; a mapping
+takes ``NAME=VALUE`` pairs: ``adapters: {math: runs/math}`` is ``--adapters math=runs/math``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def leaf_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, 
 
 def _is_list(annotation: Any) -> bool:
     return typing.get_origin(annotation) is list
+
+
+def _is_dict(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is dict
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -71,6 +76,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[StageConfig]
         elif _is_list(annotation):
             kwargs["nargs"] = "+"
             kwargs["action"] = "extend"
+        elif _is_dict(annotation):
+            kwargs["nargs"] = "+"
+            kwargs["action"] = _PairsOption
+            kwargs["metavar"] = "NAME=VALUE"
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         names += [str(alias) for alias in extra.get("cli_aliases", [])]  # type: ignore[union-attr]
         group.add_argument(*names, **kwargs)
@@ -98,6 +107,22 @@ class _RenamedOption(argparse.Action):
     def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
         warn_renamed(str(option).lstrip("-").replace("-", "_"), self.new)
         setattr(namespace, self.dest, values)
+
+
+class _PairsOption(argparse.Action):
+    """``NAME=VALUE ...`` as a mapping (repeated options add to it; a name given twice is
+    an error, not the last one silently)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        pairs = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            name, sep, value = str(item).partition("=")
+            if not sep or not name.strip() or not value.strip():
+                parser.error(f"{option}: {item!r} is not NAME=VALUE")
+            if name.strip() in pairs:
+                parser.error(f"{option}: {name.strip()!r} is given twice")
+            pairs[name.strip()] = value.strip()
+        setattr(namespace, self.dest, pairs)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

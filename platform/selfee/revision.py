@@ -143,6 +143,7 @@ class CompletionRequest:
     # check stops there as at any stop string; revision control then continues the text.
     feedback_stops: tuple[str, ...] = ()
     generation_start: int = 0  # where the chain's generation starts in ``prompt``
+    adapter: str | None = None  # which of the engine's adapters writes it (None: its model)
 
     def stop_ends_call(self, text: str, at: int, stop: str) -> bool:
         """Whether ``stop``, found at ``text[at]`` of this call's new text, ends the call."""

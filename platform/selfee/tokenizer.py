@@ -55,6 +55,13 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTok
     )
 
 
+def raw_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A model's tokenizer as it is, for inference (vLLM loads it so): no ``[PAD]`` added
+    where the model has no row for one (``load_tokenizer`` adds it for training), so text
+    that reads "[PAD]" stays text instead of an id the model has no row for."""
+    return AutoTokenizer.from_pretrained(str(path), use_fast=True)
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """A fast tokenizer from a model directory, with a pad token (``[PAD]`` if it had none).
 

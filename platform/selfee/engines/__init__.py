@@ -5,6 +5,7 @@ endpoint (``completions_api``)."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,20 @@ def engine_for(model: str | Path, engine: str = "auto", gpus: float = 0) -> str:
     return "vllm" if gpus > 0 and importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str:
-    """The engine for ``model``, or a ``ValueError`` saying what is wrong with it (a GGUF file
-    is opened and closed, so a broken one is caught before a job starts)."""
+def check_model(
+    model: str | Path, engine: str = "auto", gpus: float = 0,
+    adapters: Mapping[str, Path] | None = None,
+) -> str:  # fmt: skip
+    """The engine for ``model`` (and ``adapters`` on its base beside it), or a ``ValueError``
+    saying what is wrong with it (a GGUF file is opened and closed, so a broken one is
+    caught before a job starts)."""
+    if adapters:  # the model first, then what goes beside it
+        if engine_for(model, engine, gpus) == "llama_cpp":
+            raise ValueError("adapters: engine llama_cpp runs one GGUF file; serve each "
+                             "adapter merged into its own file, or use engine hf or vllm")  # fmt: skip
+        chosen = check_model(model, engine, gpus)
+        check_adapters(model, chosen, adapters, gpus)
+        return chosen
     chosen = engine_for(model, engine, gpus)
     path = Path(model)
     if not path.exists():
@@ -56,12 +68,39 @@ def check_model(model: str | Path, engine: str = "auto", gpus: float = 0) -> str
     return chosen
 
 
+def check_adapters(
+    model: str | Path, engine: str, adapters: Mapping[str, Path], gpus: float = 0
+) -> None:
+    """Adapters served beside ``model``: on its base, with its tokenizer, each one the
+    engine (hf or vllm) can apply."""
+    from selfee.adapter import is_adapter, shared_base
+
+    if engine == "vllm" and gpus == 0 and not is_adapter(model):
+        from selfee.engines.vllm import CPU_BASE_BESIDE_ADAPTERS
+
+        raise ValueError(CPU_BASE_BESIDE_ADAPTERS)
+
+    for name, path in adapters.items():
+        try:
+            if not Path(path).is_dir():
+                raise ValueError(f"{path}: no such directory")
+            shared_base(model, {name: path})
+            if engine == "vllm":
+                from selfee.engines.vllm import vllm_model
+
+                vllm_model(path)
+        except ValueError as e:
+            raise ValueError(f"adapters: {name}: {e}") from None
+
+
 def load_engine(
     model: str | Path, engine: str = "auto", device: str = "auto", dtype: str = "auto",
     threads: int | None = None, gpus: float = 0, vllm: Any = None,
+    adapters: Mapping[str, Path] | None = None,
 ) -> Any:  # fmt: skip
-    """A local engine for a model directory or a GGUF file (``vllm``: a ``VLLMConfig``)."""
-    chosen = check_model(model, engine, gpus)
+    """A local engine for a model directory or a GGUF file (``vllm``: a ``VLLMConfig``;
+    ``adapters``: LoRA adapters beside the model, named per request: hf and vllm)."""
+    chosen = check_model(model, engine, gpus, adapters)
     if chosen == "llama_cpp":
         from selfee.engines.llama_cpp import LlamaCppEngine
 
@@ -69,10 +108,10 @@ def load_engine(
     if chosen == "vllm":
         from selfee.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model, vllm, dtype)
+        return VLLMEngine(model, vllm, dtype, adapters=adapters)
     from selfee.engines.hf import HFEngine
 
-    return HFEngine.load(model, device, dtype)
+    return HFEngine.load(model, device, dtype, adapters)
 
 
 def engine_name(engine: Any) -> str:

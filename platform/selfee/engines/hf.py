@@ -23,7 +23,7 @@ cache-reusing path must match token for token.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,11 +109,15 @@ class HFEngine:
         reuse_cache: bool = True,
         max_context: int | None = None,
         parked_tokens: int | None = None,
+        adapters: dict[str | None, str] | None = None,
     ) -> None:
         """``parked_tokens``: how many cached tokens of chains absent from the current call
         are kept for their next call (default: twice the context), least recently used
-        first out."""
+        first out. ``adapters``: a model with several adapters side by side
+        (``adapter.load_side_by_side``): a request's ``adapter`` → the peft adapter its rows
+        run (``None``: what a request that names none runs)."""
         self.model = model.eval()
+        self.adapters = adapters
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
         self.device = next(model.parameters()).device
@@ -127,13 +131,19 @@ class HFEngine:
         self._parked: OrderedDict[str, _Parked] = OrderedDict()
         self._cache: Any = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._row_adapters: list[str] | None = None
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", dtype: str = "auto") -> HFEngine:
-        """A model directory (ours or any HF causal LM); ``auto``: CUDA + bf16 when present."""
+    def load(
+        cls, path: str | Path, device: str = "auto", dtype: str = "auto",
+        adapters: Mapping[str, Path] | None = None,
+    ) -> HFEngine:  # fmt: skip
+        """A model directory (ours or any HF causal LM); ``auto``: CUDA + bf16 when present.
+        ``adapters``: LoRA adapters on the model's base, each run by requests that name it
+        (``CompletionRequest.adapter``)."""
         from transformers import AutoModelForCausalLM
 
-        from selfee.tokenizer import load_tokenizer
+        from selfee.tokenizer import load_tokenizer, raw_tokenizer
 
         path = Path(path)
         lora = adapter.is_adapter(path)
@@ -146,12 +156,23 @@ class HFEngine:
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         tokenizer = load_tokenizer(path)
+        if adapters:  # several on one base, side by side (peft's names: no dots)
+            base = adapter.shared_base(path, adapters)
+            peft_names = {name: f"adapter_{i}" for i, name in enumerate(adapters)}
+            loaded = {peft_names[name]: Path(p) for name, p in adapters.items()}
+            routes: dict[str | None, str] = {**peft_names, None: "__base__"}
+            if lora:
+                loaded = {"served_model": path, **loaded}
+                routes[None] = "served_model"
+            model = adapter.load_side_by_side(base, loaded, tokenizer, getattr(torch, dtype))
+            return cls(model.to(device), tokenizer, adapters=routes)
         if lora:  # a LoRA adapter: on its base, merged
             return cls(adapter.load_merged(path, tokenizer, getattr(torch, dtype)).to(device),
                        tokenizer)  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):  # no pad (LLaMA's):
+            tokenizer = raw_tokenizer(path)  # the model as it is, as vLLM runs it (a new row
+            # would be one more token it could write, with random weights)
         return cls(model.to(device), tokenizer)
 
     def count_tokens(self, text: str) -> int:
@@ -178,6 +199,7 @@ class HFEngine:
     def _complete_batch(
         self, requests: Sequence[CompletionRequest], keys: list[str], on_text: OnText | None
     ) -> list[Completion]:
+        self._row_adapters = self._adapters_of(requests)
         self._select_rows(keys)
         steps = [self._plan(i, request) for i, request in enumerate(requests)]
         if not self.reuse_cache:
@@ -192,6 +214,17 @@ class HFEngine:
             logits = self._feed([s.generated[-1:] if s.finish is None else [] for s in steps])
         self._trim_tail()
         return [s.completion() for s in steps]
+
+    def _adapters_of(self, requests: Sequence[CompletionRequest]) -> list[str] | None:
+        """The peft adapter each row runs (None: a model without adapters side by side)."""
+        if self.adapters is None:
+            if named := {r.adapter for r in requests} - {None}:
+                raise KeyError(f"this engine has no adapters; asked for {sorted(named)}")  # type: ignore[type-var]
+            return None
+        unknown = {r.adapter for r in requests} - self.adapters.keys()
+        if unknown:
+            raise KeyError(f"no adapter {sorted(map(str, unknown))} in this engine")
+        return [self.adapters[r.adapter] for r in requests]
 
     # --- the steps of a call ----------------------------------------------------------
 
@@ -317,6 +350,7 @@ class HFEngine:
             position_ids=None if dense else positions.to(self.device),
             past_key_values=self._cache,
             use_cache=True,
+            **({} if self._row_adapters is None else {"adapter_names": self._row_adapters}),
         )
         self._cache = out.past_key_values
         return out.logits[:, -1, :].float()

@@ -29,8 +29,9 @@ def kept_prefix(cached: Sequence[int], ids: Sequence[int]) -> int:
 
 
 def batch_keys(requests: Sequence[CompletionRequest]) -> list[str]:
-    """The rows' keys: each names one chain's KV state, so a batch may not repeat one."""
-    keys = [r.key for r in requests]
+    """The rows' keys: each names one chain's KV state, so a batch may not repeat one. The
+    state is the adapter's too: a key continued on another adapter starts afresh."""
+    keys = [r.key if r.adapter is None else f"{r.key}\0{r.adapter}" for r in requests]
     if len(set(keys)) != len(keys):
         raise ValueError("requests in one batch need different keys")
     return keys

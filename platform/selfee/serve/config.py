@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from selfee.config import TAKE_EVERY_REQUEST, RayConfig, StageConfig
 from selfee.engines.config import ENGINE_HELP, EngineName, VLLMConfig
+
+ADAPTER_NAME = re.compile(r"[\w\-.:/]{1,128}")
 
 
 class ServeConfig(StageConfig):
@@ -22,6 +25,11 @@ class ServeConfig(StageConfig):
     model_name: str | None = Field(
         None, description="the name clients send as 'model' (default: the directory's name)"
     )
+    adapters: dict[str, Path] = Field(
+        {}, description="more LoRA adapters on model's base, each served under its name: a "
+        "request's 'model' picks one (hf, vllm: one base in memory, every adapter applied per "
+        "request; vllm batches requests for different adapters together)",
+    )  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto': CUDA if the replica has a GPU"
     )
@@ -86,15 +94,36 @@ class ServeConfig(StageConfig):
             )
         return self
 
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, adapters: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
+        model, model_name = info.data.get("model"), info.data.get("model_name")
+        for name in adapters:
+            if not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a model name clients can send (letters, "
+                                 "digits and - _ . : / only)")  # fmt: skip
+            if name == served_name(model, model_name):
+                raise ValueError(f"{name!r} is the name model is served under (model_name): "
+                                 "give the adapter another")  # fmt: skip
+        return adapters
+
     def missing(self) -> str | None:
         if self.model is None:
             return "--model: give a Hugging Face model directory, an adapter or a .gguf file"
         return None
 
     def served_name(self) -> str:
-        return self.model_name or (
-            Path(self.model).name.removesuffix(".gguf") if self.model else "selfee"
-        )
+        return served_name(self.model, self.model_name)
+
+    def served_names(self) -> list[str]:
+        """What clients may send as 'model': model's name first (a request with none gets
+        it), then the adapters'."""
+        return [self.served_name(), *self.adapters]
+
+
+def served_name(model: Path | None, model_name: str | None) -> str:
+    """The name clients send as 'model' for the model itself."""
+    return model_name or (Path(model).name.removesuffix(".gguf") if model else "selfee")
 
 
 class DemoConfig(StageConfig):

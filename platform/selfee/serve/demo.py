@@ -4,6 +4,8 @@ A client of the OpenAI-compatible endpoint (``selfee serve``, or any server that
 ``selfee`` object), through the ``openai`` package. The answer, each "Feedback k" and each
 "Revision k" are separate bubbles that appear as the chain streams in, then the final
 answer. Later turns send only the final answers of earlier ones, as the endpoint expects.
+The model is picked from the endpoint's list (an endpoint serving several adapters of one
+base lists each).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def chain_bubbles(text: str) -> list[Message]:
     return bubbles
 
 
-def final_bubble(answer: str, selfee: dict[str, Any]) -> Message:
+def final_bubble(answer: str, selfee: dict[str, Any], model: str) -> Message:
     why = {
         "verdict": "the model said no revision is needed",
         "eos": "the model ended",
@@ -42,7 +44,8 @@ def final_bubble(answer: str, selfee: dict[str, Any]) -> Message:
     counts = (
         f"{selfee.get('revisions_count', 0)} revisions, {selfee.get('forced_rewrites', 0)} forced"
     )
-    return {"role": "assistant", "content": f"**Final answer** ({counts}; {why})\n\n{answer}"}
+    return {"role": "assistant",
+            "content": f"**Final answer** ({model}: {counts}; {why})\n\n{answer}"}  # fmt: skip
 
 
 def build_demo(cfg: DemoConfig) -> Any:
@@ -56,11 +59,19 @@ def build_demo(cfg: DemoConfig) -> Any:
     client = openai.OpenAI(
         base_url=cfg.endpoint, api_key=os.environ.get(cfg.api_key_env) or "none", max_retries=1
     )
-    models: list[str] = []
+
+    def list_models() -> Any:
+        """The page's model choices, asked of the endpoint as the page loads (an endpoint
+        down then: none, and each message asks again)."""
+        try:
+            names = [m.id for m in client.models.list().data]
+        except openai.OpenAIError:
+            names = []
+        return gr.Dropdown(choices=names, value=names[0] if names else None)
 
     def respond(
-        message: str, shown: list[Message], history: list[Message], temperature: float,
-        max_tokens: float, min_revisions: float, max_revisions: float,
+        message: str, shown: list[Message], history: list[Message], model: str | None,
+        temperature: float, max_tokens: float, min_revisions: float, max_revisions: float,
     ) -> Iterator[tuple[list[Message], list[Message], str]]:  # fmt: skip
         if not message.strip():
             yield shown, history, ""
@@ -70,10 +81,9 @@ def build_demo(cfg: DemoConfig) -> Any:
         yield shown, history, ""
         text, answer, selfee = "", "", {}
         try:
-            if not models:
-                models.extend(m.id for m in client.models.list().data)
+            model = model or client.models.list().data[0].id  # the endpoint's first
             with client.chat.completions.create(
-                model=models[0], messages=asked, stream=True, temperature=temperature,  # type: ignore[arg-type]
+                model=model, messages=asked, stream=True, temperature=temperature,  # type: ignore[arg-type]
                 max_tokens=int(max_tokens),
                 extra_body={"min_revisions": int(min_revisions), "max_revisions": int(max_revisions),
                             "stream_content": "final_answer"},
@@ -108,7 +118,7 @@ def build_demo(cfg: DemoConfig) -> Any:
                 "",
             )
             return
-        shown = [*shown, *chain_bubbles(text), final_bubble(answer, selfee)]
+        shown = [*shown, *chain_bubbles(text), final_bubble(answer, selfee, model)]
         yield shown, [*asked, {"role": "assistant", "content": answer}], ""
 
     with gr.Blocks(title="SelFee", analytics_enabled=False) as demo:
@@ -125,12 +135,15 @@ def build_demo(cfg: DemoConfig) -> Any:
             send = gr.Button("Send", variant="primary", scale=1)
             stop = gr.Button("Stop", scale=1)
         with gr.Row():
+            model = gr.Dropdown([], label="Model", allow_custom_value=True, scale=2)
             temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature")
             max_tokens = gr.Slider(16, 2048, value=512, step=16, label="Max new tokens")
             min_revisions = gr.Slider(0, 10, value=0, step=1, label="Minimum revisions")
             max_revisions = gr.Slider(0, 10, value=10, step=1, label="Maximum revisions")
-        inputs = [box, chatbot, history, temperature, max_tokens, min_revisions, max_revisions]
+        inputs = [box, chatbot, history, model, temperature, max_tokens, min_revisions,
+                  max_revisions]  # fmt: skip
         outputs = [chatbot, history, box]
+        demo.load(list_models, None, model)
         sent = send.click(respond, inputs, outputs)
         submitted = box.submit(respond, inputs, outputs)
         stop.click(None, None, None, cancels=[sent, submitted])

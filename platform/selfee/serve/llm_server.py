@@ -9,8 +9,9 @@ cached. This project's revision-control ingress (``selfee.serve.app``) stays in 
 sends each step as a ``/v1/completions`` request (the prompt text, stop strings, the
 step's budget; vLLM tokenizes it once, in the replica, and clamps ``max_tokens`` to the
 context) and reads vLLM's stream back as the events the other engines' deployment yields.
-A LoRA adapter is loaded on its base when the server starts (vLLM's ``lora_modules``) and
-each step asks for it by name.
+LoRA adapters (the model, if it is one, and those served beside it) are loaded on their
+base when the server starts (vLLM's ``lora_modules``) and each step asks for its own by
+name: requests for different adapters share the engine's batches.
 """
 
 from __future__ import annotations
@@ -69,15 +70,19 @@ def llm_config(cfg: ServeConfig) -> LLMConfig:
     if router := request_router_config(cfg, vllm=True):
         deployment["request_router_config"] = router
     model = vllm_model(cfg.model)
+    served = served_models(cfg)
+    beside = {served[name]: vllm_model(path) for name, path in cfg.adapters.items()}
     engine = {
         **engine_kwargs(cfg.vllm, cfg.dtype, 0, cpu=not gpus),
-        **model.engine_kwargs(),
+        **model.engine_kwargs(list(beside.values())),
         "enable_prompt_tokens_details": True,  # usage.prompt_tokens_details.cached_tokens
     }
-    if model.adapter is not None:  # loaded at start, asked for by name (served_model)
+    loras = {**({ADAPTER_ID: model} if model.adapter is not None else {}), **beside}
+    if loras:  # loaded at start, asked for by name (served_models)
         from vllm.entrypoints.openai.models.protocol import LoRAModulePath
 
-        engine["lora_modules"] = [LoRAModulePath(ADAPTER_ID, model.adapter)]
+        engine["lora_modules"] = [LoRAModulePath(name, str(lora.adapter))
+                                  for name, lora in loras.items()]  # fmt: skip
     return LLMConfig(
         model_loading_config={"model_id": SERVED_ID, "model_source": model.base},
         accelerator_config=None if gpus else {"kind": "cpu"},
@@ -96,10 +101,13 @@ def llm_deployment(cfg: ServeConfig) -> Application:
     )  # fmt: skip
 
 
-def served_model(cfg: ServeConfig) -> str:
-    """The model the ingress asks the server for: the base, or the adapter on it (whose
-    settings ``llm_config`` has read and checked already)."""
-    return ADAPTER_ID if is_adapter(cfg.model) else SERVED_ID
+def served_models(cfg: ServeConfig) -> dict[str, str]:
+    """Each name clients may ask for → the model the ingress asks the server for: the base,
+    or an adapter on it (whose settings ``llm_config`` has read and checked already)."""
+    first = ADAPTER_ID if is_adapter(cfg.model) else SERVED_ID
+    return {cfg.served_name(): first} | {
+        name: f"{ADAPTER_ID}-{i}" for i, name in enumerate(cfg.adapters, 2)
+    }
 
 
 def completion_request(request: CompletionRequest, model: str) -> Any:
@@ -118,7 +126,7 @@ def completion_request(request: CompletionRequest, model: str) -> Any:
 async def llm_step(
     server: DeploymentHandle, model: str, request: CompletionRequest, stream: bool
 ) -> AsyncIterator[str | Completion | StepFailed]:
-    """One step on the ``LLMServer`` (``model``: ``served_model``): its text as it comes (when
+    """One step on the ``LLMServer`` (``model``: one of ``served_models``): its text as it comes (when
     ``stream``), then the ``Completion`` or a ``StepFailed``. Closed early, it cancels the
     request (vLLM aborts)."""
     text, finish, stop, usage = "", "length", None, {}

@@ -84,7 +84,7 @@ class SelFeeModel:
         from selfee.engines import load_engine
 
         self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype,
-                                  max(1, int(cfg.cpus_per_replica)))  # fmt: skip
+                                  max(1, int(cfg.cpus_per_replica)), adapters=cfg.adapters)  # fmt: skip
         if cfg.parked_tokens is not None and hasattr(self.engine, "parked_tokens"):  # hf
             self.engine.parked_tokens = cfg.parked_tokens
         self._batch.set_max_batch_size(cfg.max_batch_size)

@@ -50,10 +50,14 @@ __all__ = ["APIError", "ChainStream", "GenerationRequest", "Limits", "chat_promp
 
 @dataclass(frozen=True)
 class Limits:
-    model_name: str
+    model_name: str  # what a request that names no model gets
     max_context: int
     max_new_tokens: int = 512  # default when the request gives none
     max_revisions: int = 20  # the most min_revisions / max_revisions a request may ask for
+    adapters: tuple[str, ...] = ()  # the other names a request may ask for
+
+    def names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.adapters)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class GenerationRequest:
     stream: bool
     chat: bool
     final_answer_only: bool = False  # a stream's content: the final answer, not the chain
+    model: str = ""  # the served name it asked for (or the default one)
 
 
 def chat_prompt(messages: list[dict[str, str]]) -> str:
@@ -86,11 +91,10 @@ def parse_request(body: Any, limits: Limits, chat: bool) -> GenerationRequest:
     request = wire.validate(
         model, body, max_context=limits.max_context, max_revisions=limits.max_revisions
     )
-    if request.model is not None and request.model != limits.model_name:
-        raise APIError(
-            404, f"model '{request.model}' does not exist; this server has '{limits.model_name}'",
-            "model", "model_not_found",
-        )  # fmt: skip
+    if request.model is not None and request.model not in limits.names():
+        served = ", ".join(f"'{name}'" for name in limits.names())
+        raise APIError(404, f"model '{request.model}' does not exist; this server has {served}",
+                       "model", "model_not_found")  # fmt: skip
     if isinstance(request, wire.ChatRequest):
         if request.messages[-1].role != "user":
             raise APIError(400, "the last message must come from the user", "messages")
@@ -107,9 +111,9 @@ def parse_request(body: Any, limits: Limits, chat: bool) -> GenerationRequest:
         top_p=request.top_p,
         seed=request.seed or 0,
     )
-    return GenerationRequest(
-        prompt, settings, request.stream, chat, request.stream_content == "final_answer"
-    )
+    return GenerationRequest(prompt, settings, request.stream, chat,
+                             request.stream_content == "final_answer",
+                             request.model or limits.model_name)  # fmt: skip
 
 
 # --- responses ------------------------------------------------------------------------

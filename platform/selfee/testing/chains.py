@@ -69,3 +69,31 @@ def write_pad_less_base(folder: Path) -> Path:
     ).save_pretrained(folder)  # fmt: skip
     no_pad.save_pretrained(folder)
     return folder
+
+
+def write_random_adapter(
+    model: Any, base: Path, adapter: Path, tokenizer: Any, rank: int = 16, seed: int = 1,
+    std: float = 0.02,
+) -> Any:  # fmt: skip
+    """A LoRA adapter of ``rank`` on every linear layer of ``model`` (the base saved in
+    ``base``) with random weights (peft starts B at zero: the adapter would change nothing),
+    saved to ``adapter``; returns the wrapped model. ``std`` 0: an adapter that changes
+    nothing (and tells which model answered)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from selfee.adapter import LLAMA_LINEAR
+
+    lora = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=LLAMA_LINEAR, task_type="CAUSAL_LM"
+    )
+    wrapped = get_peft_model(model, lora)
+    wrapped.peft_config["default"].base_model_name_or_path = str(base)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, std)
+    wrapped.save_pretrained(adapter, safe_serialization=True, save_embedding_layers=False)
+    tokenizer.save_pretrained(adapter)
+    return wrapped
