@@ -23,7 +23,7 @@ def scrape() -> dict[tuple[str, frozenset], float]:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
         mine = frozenset((k, v) for k, v in labels.items() if k in ("stage", "kind", "outcome",
-                         "finish_reason", "run", "le"))  # fmt: skip
+                         "finish_reason", "run", "le", "model"))  # fmt: skip
         key = (match["name"], mine)
         series[key] = series.get(key, 0.0) + float(match["value"])
     return series

@@ -64,12 +64,14 @@ def test_augment_infer_and_serve_metrics(
     assert grew("ray_selfee_llm_retries_total", stage="augment") >= 1
     assert grew("ray_selfee_llm_tokens_total", stage="augment", kind="completion") > 0
     assert grew("ray_selfee_rows_total", stage="augment", outcome="done") == 6
-    # infer: chains, revisions, forced rewrites, tokens
+    # infer: chains, revisions, forced rewrites, tokens (labelled with the answers' model)
     assert grew("ray_selfee_chains_total", stage="infer") == 3
+    assert grew("ray_selfee_chains_total", stage="infer", model=selfee_model_dir.name) == 3
     assert grew("ray_selfee_generated_tokens_total", stage="infer") == infer_summary["tokens"]
     assert grew("ray_selfee_revisions_total", stage="infer") >= 3
     # serve: chains by finish reason, time to first token
     assert grew("ray_selfee_chains_total", stage="serve") == 2
+    assert grew("ray_selfee_chains_total", stage="serve", model="model") == 2  # as asked
     assert grew("ray_selfee_time_to_first_token_seconds_count", stage="serve") == 2
     assert grew("ray_selfee_forced_rewrites_total", stage="serve") >= 0
     reasons = {dict(labels).get("finish_reason") for (n, labels) in after

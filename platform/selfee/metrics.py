@@ -36,19 +36,20 @@ METRICS: dict[str, MetricSpec] = {
     "selfee_llm_cost_usd": MetricSpec("counter", "cost at the configured prices", ("stage",)),
     "selfee_rows": MetricSpec("counter", "rows finished", ("stage", "outcome")),
     # infer, eval and serve: chains under revision control
-    "selfee_chains": MetricSpec("counter", "chains finished", ("stage", "finish_reason")),
-    "selfee_revisions": MetricSpec("counter", "revisions written", ("stage",)),
+    # (model: the answers' model_id; on Serve, the name a request asked for)
+    "selfee_chains": MetricSpec("counter", "chains finished", ("stage", "model", "finish_reason")),
+    "selfee_revisions": MetricSpec("counter", "revisions written", ("stage", "model")),
     "selfee_forced_rewrites": MetricSpec(
-        "counter", "revisions forced by min_revisions", ("stage",)
+        "counter", "revisions forced by min_revisions", ("stage", "model")
     ),
-    "selfee_generated_tokens": MetricSpec("counter", "tokens generated", ("stage",)),
+    "selfee_generated_tokens": MetricSpec("counter", "tokens generated", ("stage", "model")),
     "selfee_tokens_per_second": MetricSpec(
-        "gauge", "generated tokens per second, latest", ("stage",)
+        "gauge", "generated tokens per second, latest", ("stage", "model")
     ),
     "selfee_time_to_first_token_seconds": MetricSpec(
         "histogram",
         "from a request's arrival to its first generated text",
-        ("stage",),
+        ("stage", "model"),
         (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     ),
     # train
@@ -109,9 +110,10 @@ def record_llm_row(stage: str, usage: dict[str, Any], error: bool, cost: float) 
     record("selfee_llm_cost_usd", cost, stage=stage)
 
 
-def record_chain(stage: str, result: dict[str, Any]) -> None:
-    """One chain (a ``RevisionResult.summary()``) finished."""
-    record("selfee_chains", 1, stage=stage, finish_reason=result.get("finish_reason", "unknown"))
-    record("selfee_revisions", result.get("revisions", 0), stage=stage)
-    record("selfee_forced_rewrites", result.get("forced_rewrites", 0), stage=stage)
-    record("selfee_generated_tokens", result.get("tokens", 0), stage=stage)
+def record_chain(stage: str, model: str, result: dict[str, Any]) -> None:
+    """One chain (a ``RevisionResult.summary()``) of ``model`` finished."""
+    record("selfee_chains", 1, stage=stage, model=model,
+           finish_reason=result.get("finish_reason", "unknown"))  # fmt: skip
+    record("selfee_revisions", result.get("revisions", 0), stage=stage, model=model)
+    record("selfee_forced_rewrites", result.get("forced_rewrites", 0), stage=stage, model=model)
+    record("selfee_generated_tokens", result.get("tokens", 0), stage=stage, model=model)

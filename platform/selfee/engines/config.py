@@ -4,6 +4,7 @@ control's settings are ``selfee.revision.RevisionSettings``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -79,3 +80,7 @@ class ModelConfig(StageConfig):
         "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
+
+    def answer_model_id(self) -> str:
+        """The model's name in answers and metrics."""
+        return self.model_id or Path(str(self.model)).name.removesuffix(".gguf")

@@ -4,7 +4,6 @@ Ray Data pass and one journal (``selfee.eval.job`` says what each set is)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from selfee import journal
@@ -76,7 +75,7 @@ def generate_runs(
         f"before, {len(work)} to generate")  # fmt: skip
     if work:
         generate_answers(base, work, journal_path, "", done, failed, stage="eval")
-    model_id = cfg.model_id or Path(str(cfg.model)).name.removesuffix(".gguf")
+    model_id = cfg.answer_model_id()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {run: {} for run in RUNS}
     for run, q, item_id in wanted:
         row = done.get(item_id)

@@ -134,7 +134,7 @@ def generate_answers(
             num_cpus=cfg.cpus_per_actor,
             num_gpus=cfg.gpus_per_actor or None,
         )
-        tally = _Tally(len(work), stage)
+        tally = _Tally(len(work), stage, cfg.answer_model_id())
 
         def on_row(row: dict[str, Any]) -> bool:
             tally.finished += 1
@@ -145,7 +145,7 @@ def generate_answers(
             saved.write(row)
             done[row["id"]] = row
             tally.tokens += row["result"]["tokens"]
-            metrics.record_chain(stage, row["result"])
+            metrics.record_chain(stage, tally.model, row["result"])
             return False
 
         drain(dataset, stage, "questions", "answer", len(work), on_row, tally.line,
@@ -158,6 +158,7 @@ class _Tally:
 
     total: int
     stage: str
+    model: str
     finished: int = 0
     tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -167,7 +168,7 @@ class _Tally:
 
     def line(self) -> str:
         """The status line (every ``progress_interval_s``), with the tokens/s metric."""
-        metrics.record("selfee_tokens_per_second", self.rate(), stage=self.stage)
+        metrics.record("selfee_tokens_per_second", self.rate(), stage=self.stage, model=self.model)
         return _progress(self.finished, self.total, self.tokens, time.monotonic() - self.started)
 
 

@@ -91,7 +91,7 @@ def _run(stage: InferStage) -> dict[str, Any]:
     check_config(cfg)
     assert cfg.questions is not None and cfg.output is not None
     questions = read_questions(cfg.questions)[: cfg.limit]
-    model_id = cfg.model_id or Path(str(cfg.model)).name.removesuffix(".gguf")
+    model_id = cfg.answer_model_id()
     fingerprint = model_fingerprint(cfg)
     journal_path = stage.beside(".journal.jsonl")
     if cfg.overwrite:

@@ -47,11 +47,11 @@ logger = logging.getLogger("ray.serve")
 app = FastAPI(title="SelFee", description="OpenAI-compatible SelFee endpoint with revision control")
 
 
-def _record_first_text(arrived: float) -> None:
+def _record_first_text(arrived: float, model: str) -> None:
     """Defined above the ingress: ``serve.ingress`` pickles the class by value as it is
     decorated, with only the module names that exist by then."""
     metrics.record("selfee_time_to_first_token_seconds", time.monotonic() - arrived,
-                   stage="serve")  # fmt: skip
+                   stage="serve", model=model)  # fmt: skip
 
 
 @serve.ingress(app)
@@ -153,20 +153,21 @@ class OpenAIIngress:
                 if isinstance(event, str):
                     if event and waiting:
                         waiting = False
-                        _record_first_text(arrived)
+                        _record_first_text(arrived, model)
                     yield event
                 else:
                     done = event
             assert done is not None, "the model deployment ended a step without its result"
             if done.text and waiting:  # not streamed: the first step brought the text
                 waiting = False
-                _record_first_text(arrived)
+                _record_first_text(arrived, model)
             controller.feed(done)
             yield ""
         result = controller.result().summary()
-        metrics.record_chain("serve", result)
+        metrics.record_chain("serve", model, result)
         seconds = max(time.monotonic() - arrived, 1e-9)
-        metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve")
+        metrics.record("selfee_tokens_per_second", result["tokens"] / seconds, stage="serve",
+                       model=model)  # fmt: skip
 
     async def _step(self, step: CompletionRequest, stream: bool, model: str) -> AsyncIterator[Any]:
         """One step on the model deployment; closed early, the deployment drops it."""
