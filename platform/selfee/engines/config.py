@@ -19,6 +19,11 @@ ENGINE_HELP = (
 )
 
 
+def default_model_name(model: str | Path) -> str:
+    """A model's name where none is given: its directory's, or its GGUF file's."""
+    return Path(model).name.removesuffix(".gguf")
+
+
 class VLLMConfig(StageConfig):
     """How a vLLM engine starts (``selfee.engines.vllm``); empty: a default for the device."""
 
@@ -83,4 +88,4 @@ class ModelConfig(StageConfig):
 
     def answer_model_id(self) -> str:
         """The model's name in answers and metrics."""
-        return self.model_id or Path(str(self.model)).name.removesuffix(".gguf")
+        return self.model_id or default_model_name(str(self.model))

@@ -36,6 +36,7 @@ from selfee.engines.rows import (
     OnText,
     RowCall,
     batch_keys,
+    check_adapters,
     check_context,
     kept_prefix,
 )
@@ -217,14 +218,8 @@ class HFEngine:
 
     def _adapters_of(self, requests: Sequence[CompletionRequest]) -> list[str] | None:
         """The peft adapter each row runs (None: a model without adapters side by side)."""
-        if self.adapters is None:
-            if named := {r.adapter for r in requests} - {None}:
-                raise KeyError(f"this engine has no adapters; asked for {sorted(named)}")  # type: ignore[type-var]
-            return None
-        unknown = {r.adapter for r in requests} - self.adapters.keys()
-        if unknown:
-            raise KeyError(f"no adapter {sorted(map(str, unknown))} in this engine")
-        return [self.adapters[r.adapter] for r in requests]
+        check_adapters(requests, self.adapters or {None})
+        return None if self.adapters is None else [self.adapters[r.adapter] for r in requests]
 
     # --- the steps of a call ----------------------------------------------------------
 

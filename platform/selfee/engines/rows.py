@@ -4,7 +4,7 @@ or the token limit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -35,6 +35,13 @@ def batch_keys(requests: Sequence[CompletionRequest]) -> list[str]:
     if len(set(keys)) != len(keys):
         raise ValueError("requests in one batch need different keys")
     return keys
+
+
+def check_adapters(requests: Sequence[CompletionRequest], known: Collection[str | None]) -> None:
+    """Every request names an adapter the engine holds (``None``: the engine's model)."""
+    unknown = {r.adapter for r in requests} - set(known)
+    if unknown:
+        raise KeyError(f"no adapter {sorted(map(str, unknown))} in this engine")
 
 
 def check_context(ids: Sequence[int], max_context: int) -> None:

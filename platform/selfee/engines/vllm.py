@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selfee.engines.config import VLLMConfig
-from selfee.engines.rows import DETOKENIZE_CONTEXT, OnText, check_context, first_stop, streamable
+from selfee.engines.rows import (
+    DETOKENIZE_CONTEXT,
+    OnText,
+    check_adapters,
+    check_context,
+    first_stop,
+    streamable,
+)
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 from selfee.tokenizer import raw_tokenizer
 
@@ -271,8 +278,7 @@ class VLLMEngine:
         )
 
     async def _generate(self, request: CompletionRequest, on_text: OnText | None) -> Completion:
-        if request.adapter not in self.loras:
-            raise KeyError(f"no adapter {request.adapter!r} in this engine")
+        check_adapters([request], self.loras)
         ids = self.tokenize(request.prompt)
         check_context(ids, self.max_context)
         params = self.sampling_params(request, len(ids))

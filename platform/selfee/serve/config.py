@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from selfee.config import TAKE_EVERY_REQUEST, RayConfig, StageConfig
-from selfee.engines.config import ENGINE_HELP, EngineName, VLLMConfig
+from selfee.engines.config import ENGINE_HELP, EngineName, VLLMConfig, default_model_name
 
 ADAPTER_NAME = re.compile(r"[\w\-.:/]{1,128}")
 
@@ -123,7 +123,7 @@ class ServeConfig(StageConfig):
 
 def served_name(model: Path | None, model_name: str | None) -> str:
     """The name clients send as 'model' for the model itself."""
-    return model_name or (Path(model).name.removesuffix(".gguf") if model else "selfee")
+    return model_name or (default_model_name(model) if model else "selfee")
 
 
 class DemoConfig(StageConfig):
