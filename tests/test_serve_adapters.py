@@ -18,6 +18,7 @@ from conftest import deploy_selfee
 from selfee.engines import check_model
 from selfee.engines.hf import HFEngine
 from selfee.revision import CompletionRequest, RevisionSettings, generate
+from selfee.serve.app import build
 from selfee.serve.openai_api import chat_prompt
 from selfee.testing.chains import write_pad_less_base, write_random_adapter
 
@@ -123,6 +124,12 @@ def test_adapters_that_cannot_share_the_base_are_refused(
         "adapters: vLLM on CPUs cannot run the base itself beside adapters"
     )
     assert check_model(models["math"], "vllm", adapters={"code": models["code"]}) == "vllm"
+    # `serve run configs/serve/selfee.yaml` checks them too, before any replica starts
+    with pytest.raises(ValueError, match=r"adapters: x: .* was trained on"):
+        build({"model": str(models["base"]), "adapters": {"x": str(models["elsewhere"])}})
+    with pytest.raises(ValueError, match="vLLM on CPUs cannot run the base itself"):
+        build({"model": str(models["base"]), "engine": "vllm",
+               "adapters": {"math": str(models["math"])}})  # fmt: skip
     # an adapter whose tokenizer gives other ids to the base's tokens
     retokenized = tmp_path / "retokenized"
     retokenized.mkdir()

@@ -273,8 +273,15 @@ def selfee_application(cfg: ServeConfig) -> Application:
 
 
 def build(args: dict[str, Any]) -> Application:
-    """Builder for ``serve run configs/serve/selfee.yaml`` (args: any ``ServeConfig`` key)."""
-    return selfee_application(ServeConfig.model_validate(args))
+    """Builder for ``serve run configs/serve/selfee.yaml`` (args: any ``ServeConfig`` key).
+    The model and its adapters are checked here, as ``selfee serve`` checks them: a replica
+    would fail on them later, or (adapters vLLM's CPU build mixes up) answer wrongly."""
+    from selfee.engines import check_model
+
+    cfg = ServeConfig.model_validate(args)
+    cfg.require()
+    check_model(cfg.model, cfg.engine, cfg.gpus_per_replica, cfg.adapters)
+    return selfee_application(cfg)
 
 
 def port_in_use(host: str, port: int, port_option: str) -> ConfigError:
