@@ -29,15 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from selfee.engines.rows import (
-    OnText,
-    RowCall,
-    batch_keys,
-    check_adapters,
-    check_context,
-    kept_prefix,
-    shifted,
-)
+from selfee.engines import rows
+from selfee.engines.rows import OnText, RowCall, batch_keys, check_context, kept_prefix, shifted
 from selfee.revision import GREEDY_BELOW, Completion, CompletionRequest
 
 GGUF_MAGIC = b"GGUF"
@@ -232,7 +225,7 @@ class LlamaCppEngine:
     ) -> list[Completion]:
         """``on_text``: stream each row's new text after every token (see ``rows.OnText``)."""
         batch_keys(requests)  # refuses a repeated key
-        check_adapters(requests, {None})  # one model: adapters are merged into their GGUF
+        rows.check_adapters(requests, {None})  # one model: adapters are merged into their GGUF
         out: list[Completion] = []
         for start in range(0, len(requests), self.slots):  # at most one chain per slot
             group = requests[start : start + self.slots]
