@@ -82,42 +82,47 @@ def adapter_base(path: str | Path) -> Path:
     return base
 
 
-def shared_base(model: str | Path, adapters: Mapping[str, Path]) -> Path:
-    """The base that ``model`` (a base, or an adapter on it) and every one of ``adapters``
-    run on, served side by side; an ``AdapterError`` for one that is not an adapter, was
-    trained on another base, or writes text with other token ids (one tokenizer serves
-    them all)."""
-    base = adapter_base(model) if is_adapter(model) else Path(model)
-    if not adapters:
-        return base
-    vocabulary = _base_vocabulary(model, base)
-    for path in adapters.values():
-        if not is_adapter(path):
-            raise AdapterError(f"{path} is not a LoRA adapter (no {ADAPTER_CONFIG})")
-        if adapter_base(path).resolve() != base.resolve():
-            raise AdapterError(
-                f"{path} was trained on {adapter_base(path)}, not on {base}: "
-                "adapters served together share one base; serve it on its own"
-            )
-        if _base_vocabulary(path, base) != vocabulary:
-            raise AdapterError(
-                f"{path} has another tokenizer than {model} (the token ids "
-                "differ): adapters served together share one; serve it on its own"
-            )
-    return base
+def base_of(model: str | Path) -> Path:
+    """The base model directory ``model`` runs on: itself, or an adapter's base."""
+    return adapter_base(model) if is_adapter(model) else Path(model)
 
 
-def _base_vocabulary(folder: str | Path, base: Path) -> dict[str, int]:
-    """The folder's tokenizer (the base's where it has none) on the ids the base model has
-    rows for: tokens a run adds beyond them (its ``[PAD]``) are never written."""
+def check_shared_base(model: str | Path, adapters: Mapping[str, Path]) -> None:
+    """``adapters`` can be served beside ``model`` (a base, or an adapter on it): an
+    ``AdapterError`` naming the one that is not an adapter, was trained on another base, or
+    writes text with other token ids (one tokenizer serves them all)."""
     from transformers import AutoConfig
 
+    base = base_of(model)
+    rows = int(AutoConfig.from_pretrained(str(base)).vocab_size)
+    vocabulary = _base_vocabulary(model, base, rows)
+    for name, path in adapters.items():
+        if not is_adapter(path):
+            raise AdapterError(f"{name}: {path} is not a LoRA adapter (no {ADAPTER_CONFIG})")
+        try:
+            theirs = adapter_base(path)
+        except AdapterError as e:
+            raise AdapterError(f"{name}: {e}") from None
+        if theirs.resolve() != base.resolve():
+            raise AdapterError(
+                f"{name}: {path} was trained on {theirs}, not on {base}: "
+                "adapters served together share one base; serve it on its own"
+            )
+        if _base_vocabulary(path, base, rows) != vocabulary:
+            raise AdapterError(
+                f"{name}: {path} has another tokenizer than {model} (the token ids "
+                "differ): adapters served together share one; serve it on its own"
+            )
+
+
+def _base_vocabulary(folder: str | Path, base: Path, rows: int) -> dict[str, int]:
+    """The folder's tokenizer (the base's where it has none) on the ``rows`` ids the base
+    model has rows for: tokens a run adds beyond them (its ``[PAD]``) are never written."""
     from selfee.tokenizer import raw_tokenizer
 
     folder = Path(folder)
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         folder = base
-    rows = int(AutoConfig.from_pretrained(str(base)).vocab_size)
     vocab = raw_tokenizer(folder).get_vocab()
     return {token: i for token, i in vocab.items() if i < rows}
 

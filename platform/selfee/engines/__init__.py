@@ -73,24 +73,27 @@ def check_adapters(
 ) -> None:
     """Adapters served beside ``model``: on its base, with its tokenizer, each one the
     engine (hf or vllm) can apply."""
-    from selfee.adapter import is_adapter, shared_base
+    from selfee.adapter import check_shared_base, is_adapter
 
     if engine == "vllm" and gpus == 0 and not is_adapter(model):
         from selfee.engines.vllm import CPU_BASE_BESIDE_ADAPTERS
 
         raise ValueError(CPU_BASE_BESIDE_ADAPTERS)
-
     for name, path in adapters.items():
-        try:
-            if not Path(path).is_dir():
-                raise ValueError(f"{path}: no such directory")
-            shared_base(model, {name: path})
-            if engine == "vllm":
-                from selfee.engines.vllm import vllm_model
+        if not Path(path).is_dir():
+            raise ValueError(f"adapters: {name}: {path}: no such directory")
+    try:
+        check_shared_base(model, adapters)  # its messages name the adapter
+    except ValueError as e:
+        raise ValueError(f"adapters: {e}") from None
+    if engine == "vllm":
+        from selfee.engines.vllm import vllm_model
 
+        for name, path in adapters.items():
+            try:
                 vllm_model(path)
-        except ValueError as e:
-            raise ValueError(f"adapters: {name}: {e}") from None
+            except ValueError as e:
+                raise ValueError(f"adapters: {name}: {e}") from None
 
 
 def load_engine(

@@ -141,7 +141,7 @@ class HFEngine:
     ) -> HFEngine:  # fmt: skip
         """A model directory (ours or any HF causal LM); ``auto``: CUDA + bf16 when present.
         ``adapters``: LoRA adapters on the model's base, each run by requests that name it
-        (``CompletionRequest.adapter``)."""
+        (``CompletionRequest.adapter``); ``engines.load_engine`` checks them first."""
         from transformers import AutoModelForCausalLM
 
         from selfee.tokenizer import load_tokenizer, raw_tokenizer
@@ -158,7 +158,7 @@ class HFEngine:
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         tokenizer = load_tokenizer(path)
         if adapters:  # several on one base, side by side (peft's names: no dots)
-            base = adapter.shared_base(path, adapters)
+            base = adapter.base_of(path)
             peft_names = {name: f"adapter_{i}" for i, name in enumerate(adapters)}
             loaded = {peft_names[name]: Path(p) for name, p in adapters.items()}
             routes: dict[str | None, str] = {**peft_names, None: "__base__"}

