@@ -80,6 +80,26 @@ def selfee_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_selfee_model(tmp_path_factory.mktemp("selfee-model") / "model")
 
 
+@pytest.fixture(scope="session")
+def adapter_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A pad-less base, two random adapters on it (math: rank 8, code: 16), and one on
+    another base (elsewhere)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfee.testing.chains import write_pad_less_base, write_random_adapter
+
+    folder = tmp_path_factory.mktemp("adapters")
+    paths = {"base": write_pad_less_base(folder / "base"),
+             "other_base": write_pad_less_base(folder / "other_base")}  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(paths["base"])
+    for name, base, rank, seed in (("math", "base", 8, 1), ("code", "base", 16, 2),
+                                   ("elsewhere", "other_base", 8, 3)):  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(paths[base])
+        paths[name] = folder / name
+        write_random_adapter(model, paths[base], paths[name], tokenizer, rank, seed)
+    return paths
+
+
 SERVE_STARTS = 3  # ports tried before a Serve that cannot bind fails the test
 
 

@@ -161,4 +161,4 @@ def test_a_mapping_takes_name_value_pairs(capsys: pytest.CaptureFixture[str]) ->
         assert f"--adapters: {message}" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the model's own name, taken
         main(["serve", "--model", "base", "--adapters", "base=x"])
-    assert "'base' is the name model is served under" in capsys.readouterr().err
+    assert "'base' is the model's own name (model_name)" in capsys.readouterr().err

@@ -167,3 +167,84 @@ def test_an_endpoint_that_refuses_the_key_stops_infer_before_any_actor(
     with pytest.raises(ConfigError, match="rpm 1 is too low for 2 workers"):
         run_infer(config("offline-teacher", tmp_path, base_url=teacher.base_url, rpm=1,
                          api_key_env="TEACHER_KEY"))  # fmt: skip
+
+
+def test_adapters_beside_the_model_answer_in_one_run_as_each_alone(
+    ray_session: None, adapter_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """One engine holds the base and two adapters; every question goes to each model, and
+    each model's answer file (journal, summary, manifest) is what a run of it alone leaves."""
+    paths = adapter_models
+    adapters = {"math": paths["math"], "code": paths["code"]}
+    cfg = config(paths["base"], tmp_path, n=3, output=tmp_path / "answers" / "{model}.jsonl",
+                 adapters=adapters, max_new_tokens=40, min_revisions=1, batch_size=9,
+                 concurrency=1)  # fmt: skip
+    summary = run_infer(cfg)
+    folder = tmp_path / "answers"
+    assert set(summary["models"]) == {"base", "math", "code"} and summary["failed"] == {}
+    together = {}
+    for name in ("base", "math", "code"):
+        rows = list(read_jsonl(folder / f"{name}.jsonl"))
+        assert [r["question_id"] for r in rows] == [1, 2, 3]
+        assert {r["model_id"] for r in rows} == {name}
+        assert rows[0]["metadata"]["model"] == str(paths[name])
+        assert summary["models"][name]["generated"] == 3
+        manifest = check_manifest(folder / f"{name}.manifest.json", "infer")
+        assert manifest["outputs"]["answers"]["path"] == str(folder / f"{name}.jsonl")
+        together[name] = rows
+    texts = {name: [r["whole_generation"] for r in rows] for name, rows in together.items()}
+    assert texts["math"] != texts["base"] != texts["code"] != texts["math"]
+    # the nine chains were one batch (one call, one latency): the adapters mixed in it
+    assert len({r["metadata"].pop("latency_s") for rows in together.values() for r in rows}) == 1
+
+    # each alone (an adapter merged into its base: the engine's other path) writes the same
+    for name in ("base", "math"):
+        alone = config(paths[name], tmp_path, n=3, output=tmp_path / "alone" / f"{name}.jsonl",
+                       max_new_tokens=40, min_revisions=1, model_id=name, batch_size=9,
+                       concurrency=1)  # fmt: skip
+        run_infer(alone)
+        rows = list(read_jsonl(alone.output))
+        assert all(r["metadata"].pop("latency_s") > 0 for r in rows)
+        assert rows == together[name]  # answer ids, texts, metadata
+
+    # a re-run generates nothing; a model added later generates only its own answers
+    again = run_infer(cfg)
+    assert [s["generated"] for s in again["models"].values()] == [0, 0, 0]
+    (folder / "code.journal.jsonl").unlink()
+    again = run_infer(cfg)
+    assert {n: s["generated"] for n, s in again["models"].items()} == {
+        "base": 0, "math": 0, "code": 3
+    }  # fmt: skip
+    rows = list(read_jsonl(folder / "code.jsonl"))
+    assert [r["whole_generation"] for r in rows] == texts["code"]
+
+
+def test_adapters_that_infer_cannot_run_are_refused_before_any_actor(
+    adapter_models: dict[str, Path], tmp_path: Path
+) -> None:
+    paths = adapter_models
+    adapters = {"math": paths["math"]}
+
+    def refusal(**overrides: object) -> str:
+        values = {"adapters": adapters, "output": tmp_path / "{model}.jsonl", **overrides}
+        with pytest.raises(ConfigError) as caught:
+            run_infer(config(paths["base"], tmp_path, n=1, **values))
+        return str(caught.value)
+
+    assert refusal(output=tmp_path / "a.jsonl") == (
+        "--output: with --adapters each model writes its own answer file: put {model} in it, "
+        f"e.g. {tmp_path / '{model}.jsonl'}"
+    )
+    assert refusal(adapters={"x": paths["elsewhere"]}).startswith(
+        f"adapters: x: {paths['elsewhere']} was trained on {paths['other_base']}"
+    )
+    assert refusal(engine="vllm").startswith("adapters: vLLM on CPUs cannot run the base itself")
+    assert refusal(base_url="http://127.0.0.1:9/v1").startswith(
+        "--adapters: an endpoint's adapters are model names it serves"
+    )
+    with pytest.raises(ValueError, match=r"'base' is the model's own name \(model_id\)"):
+        config(paths["base"], tmp_path, adapters={"base": paths["math"]})
+    # on the command line: NAME=DIR pairs, the same refusals, exit 1 with one line
+    argv = ["infer", "--model", str(paths["base"]), "--questions", str(tmp_path / "question.jsonl"),
+            "--adapters", f"math={paths['math']}", "--output", str(tmp_path / "a.jsonl")]  # fmt: skip
+    assert main(argv) == 1

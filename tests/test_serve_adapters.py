@@ -20,27 +20,9 @@ from selfee.engines.hf import HFEngine
 from selfee.revision import CompletionRequest, RevisionSettings, generate
 from selfee.serve.app import build
 from selfee.serve.openai_api import chat_prompt
-from selfee.testing.chains import write_pad_less_base, write_random_adapter
 
 PROMPT = "### Human: What color is the car?\n\n### Assistant:"
 MESSAGES = [{"role": "user", "content": "What color is the car?"}]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A pad-less base, two random adapters on it (ranks 8 and 16), and one on another base."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("adapters")
-    paths = {"base": write_pad_less_base(folder / "base"),
-             "other_base": write_pad_less_base(folder / "other_base")}  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(paths["base"])
-    for name, base, rank, seed in (("math", "base", 8, 1), ("code", "base", 16, 2),
-                                   ("elsewhere", "other_base", 8, 3)):  # fmt: skip
-        model = AutoModelForCausalLM.from_pretrained(paths[base])
-        paths[name] = folder / name
-        write_random_adapter(model, paths[base], paths[name], tokenizer, rank, seed)
-    return paths
 
 
 def alone(path: Path, request: CompletionRequest) -> list[int]:
@@ -50,33 +32,35 @@ def alone(path: Path, request: CompletionRequest) -> list[int]:
 
 
 def test_a_base_without_a_pad_token_writes_what_transformers_writes(
-    models: dict[str, Path],
+    adapter_models: dict[str, Path],
 ) -> None:
     """The HF engine runs such a base as it is (as vLLM does): no row added for the
     ``[PAD]`` training adds, which would be one more token it could write."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(models["base"])
-    model = AutoModelForCausalLM.from_pretrained(models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(adapter_models["base"])
+    model = AutoModelForCausalLM.from_pretrained(adapter_models["base"])
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=48, do_sample=False, eos_token_id=None)
     expected = out[0, ids.shape[1] :].tolist()
-    engine = HFEngine.load(models["base"], device="cpu")
+    engine = HFEngine.load(adapter_models["base"], device="cpu")
     assert list(engine.complete(CompletionRequest(PROMPT, (), 48)).ids) == expected
     # text that reads like that token is text, as for vLLM
     assert engine.count_tokens("[PAD]") == len(tokenizer("[PAD]")["input_ids"]) > 2
 
 
-def test_each_row_of_a_batch_runs_its_own_adapter(models: dict[str, Path]) -> None:
-    engine = HFEngine.load(models["base"], device="cpu",
-                           adapters={"math": models["math"], "code": models["code"]})  # fmt: skip
+def test_each_row_of_a_batch_runs_its_own_adapter(adapter_models: dict[str, Path]) -> None:
+    engine = HFEngine.load(adapter_models["base"], device="cpu",
+                           adapters={"math": adapter_models["math"], "code": adapter_models["code"]})  # fmt: skip
     asked = [None, "math", "code", "math"]
     requests = [CompletionRequest(PROMPT, (), 20, key=f"chain{i}", adapter=adapter)
                 for i, adapter in enumerate(asked)]  # fmt: skip
     first = engine.complete_batch(requests)
-    expected = {a: alone(models[a or "base"], CompletionRequest(PROMPT, (), 20)) for a in asked}
+    expected = {
+        a: alone(adapter_models[a or "base"], CompletionRequest(PROMPT, (), 20)) for a in asked
+    }
     assert len(set(map(tuple, expected.values()))) == 3  # the adapters write different text
     assert [list(done.ids) for done in first] == [expected[a] for a in asked]
     # the chains continue in another order and company: each keeps its cache and adapter
@@ -85,55 +69,67 @@ def test_each_row_of_a_batch_runs_its_own_adapter(models: dict[str, Path]) -> No
     again = engine.complete_batch(then)
     assert all(done.cached_tokens > 0 for done in again)
     for request, done in zip(then, again, strict=True):
-        assert list(done.ids) == alone(models[request.adapter or "base"], request)
+        assert list(done.ids) == alone(adapter_models[request.adapter or "base"], request)
     with pytest.raises(KeyError, match="no adapter"):
         engine.complete_batch([CompletionRequest(PROMPT, (), 4, adapter="chat")])
 
 
 def test_an_adapter_as_the_model_keeps_serving_requests_that_name_none(
-    models: dict[str, Path],
+    adapter_models: dict[str, Path],
 ) -> None:
-    engine = HFEngine.load(models["math"], device="cpu", adapters={"code": models["code"]})
+    engine = HFEngine.load(
+        adapter_models["math"], device="cpu", adapters={"code": adapter_models["code"]}
+    )
     request = CompletionRequest(PROMPT, (), 16)
-    assert list(engine.complete(request).ids) == alone(models["math"], request)
+    assert list(engine.complete(request).ids) == alone(adapter_models["math"], request)
     coded = CompletionRequest(PROMPT, (), 16, adapter="code")
-    assert list(engine.complete(coded).ids) == alone(models["code"], request)
+    assert list(engine.complete(coded).ids) == alone(adapter_models["code"], request)
 
 
 def test_adapters_that_cannot_share_the_base_are_refused(
-    models: dict[str, Path], tmp_path: Path
+    adapter_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    def refusal(engine: str = "hf", model: Path = models["base"], **adapters: Path) -> str:
+    def refusal(engine: str = "hf", model: Path = adapter_models["base"], **adapters: Path) -> str:
         with pytest.raises(ValueError) as caught:
             check_model(model, engine, adapters=adapters)
         return str(caught.value)
 
-    assert check_model(models["base"], "hf", adapters={"math": models["math"]}) == "hf"
-    assert refusal(x=models["elsewhere"]).startswith(
-        f"adapters: x: {models['elsewhere']} was trained on {models['other_base']}, not on"
+    assert (
+        check_model(adapter_models["base"], "hf", adapters={"math": adapter_models["math"]}) == "hf"
     )
-    assert refusal(x=models["other_base"]) == (
-        f"adapters: x: {models['other_base']} is not a LoRA adapter (no adapter_config.json)"
+    assert refusal(x=adapter_models["elsewhere"]).startswith(
+        f"adapters: x: {adapter_models['elsewhere']} was trained on {adapter_models['other_base']}, not on"
+    )
+    assert refusal(x=adapter_models["other_base"]) == (
+        f"adapters: x: {adapter_models['other_base']} is not a LoRA adapter (no adapter_config.json)"
     )
     assert refusal(x=tmp_path / "nope") == f"adapters: x: {tmp_path / 'nope'}: no such directory"
-    assert refusal("auto", tmp_path / "model.gguf", x=models["math"]).startswith(
+    assert refusal("auto", tmp_path / "model.gguf", x=adapter_models["math"]).startswith(
         "adapters: engine llama_cpp runs one GGUF file"
     )
     # vLLM's CPU build runs a base request batched with adapter requests on an adapter
-    assert refusal("vllm", x=models["math"]).startswith(
+    assert refusal("vllm", x=adapter_models["math"]).startswith(
         "adapters: vLLM on CPUs cannot run the base itself beside adapters"
     )
-    assert check_model(models["math"], "vllm", adapters={"code": models["code"]}) == "vllm"
+    assert (
+        check_model(adapter_models["math"], "vllm", adapters={"code": adapter_models["code"]})
+        == "vllm"
+    )
     # `serve run configs/serve/selfee.yaml` checks them too, before any replica starts
     with pytest.raises(ValueError, match=r"adapters: x: .* was trained on"):
-        build({"model": str(models["base"]), "adapters": {"x": str(models["elsewhere"])}})
+        build(
+            {
+                "model": str(adapter_models["base"]),
+                "adapters": {"x": str(adapter_models["elsewhere"])},
+            }
+        )
     with pytest.raises(ValueError, match="vLLM on CPUs cannot run the base itself"):
-        build({"model": str(models["base"]), "engine": "vllm",
-               "adapters": {"math": str(models["math"])}})  # fmt: skip
+        build({"model": str(adapter_models["base"]), "engine": "vllm",
+               "adapters": {"math": str(adapter_models["math"])}})  # fmt: skip
     # an adapter whose tokenizer gives other ids to the base's tokens
     retokenized = tmp_path / "retokenized"
     retokenized.mkdir()
-    for part in models["math"].iterdir():
+    for part in adapter_models["math"].iterdir():
         (retokenized / part.name).write_bytes(part.read_bytes())
     vocab_file = retokenized / "tokenizer.json"
     vocab_file.write_text(vocab_file.read_text().replace('"<s>": 0', '"<S>": 0'))
@@ -144,14 +140,14 @@ def test_adapters_that_cannot_share_the_base_are_refused(
 @pytest.mark.usefixtures("ray_session")
 class TestServedSideBySide:
     @pytest.fixture(scope="class")
-    def endpoint(self, models: dict[str, Path]) -> Iterator[str]:
+    def endpoint(self, adapter_models: dict[str, Path]) -> Iterator[str]:
         # a step waits up to 0.5 s for others: concurrent requests share batches
-        yield deploy_selfee(models["base"], adapters={"math": str(models["math"]),
-                            "code": str(models["code"])}, batch_wait_timeout_s=0.5)  # fmt: skip
+        yield deploy_selfee(adapter_models["base"], adapters={"math": str(adapter_models["math"]),
+                            "code": str(adapter_models["code"])}, batch_wait_timeout_s=0.5)  # fmt: skip
         serve.shutdown()
 
     def test_every_adapter_answers_under_its_name(
-        self, endpoint: str, models: dict[str, Path]
+        self, endpoint: str, adapter_models: dict[str, Path]
     ) -> None:
         client = openai.OpenAI(base_url=endpoint, api_key="none", max_retries=0, timeout=120)
         assert [m.id for m in client.models.list().data] == ["base", "math", "code"]
@@ -164,7 +160,7 @@ class TestServedSideBySide:
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
             answers = list(pool.map(ask, names))
         settings = RevisionSettings(min_revisions=1, max_new_tokens=40)
-        expected = {name: generate(HFEngine.load(models[name], device="cpu"),
+        expected = {name: generate(HFEngine.load(adapter_models[name], device="cpu"),
                                    chat_prompt(MESSAGES), settings).text
                     for name in set(names)}  # fmt: skip
         assert len(set(expected.values())) == 3

@@ -160,21 +160,28 @@ def test_the_adapter_runs_on_vllm_as_on_the_hf_engine(lora_run: dict, tmp_path: 
     # reads it from the base's folder, beside a model config (none beside an adapter)
     assert model.tokenizer == str(lora_run["base"])
 
+    # beside it, another adapter on the same base (rank 8, the base's own tokenizer)
+    other = tmp_path / "other"
+    write_random_adapter(AutoModelForCausalLM.from_pretrained(lora_run["base"]), lora_run["base"],
+                         other, AutoTokenizer.from_pretrained(lora_run["base"]), 8)  # fmt: skip
     questions = question_file(tmp_path / "q.jsonl", 3)
     answers = {}
-    for engine in ("hf", "vllm"):
+    for engine in ("hf", "vllm"):  # both adapters in one run: requests for each mixed
         cfg = InferConfig(model=str(adapter), engine=engine, questions=questions,
-                          output=tmp_path / engine / "answers.jsonl", max_new_tokens=60,
-                          min_revisions=1, vllm={"kv_cache_gib": 0.25})  # fmt: skip
+                          adapters={"other": other}, output=tmp_path / engine / "{model}.jsonl",
+                          max_new_tokens=60, min_revisions=1, vllm={"kv_cache_gib": 0.25})  # fmt: skip
         run_infer(cfg)
-        answers[engine] = [a["whole_generation"] for a in read_jsonl(cfg.output)]
-    assert answers["vllm"] == answers["hf"] and len(answers["hf"]) == 3
+        answers[engine] = {name: [a["whole_generation"] for a in read_jsonl(cfg.answer_file(name))]
+                           for name in (adapter.name, "other")}  # fmt: skip
+    assert answers["vllm"] == answers["hf"] and len(answers["hf"]["other"]) == 3
+    assert answers["hf"]["other"] != answers["hf"][adapter.name]
     # a question that reads like the run's added token: text to vLLM (the base has no row
     # for [PAD]), not an id it refuses ("Token id 400 is out of vocabulary")
     with questions.open("a") as f:
         f.write(json.dumps({"question_id": 4, "text": "Why [PAD] it?", "category": "x"}) + "\n")
     summary = run_infer(cfg)
-    assert (summary["generated"], summary["failed"]) == (1, {}), summary["failed"]
+    assert summary["failed"] == {}, summary["failed"]
+    assert [s["generated"] for s in summary["models"].values()] == [1, 1]
 
     messages = [{"role": "user", "content": "What color is the car?"}]
     reference = generate(HFEngine.load(adapter, device="cpu"), chat_prompt(messages),
@@ -182,11 +189,7 @@ def test_the_adapter_runs_on_vllm_as_on_the_hf_engine(lora_run: dict, tmp_path: 
     without = generate(HFEngine.load(lora_run["base"], device="cpu"), chat_prompt(messages),
                        RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
     assert reference.text != without.text  # the adapter changes what the model writes
-    # beside it, another adapter on the same base (rank 8, the base's own tokenizer), served
-    # under its own name by the same vLLM engine
-    other = tmp_path / "other"
-    write_random_adapter(AutoModelForCausalLM.from_pretrained(lora_run["base"]), lora_run["base"],
-                         other, AutoTokenizer.from_pretrained(lora_run["base"]), 8)  # fmt: skip
+    # the other adapter beside it, served under its own name by the same vLLM engine
     other_reference = generate(HFEngine.load(other, device="cpu"), chat_prompt(messages),
                                RevisionSettings(min_revisions=1, max_new_tokens=40))  # fmt: skip
     assert other_reference.text not in (reference.text, without.text)

@@ -213,10 +213,13 @@ class RevisionResult:
 class RevisionController:
     """One chain, step by step: ``next_request`` says what to generate, ``feed`` takes it."""
 
-    def __init__(self, prompt: str, settings: RevisionSettings, key: str = "") -> None:
+    def __init__(
+        self, prompt: str, settings: RevisionSettings, key: str = "", adapter: str | None = None
+    ) -> None:
         self.prompt = prompt
         self.settings = settings
         self.key = key
+        self.adapter = adapter  # which of the engine's adapters writes the chain
         self.text = ""
         self.tokens = 0
         self.prompt_tokens = 0
@@ -261,6 +264,7 @@ class RevisionController:
             key=self.key,
             feedback_stops=feedback_stops,
             generation_start=len(self.prompt),
+            adapter=self.adapter,
         )
 
     def feed(self, completion: Completion) -> None:
@@ -422,9 +426,13 @@ def generate(
 
 
 async def generate_async(
-    engine: AsyncCompletionEngine, prompt: str, settings: RevisionSettings, key: str = ""
+    engine: AsyncCompletionEngine,
+    prompt: str,
+    settings: RevisionSettings,
+    key: str = "",
+    adapter: str | None = None,
 ) -> RevisionResult:
-    controller = RevisionController(prompt, settings, key)
+    controller = RevisionController(prompt, settings, key, adapter)
     while (request := controller.next_request()) is not None:
         controller.feed(await engine.acomplete(request))
     return controller.result()
@@ -434,27 +442,26 @@ def generate_batch(
     engine: CompletionEngine | AsyncCompletionEngine,
     prompts: Sequence[str],
     settings: RevisionSettings | Sequence[RevisionSettings],
+    adapters: Sequence[str | None] | None = None,
 ) -> list[RevisionResult]:
     """Generate many chains. On an engine with its own event loop (``acomplete``) every
     chain runs on its own, all in flight at once; on others all chains step together: each
     round sends every unfinished chain's next request at once (``engine.complete_batch``
     when the engine has one). ``settings``: one for all, or one per prompt (e.g. each with
-    its own seed)."""
+    its own seed). ``adapters``: which of the engine's adapters writes each chain (None:
+    its model; the same question may come once per adapter)."""
     each = [settings] * len(prompts) if isinstance(settings, RevisionSettings) else settings
+    chains = list(zip(prompts, each, adapters or [None] * len(prompts), strict=True))
     if hasattr(engine, "acomplete"):
         concurrent: Any = engine
 
         async def all_chains() -> list[RevisionResult]:
             return list(await asyncio.gather(*(
-                generate_async(concurrent, p, s, str(i))
-                for i, (p, s) in enumerate(zip(prompts, each, strict=True))
+                generate_async(concurrent, p, s, str(i), a) for i, (p, s, a) in enumerate(chains)
             )))  # fmt: skip
 
         return concurrent.run(all_chains)
-    controllers = [
-        RevisionController(p, s, key=str(i))
-        for i, (p, s) in enumerate(zip(prompts, each, strict=True))
-    ]
+    controllers = [RevisionController(p, s, str(i), a) for i, (p, s, a) in enumerate(chains)]
     batch_call = getattr(engine, "complete_batch", None)
     while True:
         pending = [(c, r) for c in controllers if (r := c.next_request()) is not None]

@@ -4,6 +4,8 @@ control's settings are ``selfee.revision.RevisionSettings``."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +21,24 @@ ENGINE_HELP = (
 )
 
 
+ADAPTER_NAME = re.compile(r"[\w\-.:/]{1,128}")
+
+
 def default_model_name(model: str | Path) -> str:
     """A model's name where none is given: its directory's, or its GGUF file's."""
     return Path(model).name.removesuffix(".gguf")
+
+
+def check_adapter_names(adapters: Mapping[str, Path], model_name: str, option: str) -> None:
+    """Adapters beside a model are named in requests (Serve) and answer files (infer): each
+    name is one a client can send, and not the model's own (``option`` sets that one)."""
+    for name in adapters:
+        if not ADAPTER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a model name clients can send (letters, "
+                             "digits and - _ . : / only)")  # fmt: skip
+        if name == model_name:
+            raise ValueError(f"{name!r} is the model's own name ({option}): give the adapter "
+                             "another")  # fmt: skip
 
 
 class VLLMConfig(StageConfig):

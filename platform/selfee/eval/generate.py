@@ -12,7 +12,7 @@ from selfee.eval.config import EvalConfig
 from selfee.eval.inputs import EvalQuestion, log
 from selfee.infer.answers import JournaledAnswer, answer_row, model_fingerprint
 from selfee.infer.config import InferConfig
-from selfee.infer.generate import generate_answers
+from selfee.infer.generate import AnswerSink, generate_answers
 from selfee.infer.job import check_config
 from selfee.records import write_jsonl
 
@@ -69,19 +69,20 @@ def generate_runs(
                     work.append({"id": item_id, "index": index, "question_id": q.question_id,
                                  "text": q.text, "settings": run_settings(cfg, run, sample),
                                  "fingerprint": prints[run]})  # fmt: skip
-    done = {k: r for k, r in saved.rows.items() if "result" in r}
-    failed: dict[str, str] = {}
+    model_id = cfg.answer_model_id()
+    sink = AnswerSink(
+        journal_path, "", model_id, {k: r for k, r in saved.rows.items() if "result" in r}
+    )
     log(f"{len(wanted)} answers wanted ({', '.join(RUNS)}), {len(wanted) - len(work)} saved "
         f"before, {len(work)} to generate")  # fmt: skip
     if work:
-        generate_answers(base, work, journal_path, "", done, failed, stage="eval")
-    model_id = cfg.answer_model_id()
+        generate_answers(base, work, {None: sink}, stage="eval")
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {run: {} for run in RUNS}
     for run, q, item_id in wanted:
-        row = done.get(item_id)
+        row = sink.done.get(item_id)
         if row is not None and row.get("fingerprint") == prints[run]:
             answer = answer_row(row, run_cfgs[run], model_id, prints[run])
             runs[run].setdefault(q.key, []).append(answer)
     for run, rows in runs.items():
         write_jsonl(folder / f"{run}.jsonl", [r for q in questions for r in rows.get(q.key, [])])
-    return runs, failed
+    return runs, sink.failed

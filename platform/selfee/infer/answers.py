@@ -120,5 +120,5 @@ def summarize(
         "finish_reasons": dict(collections.Counter(m["finish_reason"] for m in meta)),
         "tokens": sum(m["tokens"] for m in meta),
         "seconds": round(seconds, 2),
-        "output": str(cfg.output),
+        "output": str(cfg.answer_file()),
     }

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from selfee.config import RayConfig
-from selfee.engines.config import ModelConfig
+from selfee.engines.config import ModelConfig, check_adapter_names
 from selfee.revision import RevisionSettings
 
 
@@ -17,11 +17,25 @@ class InferConfig(RevisionSettings, ModelConfig):
     model_config = ConfigDict(frozen=False)
 
     questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
-    output: Path | None = Field(None, description="answer file to write (.jsonl)")
+    output: Path | None = Field(
+        None, description="answer file to write (.jsonl); '{model}' in it: the model's name "
+        "(model_id, or an adapter's), one file per model",
+    )  # fmt: skip
+    adapters: dict[str, Path] = Field(
+        {}, description="more LoRA adapters on model's base, each answering every question "
+        "under its name (its answers' model_id): one run, one base in memory, batches mixing "
+        "adapters (hf, vllm); put '{model}' in output",
+    )  # fmt: skip
     limit: int | None = Field(None, ge=1, description="only the first N questions (a trial run)")
     overwrite: bool = Field(False, description="discard saved answers and generate all again")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _adapter_names(self) -> InferConfig:
+        if self.adapters and self.model:
+            check_adapter_names(self.adapters, self.answer_model_id(), "model_id")
+        return self
 
     def missing(self) -> str | None:
         if self.questions is None or self.output is None or not self.model:
@@ -30,3 +44,17 @@ class InferConfig(RevisionSettings, ModelConfig):
                 "--output A.jsonl"
             )
         return None
+
+    def answer_file(self, model_name: str | None = None) -> Path:
+        """The answer file of ``model_name`` (the model's own: None)."""
+        assert self.output is not None
+        return Path(str(self.output).replace("{model}", model_name or self.answer_model_id()))
+
+    def one_model_configs(self) -> dict[str | None, InferConfig]:
+        """The model's run (None) and each adapter's, as a run of that model alone would be
+        configured: each answer file, journal and manifest is what that run would leave."""
+        runs: dict[str | None, InferConfig] = {None: self}
+        for name, path in self.adapters.items():
+            alone = {"model": str(path), "model_id": name, "adapters": {}}
+            runs[name] = self.model_copy(update={**alone, "output": self.answer_file(name)})
+        return runs

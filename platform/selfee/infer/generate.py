@@ -4,10 +4,12 @@ journaled on the driver as it arrives (``selfee.driver.drain``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ class InferWorker:
             threads = max(1, int(cfg.cpus_per_actor))
             torch.set_num_threads(threads)
             self.engine = load_engine(str(cfg.model), cfg.engine, cfg.device, cfg.dtype, threads,
-                                      cfg.gpus_per_actor, cfg.vllm)  # fmt: skip
+                                      cfg.gpus_per_actor, cfg.vllm, cfg.adapters)  # fmt: skip
             self.where = engine_name(self.engine)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
@@ -93,6 +95,7 @@ class InferWorker:
                 else revision_settings(self.cfg, seed_offset=q["index"])
                 for q in questions
             ],
+            [q.get("adapter") for q in questions],
         )
         seconds = time.monotonic() - started
         return [
@@ -101,18 +104,28 @@ class InferWorker:
         ]
 
 
+@dataclass
+class AnswerSink:
+    """Where one model's answers go as they arrive: its journal, and the answers by id."""
+
+    journal: Path
+    fingerprint: str
+    model_id: str
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    generated: int = 0
+
+
 def generate_answers(
     cfg: InferConfig,
     work: list[dict[str, Any]],
-    journal_path: Path,
-    fingerprint: str,
-    done: dict[str, dict[str, Any]],
-    failed: dict[str, str],
+    sinks: Mapping[str | None, AnswerSink],
     stage: str = "infer",
 ) -> None:
     """Generate ``work`` (rows with ``id``, ``index``, ``question_id``, ``text``, and
-    optionally their own ``settings`` and ``fingerprint``) on model actors; every answer is
-    journaled at once and put in ``done`` under its id; failures go to ``failed``."""
+    optionally their own ``settings``, ``fingerprint`` and ``adapter``) on model actors.
+    A row's answer goes to the sink of its adapter (None: the model's), journaled at once
+    and put in its ``done`` under the row's id; a failure goes to its ``failed``."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -120,7 +133,8 @@ def generate_answers(
 
     actors = min(cfg.concurrency, math.ceil(len(work) / cfg.batch_size))
     share = endpoint_share(cfg, actors) if cfg.base_url else None
-    with journal.Journal(journal_path) as saved, ray_runtime(cfg.ray):
+    with contextlib.ExitStack() as stack, ray_runtime(cfg.ray):
+        journals = {a: stack.enter_context(journal.Journal(s.journal)) for a, s in sinks.items()}
         DataContext.get_current().enable_progress_bars = False
         items = [{"question": json.dumps(w)} for w in work]
         dataset = ray.data.from_items(
@@ -138,14 +152,16 @@ def generate_answers(
 
         def on_row(row: dict[str, Any]) -> bool:
             tally.finished += 1
+            sink = sinks[row.get("adapter")]
             if "error" in row:
-                failed[str(row["question_id"])] = row["error"]
+                sink.failed[str(row["question_id"])] = row["error"]
                 return False
-            row.setdefault("fingerprint", fingerprint)
-            saved.write(row)
-            done[row["id"]] = row
+            row.setdefault("fingerprint", sink.fingerprint)
+            journals[row.get("adapter")].write(row)
+            sink.done[row["id"]] = row
+            sink.generated += 1
             tally.tokens += row["result"]["tokens"]
-            metrics.record_chain(stage, tally.model, row["result"])
+            metrics.record_chain(stage, sink.model_id, row["result"])
             return False
 
         drain(dataset, stage, "questions", "answer", len(work), on_row, tally.line,

@@ -7,11 +7,16 @@ OpenAI-compatible endpoint (``base_url``). Every finished answer goes to a journ
 the answer file at once; a re-run (after a crash, Ctrl-C, or with more questions) generates
 only what the journal lacks for the same model and settings. The answer file comes out in
 the SelFee/FastChat format, in question order.
+
+With ``adapters`` (LoRA adapters on the model's base), one engine holds them all and each
+question goes to every model in the same batches; each model gets the answer file,
+journal and manifest a run of it alone would leave (``InferConfig.one_model_configs``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ from selfee.infer.answers import (
     summarize,
 )
 from selfee.infer.config import InferConfig
-from selfee.infer.generate import generate_answers
+from selfee.infer.generate import AnswerSink, generate_answers
 from selfee.records import read_questions, write_jsonl
 from selfee.stage import Stage
 
@@ -39,10 +44,18 @@ def log(message: str) -> None:
 
 def check_config(cfg: InferConfig) -> None:
     cfg.require()
+    if cfg.base_url and cfg.adapters:
+        raise ConfigError("--adapters: an endpoint's adapters are model names it serves: run "
+                          "once per --model NAME")  # fmt: skip
+    if cfg.adapters and "{model}" not in str(cfg.output):
+        raise ConfigError(f"--output: with --adapters each model writes its own answer file: "
+                          f"put {{model}} in it, e.g. {cfg.output.parent / '{model}.jsonl'}")  # fmt: skip
     if not cfg.base_url:
         try:
-            check_model(cfg.model, cfg.engine, cfg.gpus_per_actor)
+            check_model(cfg.model, cfg.engine, cfg.gpus_per_actor, cfg.adapters)
         except ValueError as e:
+            if str(e).startswith("adapters: "):
+                raise ConfigError(str(e)) from None
             raise ConfigError(f"--model: {e}; to use an endpoint, give --base-url too") from None
     if cfg.output.suffix != ".jsonl":
         raise ConfigError(f"--output must be a .jsonl file (got {cfg.output})")
@@ -55,11 +68,11 @@ class InferStage(Stage[InferConfig]):
     name = "infer"
 
     def beside(self, suffix: str) -> Path:
-        output = Path(str(self.cfg.output))
+        output = self.cfg.answer_file()
         return output.with_name(output.stem + suffix)
 
     def folder(self) -> Path:
-        return Path(str(self.cfg.output)).parent
+        return self.cfg.answer_file().parent
 
     def manifest_path(self) -> Path:
         return self.beside(".manifest.json")
@@ -72,7 +85,7 @@ class InferStage(Stage[InferConfig]):
         return {"questions": Path(str(self.cfg.questions)), **model}
 
     def outputs(self) -> dict[str, Path]:
-        return {"answers": Path(str(self.cfg.output))}
+        return {"answers": self.cfg.answer_file()}
 
     def counts(self, summary: dict[str, Any]) -> dict[str, Any]:
         keys = ("answers", "revisions", "forced_rewrites", "finish_reasons", "tokens")
@@ -86,12 +99,49 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     return InferStage(cfg).run()
 
 
+@dataclass
+class _ModelRun:
+    """One model's part of a run: its own stage (files, manifest), journal and answers."""
+
+    stage: InferStage
+    sink: AnswerSink
+    skipped: dict[str, int]
+
+
 def _run(stage: InferStage) -> dict[str, Any]:
     cfg = stage.cfg
     check_config(cfg)
     assert cfg.questions is not None and cfg.output is not None
     questions = read_questions(cfg.questions)[: cfg.limit]
-    model_id = cfg.answer_model_id()
+    runs = {
+        adapter: _start(stage if adapter is None else InferStage(one, stage.label))
+        for adapter, one in cfg.one_model_configs().items()
+    }
+    work = []  # question by question, each for every model: the batches mix them
+    for index, q in enumerate(questions):
+        key = json.dumps(q["question_id"])
+        for adapter, run in runs.items():
+            if key not in run.sink.done:
+                work.append({"id": key, "index": index, "question_id": q["question_id"],
+                             "text": q["text"], "adapter": adapter})  # fmt: skip
+    names = ", ".join(run.sink.model_id for run in runs.values())
+    log(
+        f"{len(questions)} questions, {len(questions) * len(runs) - len(work)} answered before, "
+        f"{len(work)} to generate with {names} (min_revisions {cfg.min_revisions}, "
+        f"max_revisions {cfg.max_revisions}, max_new_tokens {cfg.max_new_tokens})"
+    )
+    if work:
+        generate_answers(cfg, work, {adapter: run.sink for adapter, run in runs.items()})
+    summaries = {run.sink.model_id: _finish(run, questions) for run in runs.values()}
+    if len(summaries) == 1:
+        return next(iter(summaries.values()))
+    failed = {f"{name}: {q}": e for name, s in summaries.items() for q, e in s["failed"].items()}
+    return {"models": summaries, "failed": failed}
+
+
+def _start(stage: InferStage) -> _ModelRun:
+    """A model's answers so far (its journal's rows made with the same fingerprint)."""
+    cfg = stage.cfg
     fingerprint = model_fingerprint(cfg)
     journal_path = stage.beside(".journal.jsonl")
     if cfg.overwrite:
@@ -102,39 +152,32 @@ def _run(stage: InferStage) -> dict[str, Any]:
     if saved.skipped:
         log(saved.describe(journal_path))
     done = {key: row for key, row in saved.rows.items() if row["fingerprint"] == fingerprint}
-    work = []
-    for index, q in enumerate(questions):
-        key = json.dumps(q["question_id"])
-        if key not in done:
-            work.append(
-                {"id": key, "index": index, "question_id": q["question_id"], "text": q["text"]}
-            )
-    log(
-        f"{len(questions)} questions, {len(questions) - len(work)} answered before, "
-        f"{len(work)} to generate with {model_id} (min_revisions {cfg.min_revisions}, "
-        f"max_revisions {cfg.max_revisions}, max_new_tokens {cfg.max_new_tokens})"
-    )
-    failed: dict[str, str] = {}
-    if work:
-        generate_answers(cfg, work, journal_path, fingerprint, done, failed)
+    sink = AnswerSink(journal_path, fingerprint, cfg.answer_model_id(), done)
+    return _ModelRun(stage, sink, {"unreadable": saved.unreadable, "invalid": saved.invalid})
+
+
+def _finish(run: _ModelRun, questions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write a model's answer file (question order), summary and manifest."""
+    cfg, sink = run.stage.cfg, run.sink
+    output = cfg.answer_file()
     rows = [
-        answer_row(done[key], cfg, model_id, fingerprint)
+        answer_row(sink.done[key], cfg, sink.model_id, sink.fingerprint)
         for q in questions
-        if (key := json.dumps(q["question_id"])) in done
+        if (key := json.dumps(q["question_id"])) in sink.done
     ]
-    write_jsonl(cfg.output, rows)
-    summary = summarize(rows, len(questions), failed, stage.elapsed(), cfg)
-    summary["generated"] = len(work) - len(failed)
-    summary["journal_skipped"] = {"unreadable": saved.unreadable, "invalid": saved.invalid}
-    stage.finish(summary)
+    write_jsonl(output, rows)
+    summary = summarize(rows, len(questions), sink.failed, run.stage.elapsed(), cfg)
+    summary["generated"] = sink.generated
+    summary["journal_skipped"] = run.skipped
+    run.stage.finish(summary)
     log(
-        f"answers: {cfg.output} ({len(rows)} of {len(questions)}); revisions "
+        f"answers: {output} ({len(rows)} of {len(questions)}); revisions "
         f"{summary['revisions']}; finish reasons {summary['finish_reasons']}"
     )
-    if failed:
-        first = next(iter(failed.items()))
+    if sink.failed:
+        first = next(iter(sink.failed.items()))
         log(
-            f"{len(failed)} questions failed (first: question {first[0]}: {first[1]}); "
-            "re-run the same command to try them again"
+            f"{len(sink.failed)} questions failed for {sink.model_id} (first: question "
+            f"{first[0]}: {first[1]}); re-run the same command to try them again"
         )
     return summary

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from selfee.config import TAKE_EVERY_REQUEST, RayConfig, StageConfig
-from selfee.engines.config import ENGINE_HELP, EngineName, VLLMConfig, default_model_name
-
-ADAPTER_NAME = re.compile(r"[\w\-.:/]{1,128}")
+from selfee.engines.config import (
+    ENGINE_HELP,
+    EngineName,
+    VLLMConfig,
+    check_adapter_names,
+    default_model_name,
+)
 
 
 class ServeConfig(StageConfig):
@@ -98,13 +101,7 @@ class ServeConfig(StageConfig):
     @classmethod
     def _adapter_names(cls, adapters: dict[str, Path], info: ValidationInfo) -> dict[str, Path]:
         model, model_name = info.data.get("model"), info.data.get("model_name")
-        for name in adapters:
-            if not ADAPTER_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a model name clients can send (letters, "
-                                 "digits and - _ . : / only)")  # fmt: skip
-            if name == served_name(model, model_name):
-                raise ValueError(f"{name!r} is the name model is served under (model_name): "
-                                 "give the adapter another")  # fmt: skip
+        check_adapter_names(adapters, served_name(model, model_name), "model_name")
         return adapters
 
     def missing(self) -> str | None:
