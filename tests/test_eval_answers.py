@@ -8,7 +8,8 @@ from fractions import Fraction
 import pytest
 
 from selfee.eval import answers
-from selfee.eval.tasks import TASKS, gold_of_row, question_of_row
+from selfee.eval.tasks import TASKS, gold_of_row
+from selfee.records import question_of_row
 
 # (a, b, equal after normalization?)
 MATH_PAIRS = [
@@ -144,11 +145,12 @@ def test_code_is_read_from_fences_or_the_whole_text() -> None:
 
 def test_gold_comes_from_question_rows_and_instruction_rows() -> None:
     q = {"question_id": 1, "text": "How many?", "gold": "... #### 12"}
-    assert question_of_row(q) == (1, "How many?")
+    assert question_of_row(q) == (1, "How many?", "")
     assert gold_of_row(TASKS["gsm8k"], q) == "12"
     gsm = {"id": "a1", "instruction": "How many?", "input": "", "output": "... #### 5",
            "meta": {"final_answer": "5"}}  # fmt: skip
-    assert question_of_row(gsm) == ("a1", "How many?")
+    assert question_of_row(gsm) == ("a1", "How many?", "")
+    assert question_of_row({**gsm, "input": "Ann has 5."}) == ("a1", "How many?", "Ann has 5.")
     assert gold_of_row(TASKS["gsm8k"], gsm) == "5"
     math = {"id": "m", "instruction": "x?", "input": "", "output": "So $\\boxed{\\dfrac{1}{2}}$"}
     assert gold_of_row(TASKS["math"], math) == "\\dfrac{1}{2}"

@@ -145,7 +145,7 @@ def test_generating_with_the_tiny_model_every_answer_set_journaled(
     ray_session: None, selfee_model_dir: Path, tmp_path: Path
 ) -> None:
     rows = [{"id": f"g{i}", "dataset": "gsm8k", "instruction": f"Tom has {i} apples and buys "
-             f"{i + 2} more. How many does he have?", "input": "",
+             f"{i + 2} more. How many does he have?", "input": "Count them." if i else "",
              "output": f"{i} + {i + 2} = {2 * i + 2}\n#### {2 * i + 2}",
              "meta": {"final_answer": str(2 * i + 2)}} for i in range(3)]  # fmt: skip
     write_jsonl(tmp_path / "gsm8k.jsonl", rows)
@@ -157,7 +157,10 @@ def test_generating_with_the_tiny_model_every_answer_set_journaled(
     counts = {run: len(list(read_jsonl(out / f"{run}.jsonl")))
               for run in ("forced", "autonomous", "first", "samples")}  # fmt: skip
     assert counts == {"forced": 3, "autonomous": 3, "first": 3, "samples": 6}
-    for row in read_jsonl(out / "forced.jsonl"):
+    for row in read_jsonl(out / "forced.jsonl"):  # an input below its instruction, as trained
+        has_input = "### Instruction:\nTom has" in row["whole_generation"] and (
+            "\n\n### Input:\nCount them.\n\n### Answer:\n" in row["whole_generation"])  # fmt: skip
+        assert has_input == (row["question_id"] != "g0")
         meta = row["metadata"]
         assert meta["settings"]["min_revisions"] == 2 and meta["settings"]["max_new_tokens"] == 120
         assert meta["revisions"] == 2 or meta["finish_reason"] == "budget"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import check_manifest
-from selfee.chain import final_answer, parse
+from selfee.chain import final_answer, parse, render_prompt
 from selfee.cli import main
 from selfee.errors import ConfigError
 from selfee.infer.config import InferConfig
@@ -143,13 +143,46 @@ def test_user_mistakes_are_clear_errors(
 def test_question_file_problems_name_the_line(selfee_model_dir: Path, tmp_path: Path) -> None:
     cfg = config(selfee_model_dir, tmp_path)
     cfg.questions.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 2}\n')
-    with pytest.raises(ConfigError, match="line 2 needs 'question_id' and a string 'text'"):
+    with pytest.raises(
+        ConfigError,
+        match="line 2 needs 'question_id' and a string 'text' "
+        r"\(question.jsonl\) or 'id' and 'instruction' \(Instruction rows\)",
+    ):
         run_infer(cfg)
     cfg.questions.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
     with pytest.raises(ConfigError, match="line 2 repeats question_id 1"):
         run_infer(cfg)
     with pytest.raises(ConfigError, match="does not exist"):
         run_infer(config(selfee_model_dir, tmp_path, questions=tmp_path / "missing.jsonl"))
+
+
+def test_collected_instruction_rows_are_questions_for_infer_and_eval(
+    ray_session: None, selfee_model_dir: Path, tmp_path: Path
+) -> None:
+    """``selfee collect``'s rows go straight to infer (id → question_id, instruction and
+    input → text, dataset → category), and its answers to ``selfee eval --answers``."""
+    from selfee.eval.config import EvalConfig
+    from selfee.eval.job import run_eval
+
+    rows = [{"id": f"g{i}", "dataset": "gsm8k", "instruction": f"What is {i} + {i}?",
+             "input": "Show your work." if i == 2 else "", "output": f"#### {2 * i}",
+             "meta": {"final_answer": str(2 * i)}} for i in (1, 2)]  # fmt: skip
+    questions = tmp_path / "instructions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(selfee_model_dir, tmp_path, questions=questions, min_revisions=1,
+                 max_new_tokens=120)  # fmt: skip
+    run_infer(cfg)
+    answers = list(read_jsonl(cfg.output))
+    assert [a["question_id"] for a in answers] == ["g1", "g2"]
+    # the SelFee prompt training renders for an instruction with an input
+    assert answers[0]["whole_generation"].startswith(render_prompt("What is 1 + 1?"))
+    assert answers[1]["whole_generation"].startswith(
+        render_prompt("What is 2 + 2?", "Show your work.")
+    )
+    assert "### Input:\nShow your work.\n\n### Answer:" in answers[1]["whole_generation"]
+    report = run_eval(EvalConfig(task="gsm8k", questions=questions, answers=cfg.output,
+                                 output=tmp_path / "eval", bootstrap=100))  # fmt: skip
+    assert report["n"] == 2 and report["without_answer"] == []
 
 
 def test_an_endpoint_that_refuses_the_key_stops_infer_before_any_actor(

@@ -147,3 +147,42 @@ def test_user_mistakes(
         ConfigError, match=rf"{paths[2]}:{bare.count(chr(10))} is not a JSON object"
     ):
         run_judge(config(teacher, paths, tmp_path / "j"))
+
+
+def test_collected_instruction_rows_are_judged_with_their_input_and_category(
+    tmp_path: Path,
+) -> None:
+    """``selfee collect``'s rows as the questions: the judge reads each with its input, and
+    a math or code dataset's questions go to the math or coding template."""
+    from selfee.collect.sources import SOURCES
+    from selfee.judge.plan import model_names, plan
+    from selfee.judge.report import read_categories
+    from selfee.records import DATASET_CATEGORY
+
+    assert set(DATASET_CATEGORY) <= set(SOURCES)
+    rows = [{"id": "g1", "dataset": "gsm8k", "instruction": "How many apples?",
+             "input": "Ann has 3 apples and buys 2.", "output": "#### 5"},
+            {"id": "c1", "dataset": "mbpp", "instruction": "Write f.", "input": "", "output": ""},
+            {"id": "a1", "dataset": "alpaca", "instruction": "Name a color.", "input": ""}]  # fmt: skip
+    write_jsonl(tmp_path / "instructions.jsonl", rows)
+    for name in ("one", "two"):
+        write_jsonl(tmp_path / f"{name}.jsonl", [{"question_id": r["id"], "text": f"{name} says"}
+                                                for r in rows])  # fmt: skip
+    cfg = JudgeConfig(questions=tmp_path / "instructions.jsonl", model="judge",
+                      answers=[tmp_path / "one.jsonl", tmp_path / "two.jsonl"])  # fmt: skip
+    tasks, skipped = plan(cfg, "judge", model_names(cfg))
+    assert skipped == 0 and [t["question_id"] for t in tasks] == [
+        "g1",
+        "g1",
+        "c1",
+        "c1",
+        "a1",
+        "a1",
+    ]
+    assert [t["category"] for t in tasks[::2]] == ["math", "coding", "alpaca"]
+    assert [t["reviewer_id"] for t in tasks[::2]] == [
+        "selfee-judge-math", "selfee-judge-coding", "selfee-judge-general"
+    ]  # fmt: skip
+    assert "How many apples?\n\nAnn has 3 apples and buys 2." in tasks[0]["user"]
+    # and `selfee report --questions` finds the same categories
+    assert read_categories(cfg.questions) == {"g1": "math", "c1": "coding", "a1": "alpaca"}

@@ -104,21 +104,57 @@ def read_object_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
         raise ConfigError(str(e)) from None
 
 
+def question_of_row(row: dict[str, Any]) -> tuple[Any, str, str] | None:
+    """(question id, text, input) of a question row (SelFee/Vicuna ``question.jsonl``, or a
+    FastChat answer row; an optional ``input``, as Alpaca's) or an Instruction row (what
+    ``selfee collect`` writes: ``id``, ``instruction``, ``input``)."""
+    input_ = row["input"] if isinstance(row.get("input"), str) else ""
+    if isinstance(row.get("text"), str) and isinstance(row.get("question_id"), str | int | float):
+        return row["question_id"], row["text"], input_
+    if isinstance(row.get("instruction"), str) and isinstance(row.get("id"), str):
+        return row["id"], row["instruction"], input_
+    return None
+
+
+def question_with_input(question: dict[str, Any]) -> str:
+    """A question as a reader (or a judge) sees it: its text, and its input below it."""
+    input_ = question.get("input") or ""
+    return question["text"] + (f"\n\n{input_}" if input_ else "")
+
+
+# The Vicuna category of a collected dataset's questions (the judge has its own templates for
+# math and coding questions); other datasets are their own category.
+DATASET_CATEGORY = {
+    **dict.fromkeys(("aqua", "gsm8k", "math"), "math"),
+    **dict.fromkeys(("conala", "mbpp", "code_contests", "drrepair"), "coding"),
+}
+
+
 def read_questions(path: Path, what: str = "questions") -> list[dict[str, Any]]:
     """Rows of a question file (or a FastChat answer file): each an object with a
-    ``question_id`` (a string or number, once per file) and a string ``text``."""
+    ``question_id`` (a string or number, once per file), a string ``text`` and an optional
+    ``input``. Instruction rows (``id``, ``instruction``, ``input``) are read as such
+    questions, in their dataset's category (``DATASET_CATEGORY``)."""
     rows = read_object_rows(path, what)
-    seen = set()
+    questions, seen = [], set()
     for n, row in rows:
-        qid = row.get("question_id")
-        if not isinstance(row.get("text"), str) or not isinstance(qid, str | int | float):
-            raise ConfigError(f"{path}: line {n} needs 'question_id' and a string 'text'")
+        found = question_of_row(row)
+        if found is None:
+            raise ConfigError(f"{path}: line {n} needs 'question_id' and a string 'text' "
+                              "(question.jsonl) or 'id' and 'instruction' (Instruction rows)")  # fmt: skip
+        qid, text, input_ = found
         if qid in seen:
             raise ConfigError(f"{path}: line {n} repeats question_id {qid!r}")
         seen.add(qid)
+        if "question_id" not in row:  # an Instruction row
+            dataset = str(row.get("dataset") or "")
+            row = {"question_id": qid, "text": text,
+                   "category": DATASET_CATEGORY.get(dataset, dataset),
+                   **({"input": input_} if input_ else {})}  # fmt: skip
+        questions.append(row)
     if not rows:
         raise ConfigError(f"{path} holds no {what}")
-    return [row for _, row in rows]
+    return questions
 
 
 def _numbered_rows(path: str | Path) -> Iterator[tuple[int, Any]]:

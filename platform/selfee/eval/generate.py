@@ -67,7 +67,7 @@ def generate_runs(
                 row = saved.rows.get(item_id)
                 if row is None or row.get("fingerprint") != prints[run]:
                     work.append({"id": item_id, "index": index, "question_id": q.question_id,
-                                 "text": q.text, "settings": run_settings(cfg, run, sample),
+                                 "text": q.text, "input": q.input, "settings": run_settings(cfg, run, sample),
                                  "fingerprint": prints[run]})  # fmt: skip
     model_id = cfg.answer_model_id()
     sink = AnswerSink(

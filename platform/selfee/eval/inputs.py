@@ -11,8 +11,8 @@ from typing import Any
 
 from selfee.errors import ConfigError
 from selfee.eval.config import EvalConfig
-from selfee.eval.tasks import Task, gold_of_row, question_of_row
-from selfee.records import read_object_rows
+from selfee.eval.tasks import Task, gold_of_row
+from selfee.records import question_of_row, read_object_rows
 
 
 def log(message: str) -> None:
@@ -25,6 +25,7 @@ class EvalQuestion:
     question_id: Any
     text: str
     gold: Any
+    input: str = ""  # an Instruction row's input, below the text in the prompt
 
     @property
     def key(self) -> str:
@@ -43,7 +44,7 @@ def load_questions(cfg: EvalConfig, task: Task) -> tuple[list[EvalQuestion], lis
                 f"{cfg.questions}:{n}: a question needs 'question_id' and 'text' (question.jsonl) "
                 "or 'id' and 'instruction' (Instruction rows)"
             )
-        qid, text = found
+        qid, text, input_ = found
         if json.dumps(qid) in seen:
             raise ConfigError(f"{cfg.questions}:{n}: question {qid!r} appears twice")
         seen.add(json.dumps(qid))
@@ -51,7 +52,7 @@ def load_questions(cfg: EvalConfig, task: Task) -> tuple[list[EvalQuestion], lis
         if gold is None:
             bad_gold.append(str(qid))
             continue
-        questions.append(EvalQuestion(qid, text, gold))
+        questions.append(EvalQuestion(qid, text, gold, input_))
     if not questions:
         raise ConfigError(
             f"{cfg.questions}: none of its {len(rows)} questions has a {task.name} gold "

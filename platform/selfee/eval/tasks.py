@@ -119,13 +119,3 @@ def gold_of_row(task: Task, row: dict[str, Any]) -> Any | None:
     if task.name == "gsm8k" and meta.get("final_answer"):
         return task.read_gold(meta["final_answer"])
     return task.read_gold(row.get("output"))
-
-
-def question_of_row(row: dict[str, Any]) -> tuple[Any, str] | None:
-    """(question id, question text) of a question row or an Instruction row."""
-    if isinstance(row.get("text"), str) and isinstance(row.get("question_id"), str | int | float):
-        return row["question_id"], row["text"]
-    if isinstance(row.get("instruction"), str) and isinstance(row.get("id"), str):
-        extra = row.get("input") or ""
-        return row["id"], row["instruction"] + (f"\n\n{extra}" if extra else "")
-    return None

@@ -16,7 +16,11 @@ class InferConfig(RevisionSettings, ModelConfig):
 
     model_config = ConfigDict(frozen=False)
 
-    questions: Path | None = Field(None, description="questions (SelFee/Vicuna question.jsonl)")
+    questions: Path | None = Field(
+        None,
+        description="questions: SelFee/Vicuna question.jsonl rows (an optional 'input' each), or "
+        "Instruction rows (collect)",
+    )
     output: Path | None = Field(
         None, description="answer file to write (.jsonl); '{model}' in it: the model's name "
         "(model_id, or an adapter's), one file per model",

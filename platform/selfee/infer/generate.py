@@ -88,7 +88,7 @@ class InferWorker:
         started = time.monotonic()
         results = generate_batch(
             self.engine,
-            [render_prompt(q["text"]) for q in questions],
+            [render_prompt(q["text"], q.get("input") or "") for q in questions],
             [
                 RevisionSettings(**q["settings"])
                 if "settings" in q  # set per question (eval)

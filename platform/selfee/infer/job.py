@@ -123,7 +123,8 @@ def _run(stage: InferStage) -> dict[str, Any]:
         for adapter, run in runs.items():
             if key not in run.sink.done:
                 work.append({"id": key, "index": index, "question_id": q["question_id"],
-                             "text": q["text"], "adapter": adapter})  # fmt: skip
+                             "text": q["text"], "input": q.get("input") or "",
+                             "adapter": adapter})  # fmt: skip
     names = ", ".join(run.sink.model_id for run in runs.values())
     log(
         f"{len(questions)} questions, {len(questions) * len(runs) - len(work)} answered before, "

@@ -16,7 +16,9 @@ class JudgeConfig(LLMJobConfig):
 
     renamed: ClassVar[dict[str, str]] = {**LLMJobConfig.renamed, "out_dir": "output"}
 
-    questions: Path | None = Field(None, description="questions (question.jsonl format)")
+    questions: Path | None = Field(
+        None, description="questions (question.jsonl format, or Instruction rows: collect)"
+    )
     answers: list[Path] = Field(
         default_factory=list, description="exactly two answer files: A.jsonl B.jsonl"
     )

@@ -15,7 +15,7 @@ from selfee.errors import ConfigError
 from selfee.judge import report
 from selfee.judge.config import JudgeConfig
 from selfee.judge.templates import load_upstream, our_reviewers, reviewer_for
-from selfee.records import read_questions
+from selfee.records import question_with_input, read_questions
 
 UNSCORED = [-1.0, -1.0]  # what FastChat's review files hold for a failed judgment
 
@@ -66,7 +66,7 @@ def plan(cfg: JudgeConfig, model: str, names: tuple[str, str]) -> tuple[list[dic
         for first, second in ((name_a, name_b), (name_b, name_a)):
             one, two = answers[first][qid], answers[second][qid]
             system, user = (m["content"] for m in reviewer.template.messages(
-                question["text"], one["text"], two["text"]))  # fmt: skip
+                question_with_input(question), one["text"], two["text"]))  # fmt: skip
             messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
             tasks.append({
                 "id": judgment_key(model, messages),

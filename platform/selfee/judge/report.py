@@ -31,7 +31,7 @@ from typing import Any
 
 from selfee import plots, stats
 from selfee.errors import ConfigError
-from selfee.records import read_object_rows
+from selfee.records import read_object_rows, read_questions
 from selfee.tables import columns
 
 VS = "_vs_"
@@ -294,11 +294,7 @@ def questions_in_both_orders(
 def read_categories(questions: Path | None) -> dict[Any, str]:
     if questions is None:
         return {}
-    return {
-        q.get("question_id"): q.get("category", "all")
-        for _, q in _objects(questions, "questions")
-        if isinstance(q.get("question_id"), str | int | float)
-    }
+    return {q["question_id"]: q.get("category") or "all" for q in read_questions(questions)}
 
 
 def read_answer_words(answers: list[Path]) -> dict[str, int]:
