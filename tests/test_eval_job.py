@@ -197,3 +197,58 @@ def test_autonomous_answers_are_scored_on_their_final_answer(
     assert auto["tokens"] == 60  # the mean over answers that report tokens
     with pytest.raises(ValueError, match="goes with --answers"):
         EvalConfig(task="gsm8k", questions=questions, autonomous_answers=autonomous, model="m")
+
+
+def test_adapters_beside_the_model_are_evaluated_in_one_run_as_each_alone(
+    ray_session: None, adapter_models: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """One generation pass on one engine (the base and two adapters); each model's answer
+    sets, scores, report and plot in its own folder, as an evaluation of it alone leaves."""
+    from selfee.eval import report
+
+    rows = [{"question_id": i, "text": f"What is {i} + {i}?", "gold": f"#### {2 * i}"}
+            for i in (1, 2)]  # fmt: skip
+    write_jsonl(tmp_path / "q.jsonl", rows)
+    settings = {"task": "gsm8k", "questions": tmp_path / "q.jsonl", "revisions": 1,
+                "samples": 1, "max_new_tokens": 16, "bootstrap": 100, "batch_size": 16}  # fmt: skip
+    out = tmp_path / "out"
+    cfg = EvalConfig(**settings, model=str(adapter_models["base"]), output=out,
+                     adapters={"math": adapter_models["math"], "code": adapter_models["code"]},
+                     plot=out / "turns.png")  # fmt: skip
+    result = run_eval(cfg)
+    assert list(result["models"]) == ["base", "math", "code"]
+    for name, one in result["models"].items():
+        assert one["n"] == 2 and one["source"] == str(adapter_models[name])
+        assert (out / name / "turns.png").exists() and (out / name / "eval.json").exists()
+        check_manifest(out / name / "eval.manifest.json", "eval")
+    forced = {name: [r["whole_generation"] for r in read_jsonl(out / name / "forced.jsonl")]
+              for name in result["models"]}  # fmt: skip
+    assert forced["math"] != forced["base"] != forced["code"] != forced["math"]
+
+    alone = run_eval(EvalConfig(**settings, model=str(adapter_models["math"]), model_id="math",
+                                output=tmp_path / "alone"))  # fmt: skip
+    for run in ("forced", "autonomous", "first", "samples"):
+        texts = [
+            [r["whole_generation"], r["answer_id"]]
+            for r in read_jsonl(out / "math" / f"{run}.jsonl")
+        ]
+        assert texts == [[r["whole_generation"], r["answer_id"]]
+                         for r in read_jsonl(tmp_path / "alone" / f"{run}.jsonl")]  # fmt: skip
+    assert alone["turns"] == result["models"]["math"]["turns"]
+
+    table = report.format_table(result)
+    assert "== math ==" in table and "gsm8k: accuracy by model" in table
+    assert [line.split()[0] for line in table.splitlines()[-3:]] == ["base", "math", "code"]
+    assert set(json.loads(report.to_json(result))["models"]["code"]) >= JSON_KEYS
+    again = run_eval(cfg)  # nothing generated or scored twice
+    assert all(one["scored"]["now"] == 0 for one in again["models"].values())
+
+    # on the command line, and what cannot be evaluated side by side
+    assert main(["eval", "--task", "gsm8k", "--questions", str(tmp_path / "q.jsonl"),
+                 "--model", str(adapter_models["base"]), "--adapters",
+                 f"math={adapter_models['math']}", "--output", str(out), "--revisions", "1",
+                 "--samples", "1", "--max-new-tokens", "16", "--bootstrap", "100"]) == 0  # fmt: skip
+    assert "gsm8k: accuracy by model" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--adapters go with --model DIR"):
+        EvalConfig(**settings, answers=out / "math" / "forced.jsonl", adapters={"x": Path("y")})

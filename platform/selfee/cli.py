@@ -142,8 +142,9 @@ def _run_eval(cfg: EvalConfig) -> None:
 
     summary = run_eval(cfg)
     say(report.to_json(summary) if cfg.print_json else report.format_table(summary))
-    if cfg.plot is not None:
-        (note if cfg.print_json else say)(f"plot: {cfg.plot}")
+    for one in cfg.one_model_configs().values():
+        if one.plot is not None:
+            (note if cfg.print_json else say)(f"plot: {one.plot}")
 
 
 def _run_quickstart(cfg: QuickstartConfig) -> None:

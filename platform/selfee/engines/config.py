@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from selfee.config import StageConfig
 from selfee.llm_config import RetryConfig
@@ -102,7 +102,24 @@ class ModelConfig(StageConfig):
         "auto", description="'auto': bf16 on CUDA, fp32 on CPU"
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="with engine vllm")
+    adapters: dict[str, Path] = Field(
+        {}, description="more LoRA adapters on model's base, each run too under its name (its "
+        "answers' model_id): one base in memory, batches mixing adapters (hf, vllm)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _adapters_beside(self) -> ModelConfig:
+        if self.adapters and self.base_url:
+            raise ValueError("adapters: an endpoint's adapters are model names it serves: run "
+                             "once per --model NAME")  # fmt: skip
+        if self.adapters and self.model:
+            check_adapter_names(self.adapters, self.answer_model_id(), "model_id")
+        return self
 
     def answer_model_id(self) -> str:
         """The model's name in answers and metrics."""
         return self.model_id or default_model_name(str(self.model))
+
+    def alone(self, adapter: str) -> dict[str, Any]:
+        """The settings that make ``adapter`` (one of ``adapters``) the model of a run alone."""
+        return {"model": str(self.adapters[adapter]), "model_id": adapter, "adapters": {}}

@@ -42,8 +42,10 @@ class EvalConfig(ModelConfig):
     sample_temperature: float = Field(0.7, gt=0, le=2, description="temperature of the samples")
     seed: int = Field(0, description="sampling seed")
     output: Path | None = Field(
-        None, description="folder for answers, scores and the report (default: outputs/eval/TASK)"
-    )
+        None, description="folder for answers, scores and the report (default: "
+        "outputs/eval/TASK); with adapters, a folder in it per model (NAME: its answers, "
+        "scores, report and plot)",
+    )  # fmt: skip
     print_json: bool = Field(
         False,
         description="print one JSON object instead of tables",
@@ -63,6 +65,8 @@ class EvalConfig(ModelConfig):
             raise ValueError("--autonomous-answers goes with --answers (the per-turn chains)")
         if self.answers is not None and (self.model or self.base_url):
             raise ValueError("give --answers (score a file) or --model (generate), not both")
+        if self.adapters and self.answers is not None:
+            raise ValueError("--adapters go with --model DIR (they generate on its base)")
         return self
 
     def missing(self) -> str | None:
@@ -76,3 +80,17 @@ class EvalConfig(ModelConfig):
     @property
     def folder(self) -> Path:
         return self.output or Path("outputs/eval") / str(self.task)
+
+    def one_model_configs(self) -> dict[str | None, EvalConfig]:
+        """The model's evaluation (None) and each adapter's, as an evaluation of that model
+        alone would be configured, each in its own folder (``folder``/name) with its plot."""
+        if not self.adapters:
+            return {None: self}
+        runs = {}
+        for adapter in (None, *self.adapters):
+            alone = {"adapters": {}} if adapter is None else self.alone(adapter)
+            name = adapter or self.answer_model_id()
+            plot = None if self.plot is None else self.folder / name / self.plot.name
+            runs[adapter] = self.model_copy(update={**alone, "output": self.folder / name,
+                                                    "plot": plot})  # fmt: skip
+        return runs

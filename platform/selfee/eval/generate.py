@@ -4,6 +4,7 @@ Ray Data pass and one journal (``selfee.eval.job`` says what each set is)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from selfee import journal
@@ -43,17 +44,60 @@ def run_settings(cfg: EvalConfig, run: str, sample: int = 0) -> dict[str, Any]:
             "temperature": cfg.sample_temperature, "seed": cfg.seed + 7919 * (sample + 1)}  # fmt: skip
 
 
-def generate_runs(
-    cfg: EvalConfig, questions: list[EvalQuestion]
-) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, str]]:
-    """Generate (or take from the journal) every answer set; write each as an answer file."""
+Generated = tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, str]]  # runs, failed
+
+
+def generate_runs(cfg: EvalConfig, questions: list[EvalQuestion]) -> dict[str | None, Generated]:
+    """Generate (or take from each model's journal) every answer set of the model and of
+    each adapter beside it (``cfg.one_model_configs()``), in one pass on one engine; write
+    each as an answer file in the model's folder."""
+    models = cfg.one_model_configs()
     base = _infer_config(cfg)
-    folder = cfg.folder
     check_config(base.model_copy(update={"questions": cfg.questions,
-                                         "output": folder / "forced.jsonl"}))  # fmt: skip
+                                         "output": cfg.folder / "{model}.jsonl"}))  # fmt: skip
+    plans = {adapter: _plan(one, questions, adapter) for adapter, one in models.items()}
+    # question by question, each for every model: the batches mix them
+    work = sorted((item for plan in plans.values() for item in plan.work), key=lambda w: w["index"])
+    wanted = sum(len(plan.wanted) for plan in plans.values())
+    log(f"{wanted} answers wanted ({', '.join(RUNS)}"
+        + (f"; {len(models)} models" if len(models) > 1 else "")
+        + f"), {wanted - len(work)} saved before, {len(work)} to generate")  # fmt: skip
+    if work:
+        generate_answers(base, work, {a: plan.sink for a, plan in plans.items()}, stage="eval")
+    return {adapter: plan.written(questions) for adapter, plan in plans.items()}
+
+
+@dataclass
+class _Plan:
+    """One model's answer sets: what is wanted, what is still to generate, where it goes."""
+
+    cfg: EvalConfig
+    run_cfgs: dict[str, InferConfig]
+    prints: dict[str, str]
+    sink: AnswerSink
+    wanted: list[tuple[str, EvalQuestion, str]]
+    work: list[dict[str, Any]]
+
+    def written(self, questions: list[EvalQuestion]) -> Generated:
+        """The answer sets from the journal's rows, each written as an answer file."""
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {run: {} for run in RUNS}
+        for run, q, item_id in self.wanted:
+            row = self.sink.done.get(item_id)
+            if row is not None and row.get("fingerprint") == self.prints[run]:
+                answer = answer_row(row, self.run_cfgs[run], self.sink.model_id, self.prints[run])
+                runs[run].setdefault(q.key, []).append(answer)
+        for run, rows in runs.items():
+            answers = [r for q in questions for r in rows.get(q.key, [])]
+            write_jsonl(self.cfg.folder / f"{run}.jsonl", answers)
+        return runs, self.sink.failed
+
+
+def _plan(cfg: EvalConfig, questions: list[EvalQuestion], adapter: str | None) -> _Plan:
+    base = _infer_config(cfg)
     run_cfgs = {run: base.model_copy(update=run_settings(cfg, run)) for run in RUNS}
     prints = {run: model_fingerprint(c) for run, c in run_cfgs.items()}
-    journal_path = folder / GENERATIONS
+    cfg.folder.mkdir(parents=True, exist_ok=True)
+    journal_path = cfg.folder / GENERATIONS
     saved = journal.read_journal(journal_path, JournaledAnswer)
     if saved.skipped:
         log(saved.describe(journal_path))
@@ -67,22 +111,9 @@ def generate_runs(
                 row = saved.rows.get(item_id)
                 if row is None or row.get("fingerprint") != prints[run]:
                     work.append({"id": item_id, "index": index, "question_id": q.question_id,
-                                 "text": q.text, "input": q.input, "settings": run_settings(cfg, run, sample),
+                                 "text": q.text, "input": q.input, "adapter": adapter,
+                                 "settings": run_settings(cfg, run, sample),
                                  "fingerprint": prints[run]})  # fmt: skip
-    model_id = cfg.answer_model_id()
-    sink = AnswerSink(
-        journal_path, "", model_id, {k: r for k, r in saved.rows.items() if "result" in r}
-    )
-    log(f"{len(wanted)} answers wanted ({', '.join(RUNS)}), {len(wanted) - len(work)} saved "
-        f"before, {len(work)} to generate")  # fmt: skip
-    if work:
-        generate_answers(base, work, {None: sink}, stage="eval")
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {run: {} for run in RUNS}
-    for run, q, item_id in wanted:
-        row = sink.done.get(item_id)
-        if row is not None and row.get("fingerprint") == prints[run]:
-            answer = answer_row(row, run_cfgs[run], model_id, prints[run])
-            runs[run].setdefault(q.key, []).append(answer)
-    for run, rows in runs.items():
-        write_jsonl(folder / f"{run}.jsonl", [r for q in questions for r in rows.get(q.key, [])])
-    return runs, sink.failed
+    done = {k: r for k, r in saved.rows.items() if "result" in r}
+    sink = AnswerSink(journal_path, "", cfg.answer_model_id(), done)
+    return _Plan(cfg, run_cfgs, prints, sink, wanted, work)

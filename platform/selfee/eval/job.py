@@ -25,10 +25,10 @@ from typing import Any
 from selfee.errors import ConfigError
 from selfee.eval import report, turns
 from selfee.eval.config import EvalConfig
-from selfee.eval.generate import GENERATIONS, generate_runs
-from selfee.eval.inputs import check_ids, load_questions, log, read_answer_file
+from selfee.eval.generate import GENERATIONS, Generated, generate_runs
+from selfee.eval.inputs import EvalQuestion, check_ids, load_questions, log, read_answer_file
 from selfee.eval.score import SCORES, plan_scores, question_result, score_all
-from selfee.eval.tasks import TASKS
+from selfee.eval.tasks import TASKS, Task
 from selfee.stage import Stage
 
 
@@ -61,42 +61,64 @@ class EvalStage(Stage[EvalConfig]):
                 "autonomous_accuracy": auto.get("accuracy")}  # fmt: skip
 
     def run(self) -> dict[str, Any]:
-        if self.cfg.overwrite:
-            self.discard(GENERATIONS, SCORES)
-        summary = evaluate(self.cfg)
-        if self.cfg.plot is not None:
-            report.plot(summary, self.cfg.plot)
-        self.finish(summary)
-        return summary
+        return _run(self)
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """One model's report; with adapters, ``{"models": {name: report}}``."""
     return EvalStage(cfg).run()
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Generate (or read) the answers, score them turn by turn; returns the report."""
+def _run(stage: EvalStage) -> dict[str, Any]:
     from selfee.ray_runtime import ray_runtime
 
+    cfg = stage.cfg
     cfg.require()
+    stages = {adapter: stage if one is cfg else EvalStage(one, stage.label)
+              for adapter, one in cfg.one_model_configs().items()}  # fmt: skip
+    for each in stages.values():
+        if each.cfg.overwrite:
+            each.discard(GENERATIONS, SCORES)
     task = TASKS[cfg.task]
     started = time.monotonic()
     questions, bad_gold = load_questions(cfg, task)
-    cfg.folder.mkdir(parents=True, exist_ok=True)
     log(f"{task.name}: {len(questions)} questions from {cfg.questions}"
         + (f" ({len(bad_gold)} without a usable {task.name} gold, left out)" if bad_gold else ""))  # fmt: skip
-    failed: dict[str, str] = {}
     with ray_runtime(cfg.ray):
-        if cfg.answers is not None:
-            runs = {"forced": read_answer_file(cfg.answers)}
-            check_ids(cfg.answers, runs["forced"], questions)
-            if cfg.autonomous_answers is not None:
-                runs["autonomous"] = read_answer_file(cfg.autonomous_answers)
-                check_ids(cfg.autonomous_answers, runs["autonomous"], questions)
-        else:
-            runs, failed = generate_runs(cfg, questions)
-        items, plan = plan_scores(task, questions, runs)
-        scores, scored_now = score_all(cfg, task, items)
+        generated = {} if cfg.answers is not None else generate_runs(cfg, questions)
+        summaries = {}
+        for adapter, each in stages.items():
+            summary = evaluate(each.cfg, task, questions, bad_gold, generated.get(adapter))
+            summary["seconds"] = round(time.monotonic() - started, 2)
+            if each.cfg.plot is not None:
+                report.plot(summary, each.cfg.plot)
+            each.finish(summary)
+            summaries[each.cfg.answer_model_id()] = summary
+    return summaries.popitem()[1] if len(summaries) == 1 else {"models": summaries}
+
+
+def evaluate(
+    cfg: EvalConfig,
+    task: Task,
+    questions: list[EvalQuestion],
+    bad_gold: list[str],
+    generated: Generated | None,
+) -> dict[str, Any]:
+    """Score a model's answers turn by turn (``generated``, or ``cfg.answers``); returns
+    the report."""
+    cfg.folder.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    if generated is None:
+        assert cfg.answers is not None
+        runs = {"forced": read_answer_file(cfg.answers)}
+        check_ids(cfg.answers, runs["forced"], questions)
+        if cfg.autonomous_answers is not None:
+            runs["autonomous"] = read_answer_file(cfg.autonomous_answers)
+            check_ids(cfg.autonomous_answers, runs["autonomous"], questions)
+    else:
+        runs, failed = generated
+    items, plan = plan_scores(task, questions, runs)
+    scores, scored_now = score_all(cfg, task, items)
     results = [question_result(q, plan[q.key], scores) for q in questions if q.key in plan]
     if not results:
         raise ConfigError("no question has an answer to score")
@@ -115,5 +137,4 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     if task.runs_code:
         summary["sandbox"] = dict(Counter(s.detail.split(":")[0] for s in scores.values()))
-    summary["seconds"] = round(time.monotonic() - started, 2)
     return summary

@@ -23,6 +23,34 @@ def _number(value: float | None, unit: str = "") -> str:
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """The report's tables; for several models (``{"models": ...}``), each model's, then
+    one row per model side by side."""
+    if "models" not in summary:
+        return _model_tables(summary)
+    models = summary["models"]
+    parts = [f"== {name} ==\n{_model_tables(one)}" for name, one in models.items()]
+    return "\n\n".join([*parts, _comparison(models)])
+
+
+def _comparison(models: dict[str, dict[str, Any]]) -> str:
+    """Accuracy at each turn, autonomous and the baselines, a row per model."""
+    turns = max(len(one["turns"]) for one in models.values())
+    rows = [["model", "questions", "answer", *(f"revision {k}" for k in range(1, turns)),
+             "autonomous", "first answer alone", "majority vote"]]  # fmt: skip
+    for name, one in models.items():
+        accuracy = [_percent(t["accuracy"]) for t in one["turns"]]
+        baselines = one["baselines"]
+        rows.append([
+            name, str(one["n"]), *accuracy, *[""] * (turns - len(accuracy)),
+            _percent((one["autonomous"] or {}).get("accuracy")),
+            _percent((baselines.get("first_answer") or {}).get("accuracy")),
+            _percent((baselines.get("majority_vote") or {}).get("accuracy")),
+        ])  # fmt: skip
+    task = next(iter(models.values()))["task"]
+    return "\n".join([f"{task}: accuracy by model", *columns(rows)])
+
+
+def _model_tables(summary: dict[str, Any]) -> str:
     flips = {f["to_turn"]: f for f in summary["flips"]}
     rows = [["turn", "accuracy", "95% CI", "wrong→right", "right→wrong"]]
     for t in summary["turns"]:
@@ -86,10 +114,18 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def to_json(summary: dict[str, Any]) -> str:
+    """One JSON object; for several models, ``{"models": {name: report}}``."""
+    if "models" in summary:
+        return json.dumps({"models": {n: _reported(one) for n, one in summary["models"].items()}},
+                          indent=2)  # fmt: skip
+    return json.dumps(_reported(summary), indent=2)
+
+
+def _reported(summary: dict[str, Any]) -> dict[str, Any]:
     keys = ("task", "n", "turns", "flips", "verdict", "forced", "autonomous", "baselines",
             "unparsed", "questions", "without_gold", "without_answer",
             "answers_without_question", "failed_generations", "scored", "sandbox", "source")  # fmt: skip
-    return json.dumps({k: summary[k] for k in keys if k in summary}, indent=2)
+    return {k: summary[k] for k in keys if k in summary}
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from selfee.config import RayConfig
-from selfee.engines.config import ModelConfig, check_adapter_names
+from selfee.engines.config import ModelConfig
 from selfee.revision import RevisionSettings
 
 
@@ -25,21 +25,10 @@ class InferConfig(RevisionSettings, ModelConfig):
         None, description="answer file to write (.jsonl); '{model}' in it: the model's name "
         "(model_id, or an adapter's), one file per model",
     )  # fmt: skip
-    adapters: dict[str, Path] = Field(
-        {}, description="more LoRA adapters on model's base, each answering every question "
-        "under its name (its answers' model_id): one run, one base in memory, batches mixing "
-        "adapters (hf, vllm); put '{model}' in output",
-    )  # fmt: skip
     limit: int | None = Field(None, ge=1, description="only the first N questions (a trial run)")
     overwrite: bool = Field(False, description="discard saved answers and generate all again")
     progress_interval_s: float = Field(10.0, gt=0, description="seconds between progress lines")
     ray: RayConfig = Field(default_factory=RayConfig)
-
-    @model_validator(mode="after")
-    def _adapter_names(self) -> InferConfig:
-        if self.adapters and self.model:
-            check_adapter_names(self.adapters, self.answer_model_id(), "model_id")
-        return self
 
     def missing(self) -> str | None:
         if self.questions is None or self.output is None or not self.model:
@@ -58,7 +47,8 @@ class InferConfig(RevisionSettings, ModelConfig):
         """The model's run (None) and each adapter's, as a run of that model alone would be
         configured: each answer file, journal and manifest is what that run would leave."""
         runs: dict[str | None, InferConfig] = {None: self}
-        for name, path in self.adapters.items():
-            alone = {"model": str(path), "model_id": name, "adapters": {}}
-            runs[name] = self.model_copy(update={**alone, "output": self.answer_file(name)})
+        for name in self.adapters:
+            runs[name] = self.model_copy(
+                update={**self.alone(name), "output": self.answer_file(name)}
+            )
         return runs

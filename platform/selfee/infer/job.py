@@ -44,9 +44,6 @@ def log(message: str) -> None:
 
 def check_config(cfg: InferConfig) -> None:
     cfg.require()
-    if cfg.base_url and cfg.adapters:
-        raise ConfigError("--adapters: an endpoint's adapters are model names it serves: run "
-                          "once per --model NAME")  # fmt: skip
     if cfg.adapters and "{model}" not in str(cfg.output):
         raise ConfigError(f"--output: with --adapters each model writes its own answer file: "
                           f"put {{model}} in it, e.g. {cfg.output.parent / '{model}.jsonl'}")  # fmt: skip
