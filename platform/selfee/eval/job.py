@@ -13,6 +13,10 @@ Ray Data pass and one journal:
 Scoring fans every distinct (text, gold) out on Ray Data; code runs in those Ray tasks
 through ``selfee.eval.sandbox``. Each score is journaled under a hash of task, gold and
 text, so a re-run (after a crash, or with more questions) scores only what is missing.
+
+With ``adapters`` (LoRA adapters on the model's base) the same pass generates every
+model's sets on one engine; each model is then scored and reported in its own folder, as
+an evaluation of it alone (``EvalConfig.one_model_configs``).
 """
 
 from __future__ import annotations
