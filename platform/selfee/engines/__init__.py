@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 
+class AdaptersRefused(ValueError):
+    """An adapter beside the model that the engine cannot run; the message starts with
+    "adapters: " and is already the whole error (not one about ``--model``)."""
+
+
 def engine_for(model: str | Path, engine: str = "auto", gpus: float = 0) -> str:
     """The engine a model path asks for: ``llama_cpp`` for a .gguf file; ``vllm`` where GPUs
     are reserved and vLLM is installed (what GPU users run); else ``hf``."""
@@ -29,7 +34,7 @@ def check_model(
     caught before a job starts)."""
     if adapters:  # the model first, then what goes beside it
         if engine_for(model, engine, gpus) == "llama_cpp":
-            raise ValueError("adapters: engine llama_cpp runs one GGUF file; serve each "
+            raise AdaptersRefused("adapters: engine llama_cpp runs one GGUF file; serve each "
                              "adapter merged into its own file, or use engine hf or vllm")  # fmt: skip
         chosen = check_model(model, engine, gpus)
         check_adapters(model, chosen, adapters, gpus)
@@ -78,14 +83,14 @@ def check_adapters(
     if engine == "vllm" and gpus == 0 and not is_adapter(model):
         from selfee.engines.vllm import CPU_BASE_BESIDE_ADAPTERS
 
-        raise ValueError(CPU_BASE_BESIDE_ADAPTERS)
+        raise AdaptersRefused(CPU_BASE_BESIDE_ADAPTERS)
     for name, path in adapters.items():
         if not Path(path).is_dir():
-            raise ValueError(f"adapters: {name}: {path}: no such directory")
+            raise AdaptersRefused(f"adapters: {name}: {path}: no such directory")
     try:
         check_shared_base(model, adapters)  # its messages name the adapter
     except ValueError as e:
-        raise ValueError(f"adapters: {e}") from None
+        raise AdaptersRefused(f"adapters: {e}") from None
     if engine == "vllm":
         from selfee.engines.vllm import vllm_model
 
@@ -93,7 +98,7 @@ def check_adapters(
             try:
                 vllm_model(path)
             except ValueError as e:
-                raise ValueError(f"adapters: {name}: {e}") from None
+                raise AdaptersRefused(f"adapters: {name}: {e}") from None
 
 
 def load_engine(

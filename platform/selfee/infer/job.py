@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from selfee import journal
-from selfee.engines import check_model
+from selfee.engines import AdaptersRefused, check_model
 from selfee.errors import ConfigError
 from selfee.infer.answers import (
     JournaledAnswer,
@@ -50,9 +50,9 @@ def check_config(cfg: InferConfig) -> None:
     if not cfg.base_url:
         try:
             check_model(cfg.model, cfg.engine, cfg.gpus_per_actor, cfg.adapters)
+        except AdaptersRefused as e:
+            raise ConfigError(str(e)) from None
         except ValueError as e:
-            if str(e).startswith("adapters: "):
-                raise ConfigError(str(e)) from None
             raise ConfigError(f"--model: {e}; to use an endpoint, give --base-url too") from None
     if cfg.output.suffix != ".jsonl":
         raise ConfigError(f"--output must be a .jsonl file (got {cfg.output})")

@@ -325,13 +325,15 @@ def start_serve(host: str, port: int, port_option: str = "--port", **options: An
 
 def serve_forever(cfg: ServeConfig) -> None:
     """``selfee serve``: deploy on the configured (or an embedded) Ray and wait for Ctrl-C."""
-    from selfee.engines import check_model
+    from selfee.engines import AdaptersRefused, check_model
 
     cfg.require()
     try:
         check_model(cfg.model, cfg.engine, cfg.gpus_per_replica, cfg.adapters)
+    except AdaptersRefused as e:
+        raise ConfigError(str(e)) from None
     except ValueError as e:
-        raise ConfigError(e if str(e).startswith("adapters: ") else f"--model: {e}") from None
+        raise ConfigError(f"--model: {e}") from None
     check_port_free(cfg.host, cfg.port, "--port", cfg.ray)
     with ray_runtime(cfg.ray):
         start_serve(cfg.host, cfg.port)
