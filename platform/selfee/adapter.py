@@ -106,12 +106,12 @@ def check_shared_base(model: str | Path, adapters: Mapping[str, Path]) -> None:
         if theirs.resolve() != base.resolve():
             raise AdapterError(
                 f"{name}: {path} was trained on {theirs}, not on {base}: "
-                "adapters served together share one base; serve it on its own"
+                "adapters run together share one base; run it on its own"
             )
         if _base_vocabulary(path, base, rows) != vocabulary:
             raise AdapterError(
                 f"{name}: {path} has another tokenizer than {model} (the token ids "
-                "differ): adapters served together share one; serve it on its own"
+                "differ): adapters run together share one; run it on its own"
             )
 
 
